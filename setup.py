@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vidtx",
+    version="0.1.0",
+    description="JAX/Flax video recognition: video ViTs, masked video modeling, TPU-first.",
+    packages=find_packages(include=["vidtx", "vidtx.*"]),
+    python_requires=">=3.11",
+    # Ranges are the versions tested together.
+    install_requires=[
+        "absl-py>=2.1",
+        "clu>=0.0.12",
+        "flax>=0.12.8,<0.13",
+        "jax>=0.10.2,<0.11",
+        "ml-collections>=1.1",
+        "numpy>=2.0",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "pillow>=10.0",
+        "tensorboard>=2.21,<2.22",  # clu's summary writer; tensorflow-cpu no longer pulls it
+        "tensorflow-cpu>=2.21,<2.22",  # tf.data input pipelines only
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # Parity tests and weight converters: CPU torch and HF transformers.
+        "torch": ["torch==2.13.0", "transformers==4.57.6"],
+    },
+)

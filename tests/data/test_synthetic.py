@@ -1,0 +1,198 @@
+"""Tests of the synthetic motion dataset: the generator, the writer and prepare()."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vidtx import data
+from vidtx.data import dmvr
+from vidtx.data import synthetic
+
+
+def make_config(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      name="synthetic_motion", data_dir="", num_classes=8, num_frames=8, frame_stride=1,
+      min_resize=36, crop_size=32, flip=False, mean=(0.485, 0.456, 0.406),
+      std=(0.229, 0.224, 0.225), shuffle_buffer=1024, train_split="train",
+      eval_split="validation",
+      synthetic=dict(num_train=24, num_val=10, num_frames=16, size=40, seed=0, num_shards=3)))
+  cfg.update(overrides)
+  return cfg
+
+
+def _parse_file(path):
+  out = []
+  for record in tf.data.TFRecordDataset(path):
+    context, sequence = tf.io.parse_single_sequence_example(
+        record,
+        context_features={"clip/label/index": tf.io.FixedLenFeature([], tf.int64),
+                          "clip/label/string": tf.io.FixedLenFeature([], tf.string)},
+        sequence_features={"image/encoded": tf.io.FixedLenSequenceFeature([], tf.string)})
+    frames = np.stack([tf.io.decode_jpeg(x).numpy() for x in sequence["image/encoded"]])
+    out.append((frames, int(context["clip/label/index"]),
+                context["clip/label/string"].numpy().decode()))
+  return out
+
+
+def _mask_stats(mask):
+  """Per-frame area, centroid x, centroid y and principal-axis angle (degrees, y down)."""
+  ys, xs = np.mgrid[0:mask.shape[1], 0:mask.shape[2]] + 0.5
+  stats = []
+  for m in mask:
+    area = m.sum()
+    cx, cy = (xs * m).sum() / area, (ys * m).sum() / area
+    mxx, myy = ((xs - cx)**2 * m).sum(), ((ys - cy)**2 * m).sum()
+    mxy = ((xs - cx) * (ys - cy) * m).sum()
+    stats.append((area, cx, cy, 0.5 * np.degrees(np.arctan2(2 * mxy, mxx - myy))))
+  return np.array(stats)
+
+
+def test_class_names_and_order():
+  assert synthetic.CLASSES == (
+      "move_left", "move_right", "move_up", "move_down", "rotate_clockwise",
+      "rotate_counterclockwise", "grow", "shrink")
+
+
+@pytest.mark.parametrize("pair", range(4))
+def test_second_class_of_pair_is_exact_time_reversal(pair):
+  for seed in [0, 1, 123, (7, 1, 42)]:
+    first, first_mask = synthetic.generate_clip(seed, 2 * pair, return_mask=True)
+    second, second_mask = synthetic.generate_clip(seed, 2 * pair + 1, return_mask=True)
+    np.testing.assert_array_equal(second, first[::-1])
+    np.testing.assert_array_equal(second_mask, first_mask[::-1])
+    # The clip really changes over time, so the reversal is not trivially equal.
+    assert not np.array_equal(first, second)
+
+
+def test_generation_is_deterministic_and_depends_on_seed():
+  a = synthetic.generate_clip((0, 0, 5), 3)
+  assert a.shape == (16, 40, 40, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, synthetic.generate_clip((0, 0, 5), 3))
+  for other in [(0, 0, 6), (0, 1, 5), (1, 0, 5)]:
+    b = synthetic.generate_clip(other, 3)
+    assert np.abs(a.astype(int) - b).mean() > 5
+  small = synthetic.generate_clip(0, 6, num_frames=5, size=24)
+  assert small.shape == (5, 24, 24, 3)
+
+
+@pytest.mark.parametrize("label", range(8))
+def test_motion_direction_and_speed(label):
+  """Each class moves the object the way its name says, at the documented speeds."""
+  for seed in range(10):
+    _, mask = synthetic.generate_clip(seed, label, return_mask=True)
+    assert mask.sum(axis=(1, 2)).min() > 5  # the object is visible in every frame
+    area, cx, cy, angle = _mask_stats(mask).T
+    if label < 4:  # left/up: x/y decrease every frame; right/down: increase
+      steps = np.diff(cx if label < 2 else cy)
+      assert np.all(steps < 0) if label % 2 == 0 else np.all(steps > 0)
+      assert 0.8 < abs(steps.mean()) < 2.6
+    elif label < 6:  # rotation: clockwise on screen is an increasing angle with y down
+      turn = ((np.diff(angle) + 90) % 180 - 90).mean()
+      assert 6 < (turn if label == 4 else -turn) < 22
+    else:  # grow / shrink by a few % of the size per frame
+      rate = np.log(area[1:] / area[:-1]).mean() / 2
+      assert 0.02 < (rate if label == 6 else -rate) < 0.08
+
+
+def test_write_dataset_round_trip(tmp_path):
+  meta = synthetic.write_dataset(tmp_path, num_train=10, num_val=4, num_frames=6, size=24,
+                                 seed=3, num_shards=3)
+  names = sorted(os.listdir(tmp_path))
+  assert names == ["metadata.json", "train-00000-of-00003.tfrecord",
+                   "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord",
+                   "validation-00000-of-00003.tfrecord", "validation-00001-of-00003.tfrecord",
+                   "validation-00002-of-00003.tfrecord"]  # and no temp files left behind
+  with open(tmp_path / "metadata.json") as f:
+    assert json.load(f) == meta
+  assert meta["classes"] == list(synthetic.CLASSES)
+  assert meta["splits"] == {"train": 10, "validation": 4}
+  assert meta["generation"]["seed"] == 3 and meta["generation"]["num_frames"] == 6
+
+  for split, count, split_id in [("train", 10, 0), ("validation", 4, 1)]:
+    records = []
+    for name in sorted(meta["shard_counts"][split]):
+      parsed = _parse_file(str(tmp_path / name))
+      assert len(parsed) == meta["shard_counts"][split][name]
+      records += parsed
+    assert len(records) == count
+    for i, (frames, label, label_string) in enumerate(records):
+      assert label == i % 8 and label_string == synthetic.CLASSES[label]
+      want = synthetic.generate_clip((3, split_id, i), label, num_frames=6, size=24)
+      assert frames.shape == want.shape == (6, 24, 24, 3)
+      # JPEG (quality 90) mostly loses the per-pixel noise.
+      diff = np.abs(frames.astype(int) - want)
+      assert diff.mean() < 6 and np.percentile(diff, 99) < 40
+      # Every stored frame is closest to the generated frame at the same position.
+      err = np.abs(frames[:, None].astype(int) - want[None]).mean(axis=(2, 3, 4))
+      np.testing.assert_array_equal(err.argmin(axis=1), np.arange(6))
+
+
+def test_write_dataset_removes_stale_shards(tmp_path):
+  (tmp_path / "train-00000-of-00009.tfrecord").write_bytes(b"interrupted run")
+  synthetic.write_dataset(tmp_path, num_train=4, num_val=2, num_frames=2, size=16, num_shards=2)
+  assert not (tmp_path / "train-00000-of-00009.tfrecord").exists()
+  assert len(dmvr.list_files(str(tmp_path), "train")) == 2
+
+
+def test_prepare_generates_once(tmp_path, monkeypatch):
+  cfg = make_config()
+  data_dir = data.prepare(cfg, str(tmp_path))
+  assert data_dir == os.path.join(str(tmp_path), "data", "synthetic_motion")
+  assert data.num_examples(cfg, "train", data_dir) == 24
+  assert data.num_examples(cfg, "validation", data_dir) == 10
+  mtime = os.path.getmtime(os.path.join(data_dir, "metadata.json"))
+
+  def fail(*args, **kwargs):
+    raise AssertionError("prepare() regenerated an existing dataset")
+
+  monkeypatch.setattr(synthetic, "write_dataset", fail)
+  assert data.prepare(cfg, str(tmp_path)) == data_dir
+  assert os.path.getmtime(os.path.join(data_dir, "metadata.json")) == mtime
+
+  # Other generation parameters: refuse to use the stale data, and say what to do.
+  cfg.synthetic.seed = 1
+  with pytest.raises(ValueError, match="Delete .*synthetic_motion"):
+    data.prepare(cfg, str(tmp_path))
+
+
+def test_prepare_uses_explicit_data_dir(tmp_path):
+  cfg = make_config(data_dir=str(tmp_path / "mine"))
+  cfg.synthetic.update(num_train=8, num_val=2, num_frames=4, size=24, num_shards=2)
+  assert data.prepare(cfg, str(tmp_path / "work")) == str(tmp_path / "mine")
+  assert (tmp_path / "mine" / "metadata.json").exists()
+  assert not (tmp_path / "work").exists()
+
+
+def test_prepare_missing_real_dataset_names_data_dir(tmp_path):
+  missing = str(tmp_path / "kinetics")
+  cfg = make_config(name="kinetics400", data_dir=missing)
+  with pytest.raises(FileNotFoundError) as e:
+    data.prepare(cfg, str(tmp_path))
+  msg = str(e.value)
+  assert "config.data.data_dir" in msg and missing in msg and "train-*-of-*" in msg
+  assert "does not exist" in msg
+  assert isinstance(e.value, ValueError)
+
+  os.makedirs(missing)
+  with pytest.raises(FileNotFoundError, match="has no shards for split 'train'"):
+    data.prepare(cfg, str(tmp_path))
+
+  with pytest.raises(FileNotFoundError, match="config.data.data_dir is empty"):
+    data.prepare(make_config(name="kinetics400"), str(tmp_path))
+
+
+def test_synthetic_end_to_end(tmp_path):
+  """prepare() + build() give batches of the configured shapes and labels."""
+  cfg = make_config()
+  data_dir = data.prepare(cfg, str(tmp_path))
+  batch = next(data.build(cfg, "train", batch_size=8, seed=0, data_dir=data_dir))
+  assert batch["video"].shape == (8, 8, 32, 32, 3) and batch["video"].dtype == np.float32
+  assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(8))
+  assert np.isfinite(batch["video"]).all() and -2.5 < batch["video"].mean() < 2.5
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in data.build(
+      cfg, "validation", batch_size=4, seed=0, data_dir=data_dir)])
+  np.testing.assert_array_equal(np.sort(labels), np.sort(np.arange(10) % 8))

@@ -1,0 +1,63 @@
+import pytest
+
+from vidtx import configuration
+
+
+def config(**overrides):
+  c = configuration.base()
+  c.model.size, c.model.depth = "Ti", 2
+  c.data.num_frames, c.data.crop_size, c.data.min_resize = 8, 32, 36
+  c.model.patch_size = (2, 8, 8)
+  c.batch_size = 16
+  c.total_steps = 10
+  c.optim.warmup_steps = 2
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def test_valid_config_passes():
+  configuration.validate(config(), num_devices=8, num_processes=1)
+
+
+@pytest.mark.parametrize("overrides, field, hint", [
+    ({"data.num_frames": 7}, "data.num_frames", "tubelet"),
+    ({"data.crop_size": 36}, "data.crop_size", "tubelet"),
+    ({"batch_size": 12}, "batch_size", "--config.batch_size=8"),
+    ({"model.name": "nope"}, "model.name", "choose one of"),
+    ({"model.size": "XL"}, "model.size", "choose one of"),
+    ({"model.num_heads": 5}, "model.width", "divisible by model.num_heads=5"),
+    ({"model.dtype": "float13"}, "model.dtype", "bfloat16"),
+    ({"data.min_resize": 30}, "data.min_resize", "at least data.crop_size"),
+    ({"optim.warmup_steps": 11}, "optim.warmup_steps", "total_steps=10"),
+    ({"total_steps": 0}, "total_steps", "at least 1"),
+    ({"label_smoothing": 1.0}, "label_smoothing", "[0, 1)"),
+    ({"mesh.shape": (3, 1, 1)}, "mesh.shape", "multiply to the 8 devices"),
+    ({"mesh.shape": (-1, 3, 1)}, "mesh.shape", "do not divide"),
+    ({"mesh.rules": (("embed", "model"),)}, "mesh.rules", "not in mesh.axes"),
+])
+def test_impossible_settings_name_the_field(overrides, field, hint):
+  with pytest.raises(ValueError, match=rf"config\.{field}=") as err:
+    configuration.validate(config(**overrides), num_devices=8, num_processes=1)
+  assert hint in str(err.value)
+
+
+def test_batch_must_split_over_hosts():
+  with pytest.raises(ValueError, match="number of hosts"):
+    configuration.validate(config(batch_size=16), num_devices=1, num_processes=3)
+
+
+def test_mesh_shape_resolves_minus_one():
+  assert configuration.mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
+  assert configuration.mesh_shape((2, 2, 2), 8) == (2, 2, 2)
+
+
+def test_configs_are_locked_against_unknown_fields():
+  c = configuration.base()
+  c.lock()
+  with pytest.raises(AttributeError, match="learning_rate"):
+    c.optim.learning_rate = 0.1

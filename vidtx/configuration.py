@@ -1,0 +1,190 @@
+"""Every config field, documented once, and the checks that run before any work starts.
+
+Experiment files in `configs/` start from `base()` and change what they need. Configs are
+locked, so a misspelt field (in a file or as `--config.<field>=<value>`) is an error.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # root of all randomness: init, drop path, data order and augmentation
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "vit"  # key of vidtx.models.MODELS
+  c.model.size = "B"  # Ti / S / B / L / H: width, depth and heads of the standard ViT sizes
+  c.model.width = 0  # > 0 overrides the size's width
+  c.model.depth = 0  # > 0 overrides the size's depth
+  c.model.num_heads = 0  # > 0 overrides the size's number of heads
+  c.model.mlp_ratio = 4.0
+  c.model.patch_size = (2, 16, 16)  # tubelet (t, h, w); must divide num_frames and crop_size
+  c.model.qkv_bias = True  # learned q and v biases (VideoMAE)
+  c.model.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"
+  c.model.pool = "mean"  # "mean" (+ fc_norm) or "cls"
+  c.model.drop_path = 0.0  # stochastic depth of the last block; linear from 0
+  c.model.head_dropout = 0.0
+  c.model.head_init_scale = 1.0  # scales the head's trunc-normal(0.02) init (VideoMAE: 0.001)
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators. Params stay float32.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic_motion"  # "synthetic_motion" is generated; others read from data_dir
+  c.data.data_dir = ""  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
+  c.data.num_classes = 8
+  c.data.num_frames = 8  # frames sampled per clip
+  c.data.frame_stride = 1  # distance between sampled frames
+  c.data.min_resize = 36  # short side after resizing
+  c.data.crop_size = 32  # random crop (train) / centre crop (eval)
+  c.data.flip = False  # random horizontal flip; off: it would swap left/right classes
+  c.data.mean = (0.485, 0.456, 0.406)  # per-channel normalisation of [0, 1] pixels
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.shuffle_buffer = 1024
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.synthetic = ml_collections.ConfigDict()  # used when name == "synthetic_motion"
+  c.data.synthetic.num_train = 4096
+  c.data.synthetic.num_val = 512
+  c.data.synthetic.num_frames = 16  # frames stored per clip
+  c.data.synthetic.size = 40  # stored frame height and width
+  c.data.synthetic.seed = 0
+  c.data.synthetic.num_shards = 8
+
+  c.batch_size = 64  # global batch: all hosts and devices together
+  c.total_steps = 1000
+  c.log_every_steps = 50
+  c.eval_every_steps = 500  # also evaluates at the end; 0: only at the end
+  c.checkpoint_every_steps = 500  # also saves at the end and on SIGTERM
+  c.keep_checkpoints = 3  # keep the last N
+  c.label_smoothing = 0.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3  # peak learning rate
+  c.optim.warmup_steps = 100  # linear warm-up from warmup_init_lr
+  c.optim.warmup_init_lr = 0.0
+  c.optim.min_lr = 0.0  # cosine decays to this at total_steps
+  c.optim.weight_decay = 0.05  # decoupled (AdamW); never on biases, norms, pos. embeddings
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.grad_clip = 0.0  # clip the global gradient norm; 0: off
+
+  c.mesh = ml_collections.ConfigDict()
+  # Device mesh. One -1 takes the remaining devices. data: pure data parallel; fsdp: params and
+  # optimizer state sharded too; tensor: heads and MLP units split. The rules stay the same.
+  c.mesh.axes = ("data", "fsdp", "tensor")
+  c.mesh.shape = (-1, 1, 1)
+  c.mesh.batch_axes = ("data", "fsdp")  # the batch is split over these
+  # Logical parameter axis -> mesh axis (None: replicated).
+  c.mesh.rules = (
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("head_dim", None),
+      ("classes", None),
+      ("norm", None),
+  )
+  return c
+
+
+class ConfigError(ValueError):
+  """A config field that cannot work; the message names the field and the fix."""
+
+
+def _fail(field, value, fix):
+  raise ConfigError(f"config.{field}={value!r}: {fix}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             num_processes: int | None = None) -> None:
+  """Checks what would otherwise fail late or silently. Raises ConfigError naming the field."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  m, d, o = config.model, config.data, config.optim
+
+  from vidtx import models  # the registry imports every model family
+  if m.name not in models.MODELS:
+    _fail("model.name", m.name, f"choose one of {sorted(models.MODELS)}")
+  from vidtx.models import vit
+  if m.size not in vit.SIZES:
+    _fail("model.size", m.size, f"choose one of {list(vit.SIZES)}")
+  width, _, heads = vit.SIZES[m.size]
+  width, heads = m.width or width, m.num_heads or heads
+  if width % heads:
+    _fail("model.width", width, f"must be divisible by model.num_heads={heads}")
+  try:
+    jnp.dtype(m.dtype)
+  except TypeError:
+    _fail("model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
+  if len(m.patch_size) != 3:
+    _fail("model.patch_size", m.patch_size, "give (t, h, w)")
+  pt, ph, pw = m.patch_size
+  if d.num_frames % pt:
+    _fail("data.num_frames", d.num_frames,
+          f"must be divisible by the tubelet's time size model.patch_size[0]={pt}")
+  if d.crop_size % ph or d.crop_size % pw:
+    _fail("data.crop_size", d.crop_size,
+          f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
+  if d.min_resize < d.crop_size:
+    _fail("data.min_resize", d.min_resize, f"must be at least data.crop_size={d.crop_size}")
+  if d.num_classes < 1:
+    _fail("data.num_classes", d.num_classes, "must be positive")
+
+  for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints"):
+    if config[field] < 1:
+      _fail(field, config[field], "must be at least 1")
+  if config.eval_every_steps < 0:
+    _fail("eval_every_steps", config.eval_every_steps, "must be >= 0 (0: only at the end)")
+  if not 0 <= config.label_smoothing < 1:
+    _fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
+  if o.warmup_steps > config.total_steps:
+    _fail("optim.warmup_steps", o.warmup_steps,
+          f"must not exceed total_steps={config.total_steps}")
+  if o.lr <= 0:
+    _fail("optim.lr", o.lr, "must be positive")
+
+  mesh = config.mesh
+  if len(mesh.axes) != len(mesh.shape):
+    _fail("mesh.shape", mesh.shape, f"needs one size per axis in mesh.axes={mesh.axes}")
+  for axis in mesh.batch_axes:
+    if axis not in mesh.axes:
+      _fail("mesh.batch_axes", mesh.batch_axes, f"{axis!r} is not in mesh.axes={mesh.axes}")
+  for logical, axis in mesh.rules:
+    if axis is not None and axis not in mesh.axes:
+      _fail("mesh.rules", (logical, axis), f"{axis!r} is not in mesh.axes={mesh.axes}")
+  shape = mesh_shape(mesh.shape, num_devices)
+  batch_devices = 1
+  for name, size in zip(mesh.axes, shape):
+    if name in mesh.batch_axes:
+      batch_devices *= size
+  if config.batch_size % batch_devices:
+    _fail("batch_size", config.batch_size,
+          f"must be divisible by the {batch_devices} devices of the batch axes "
+          f"{tuple(mesh.batch_axes)}; e.g. --config.batch_size="
+          f"{max(1, config.batch_size // batch_devices) * batch_devices}")
+  if config.batch_size % num_processes:
+    _fail("batch_size", config.batch_size,
+          f"must be divisible by the number of hosts ({num_processes})")
+
+
+def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
+  """Resolves a single -1 in the mesh shape and checks the product equals the device count."""
+  shape = list(shape)
+  if shape.count(-1) > 1:
+    _fail("mesh.shape", tuple(shape), "at most one axis may be -1")
+  known = 1
+  for s in shape:
+    if s != -1:
+      if s < 1:
+        _fail("mesh.shape", tuple(shape), "sizes must be positive or -1")
+      known *= s
+  if -1 in shape:
+    if num_devices % known:
+      _fail("mesh.shape", tuple(shape), f"the fixed sizes do not divide the {num_devices} devices")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    _fail("mesh.shape", tuple(shape), f"the sizes must multiply to the {num_devices} devices")
+  return tuple(shape)

@@ -1,0 +1,29 @@
+"""Video data: the synthetic motion dataset and the DMVR TFRecord input pipeline."""
+
+# dmvr is imported first: it configures TensorFlow (quiet logs, no GPU) before anything uses it.
+from vidtx.data import dmvr
+from vidtx.data import synthetic
+from vidtx.data.dmvr import build, DataNotFoundError, num_examples
+
+SYNTHETIC = "synthetic_motion"
+
+
+def prepare(data_config, workdir):
+  """Makes sure the dataset exists and returns its directory (pass it to `build`).
+
+  synthetic_motion is generated on first use into config.data.data_dir, or into
+  <workdir>/data/synthetic_motion when that is "". Other datasets must already be in
+  config.data.data_dir; a DataNotFoundError says what is missing.
+  """
+  if data_config.name == SYNTHETIC:
+    return synthetic.prepare(data_config, workdir)
+  if not data_config.data_dir:
+    raise DataNotFoundError(
+        f"config.data.data_dir is empty, but dataset {data_config.name!r} is read from disk: "
+        "set config.data.data_dir to the directory holding its DMVR TFRecord shards.")
+  for split in (data_config.train_split, data_config.eval_split):
+    dmvr.list_files(data_config.data_dir, split)  # raises naming the missing files
+  return data_config.data_dir
+
+
+__all__ = ["build", "prepare", "num_examples", "DataNotFoundError", "SYNTHETIC"]

@@ -1,0 +1,246 @@
+"""Synthetic "motion" video dataset whose classes can only be told apart by temporal order.
+
+Every clip shows one object on a textured background. Classes come in pairs, and the second
+class of a pair is exactly the time reversal of the first (same random parameters, same noise),
+so a model that ignores frame order is at chance within every pair.
+"""
+
+import io
+import json
+import os
+import socket
+
+from absl import logging
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from vidtx.data import dmvr
+
+CLASSES = (
+    "move_left", "move_right", "move_up", "move_down",
+    "rotate_clockwise", "rotate_counterclockwise", "grow", "shrink",
+)
+SPLITS = {"train": 0, "validation": 1}  # split name -> id mixed into every clip seed
+METADATA = dmvr.METADATA
+# Bump when the generator changes, so existing data dirs are detected as stale.
+GENERATOR_VERSION = 1
+JPEG_QUALITY = 90
+
+
+# Object shapes as indicator functions of local coordinates (u, v) in [-1, 1]^2 (v points down).
+def _square(u, v):
+  return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+
+
+def _disc(u, v):
+  return u * u + v * v <= 1.0
+
+
+def _triangle(u, v):  # equilateral, pointing up
+  return (v <= 0.5) & (1.732 * u - v <= 1.0) & (-1.732 * u - v <= 1.0)
+
+
+def _cross(u, v):
+  return ((np.abs(u) <= 1) & (np.abs(v) <= 0.3)) | ((np.abs(u) <= 0.3) & (np.abs(v) <= 1))
+
+
+def _ell(u, v):
+  return ((u <= -0.3) & (np.abs(u) <= 1) & (np.abs(v) <= 1)) | (
+      (v >= 0.3) & (v <= 1) & (np.abs(u) <= 1))
+
+
+def _tee(u, v):
+  return ((v <= -0.4) & (v >= -1) & (np.abs(u) <= 1)) | ((np.abs(u) <= 0.3) & (np.abs(v) <= 1))
+
+
+def _wedge(u, v):  # tall isosceles triangle
+  return (v <= 1) & (np.abs(u) <= 0.3 * (v + 1))
+
+
+# Shapes without rotational symmetry, so the direction of rotation is unambiguous.
+ASYMMETRIC_SHAPES = (_ell, _tee, _wedge)
+ALL_SHAPES = (_square, _disc, _triangle, _cross) + ASYMMETRIC_SHAPES
+
+
+def _upsample(grid, size):
+  """Bilinearly upsamples a [k, k, C] grid to [size, size, C] (numpy only)."""
+  k = grid.shape[0]
+  pos = np.linspace(0, k - 1, size)
+  i0 = np.minimum(np.floor(pos).astype(int), k - 2)
+  w = (pos - i0)[:, None]
+  rows = grid[i0] * (1 - w[..., None]) + grid[i0 + 1] * w[..., None]  # [size, k, C]
+  return rows[:, i0] * (1 - w[None]) + rows[:, i0 + 1] * w[None]
+
+
+def _trajectory(rng, pair, num_frames, size):
+  """Per-frame centre, angle and radius of the object for the FIRST class of `pair`."""
+  t = np.arange(num_frames, dtype=np.float64)
+  steps = max(num_frames - 1, 1)
+  radius = rng.uniform(4.5, 7.0)
+  angle = rng.uniform(0, 2 * np.pi)
+  if pair in (0, 1):  # move_left (x decreases) / move_up (y decreases)
+    # The centre stays in [radius/2, size - radius/2]: the object is at least ~half visible.
+    travel_max = size - radius
+    speed = min(rng.uniform(1.0, 2.5), travel_max / steps)
+    slack = max(travel_max - speed * steps, 0.0)
+    start = size - radius / 2 - rng.uniform() * slack
+    along = start - speed * t
+    across = np.full_like(t, rng.uniform(radius, size - radius))
+    cx, cy = (along, across) if pair == 0 else (across, along)
+    return cx, cy, np.full_like(t, angle), np.full_like(t, radius)
+  if pair == 2:  # rotate_clockwise: the angle grows, which is clockwise on screen (y points down)
+    omega = np.deg2rad(rng.uniform(8.0, 20.0))
+    cx, cy = rng.uniform(1.3 * radius, size - 1.3 * radius, size=2)
+    return np.full_like(t, cx), np.full_like(t, cy), angle + omega * t, np.full_like(t, radius)
+  # grow: the radius is multiplied by `rate` every frame and ends at r_end.
+  rate = rng.uniform(1.03, 1.07)
+  r_end = rng.uniform(0.3, 0.42) * size
+  cx, cy = size / 2 + rng.uniform(-0.1, 0.1, size=2) * size
+  return np.full_like(t, cx), np.full_like(t, cy), np.full_like(t, angle), r_end / rate**(steps - t)
+
+
+def generate_clip(seed, label, *, num_frames=16, size=40, return_mask=False):
+  """Renders one clip as uint8 [num_frames, size, size, 3] (and the object mask if asked).
+
+  `seed` is anything `np.random.default_rng` accepts (e.g. (dataset_seed, split_id, index)).
+  The random parameters depend only on the seed and the class *pair*, and the second class of
+  a pair is the first one reversed in time:
+  generate_clip(s, 2k + 1) == generate_clip(s, 2k)[::-1].
+  """
+  if not 0 <= label < len(CLASSES):
+    raise ValueError(f"label={label} is out of range; expected 0..{len(CLASSES) - 1}.")
+  if num_frames < 2 or size < 16:
+    raise ValueError(f"Need num_frames >= 2 and size >= 16, got num_frames={num_frames}, "
+                     f"size={size}; change config.data.synthetic.")
+  pair = label // 2
+  rng = np.random.default_rng(seed)
+  shapes = ASYMMETRIC_SHAPES if pair == 2 else ALL_SHAPES
+  shape = shapes[rng.integers(len(shapes))]
+
+  # Low-frequency colour noise background, and an object colour that stands out from it.
+  base = rng.uniform(0.15, 0.85, size=3)
+  background = base + 0.5 * (_upsample(rng.uniform(size=(5, 5, 3)), size) - 0.5)
+  for _ in range(20):
+    colour = rng.uniform(size=3)
+    if np.linalg.norm(colour - base) > 0.5:
+      break
+
+  cx, cy, angle, radius = (a[:, None, None] for a in _trajectory(rng, pair, num_frames, size))
+  y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
+  dx, dy = x - cx, y - cy
+  cos, sin = np.cos(angle), np.sin(angle)
+  mask = shape((cos * dx + sin * dy) / radius, (cos * dy - sin * dx) / radius)  # [T, S, S]
+
+  noise = rng.normal(scale=rng.uniform(0.0, 0.03), size=(num_frames, size, size, 3))
+  frames = np.where(mask[..., None], colour, background) + noise
+  frames = np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
+  if label % 2:  # second class of the pair: time reversal of the first
+    frames, mask = frames[::-1], mask[::-1]
+  return (frames, mask) if return_mask else frames
+
+
+def clip_label(index):
+  """Labels cycle through the classes so every split is balanced."""
+  return index % len(CLASSES)
+
+
+def make_sequence_example(frames, label, label_string=""):
+  """Encodes uint8 frames [T, H, W, 3] as a DMVR-layout tf.train.SequenceExample."""
+  encoded = []
+  for frame in frames:
+    buf = io.BytesIO()
+    # No chroma subsampling: it would blur the colour edges of tiny objects.
+    Image.fromarray(np.asarray(frame)).save(buf, format="JPEG", quality=JPEG_QUALITY,
+                                            subsampling=0)
+    encoded.append(buf.getvalue())
+  ex = tf.train.SequenceExample()
+  ex.context.feature[dmvr.LABEL_KEY].int64_list.value.append(int(label))
+  ex.context.feature[dmvr.LABEL_STRING_KEY].bytes_list.value.append(label_string.encode())
+  frame_list = ex.feature_lists.feature_list[dmvr.FRAMES_KEY]
+  for data in encoded:
+    frame_list.feature.add().bytes_list.value.append(data)
+  return ex
+
+
+def write_records(path, examples):
+  """Writes serialisable examples to `path` atomically (temp name, then rename)."""
+  directory, name = os.path.split(path)
+  tmp = os.path.join(directory, f".tmp-{socket.gethostname()}-{os.getpid()}-{name}")
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for ex in examples:
+      writer.write(ex.SerializeToString())
+  os.replace(tmp, path)
+
+
+def generation_params(*, num_train, num_val, num_frames=16, size=40, seed=0, num_shards=8):
+  """The parameters that fully determine a generated dataset (stored in metadata.json)."""
+  return dict(num_train=int(num_train), num_val=int(num_val), num_frames=int(num_frames),
+              size=int(size), seed=int(seed), num_shards=int(num_shards),
+              version=GENERATOR_VERSION)
+
+
+def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=0, num_shards=8):
+  """Generates the dataset into `data_dir` as TFRecord shards plus metadata.json (written last).
+
+  Clip i of a split has label i % 8 and seed (seed, split_id, i); shard k holds a contiguous
+  range of clips. Each split gets min(num_shards, count) shards.
+  """
+  params = generation_params(num_train=num_train, num_val=num_val, num_frames=num_frames,
+                             size=size, seed=seed, num_shards=num_shards)
+  if num_shards < 1 or num_train < 1 or num_val < 1:
+    raise ValueError(f"Need num_train, num_val and num_shards >= 1, got {params}; "
+                     "change config.data.synthetic.")
+  os.makedirs(data_dir, exist_ok=True)
+  metadata = dict(name="synthetic_motion", classes=list(CLASSES), splits={}, shard_counts={},
+                  generation=params)
+  for split, count in (("train", num_train), ("validation", num_val)):
+    shards = min(num_shards, count)
+    names = [f"{split}-{k:05d}-of-{shards:05d}.tfrecord" for k in range(shards)]
+    _remove_stale_shards(data_dir, split, keep=names)
+    bounds = np.linspace(0, count, shards + 1).astype(int)
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+      examples = (make_sequence_example(
+          generate_clip((seed, SPLITS[split], i), clip_label(i), num_frames=num_frames, size=size),
+          clip_label(i), CLASSES[clip_label(i)]) for i in range(lo, hi))
+      write_records(os.path.join(data_dir, name), examples)
+      logging.info("Wrote %s (%d clips)", name, hi - lo)
+      metadata["shard_counts"].setdefault(split, {})[name] = int(hi - lo)
+    metadata["splits"][split] = int(count)
+
+  # metadata.json marks the dataset as complete, so it goes last and atomically.
+  tmp = os.path.join(data_dir, f".tmp-{socket.gethostname()}-{os.getpid()}-{METADATA}")
+  with open(tmp, "w") as f:
+    json.dump(metadata, f, indent=2)
+  os.replace(tmp, os.path.join(data_dir, METADATA))
+  return metadata
+
+
+def _remove_stale_shards(data_dir, split, keep):
+  """Removes shards of `split` from an interrupted run that used a different shard count."""
+  for path in tf.io.gfile.glob(os.path.join(data_dir, dmvr.shard_pattern(split))):
+    if os.path.basename(path) not in keep:
+      os.remove(path)
+
+
+def prepare(data_config, workdir):
+  """Generates the dataset into its data dir unless metadata.json is already there.
+
+  Returns the data dir. Raises if an existing dataset was generated with other parameters.
+  """
+  data_dir = data_config.data_dir or os.path.join(workdir, "data", "synthetic_motion")
+  want = generation_params(**data_config.synthetic)
+  path = os.path.join(data_dir, METADATA)
+  if os.path.exists(path):
+    with open(path) as f:
+      have = json.load(f).get("generation")
+    if have != want:
+      raise ValueError(
+          f"The synthetic dataset in {data_dir} was generated with {have}, but "
+          f"config.data.synthetic asks for {want}. Delete {data_dir} to regenerate it, or set "
+          "config.data.data_dir to another directory.")
+    logging.info("Using existing synthetic dataset in %s", data_dir)
+    return data_dir
+  logging.info("Generating synthetic motion dataset in %s with %s", data_dir, want)
+  write_dataset(data_dir, **{k: v for k, v in want.items() if k != "version"})
+  return data_dir

@@ -1,0 +1,38 @@
+"""Entry point: python -m vidtx.main --config=configs/demo.py --workdir=/tmp/run [--mode=eval]."""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, optionally with a variant: configs/x.py:variant. "
+    "Override any field with --config.<field>=<value>.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and data.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (resuming from the workdir) and evaluate; "
+                          "eval: evaluate the workdir's latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Imported after flag parsing: importing jax and tf is slow.
+  from vidtx import configuration, train
+  from vidtx.data import dmvr
+  try:
+    if _MODE.value == "train":
+      metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      metrics = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  except (configuration.ConfigError, dmvr.DataNotFoundError) as e:
+    # The message names the field and the fix; a traceback would only bury it.
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+  logging.info("result: %s", json.dumps(metrics))
+
+
+if __name__ == "__main__":
+  app.run(main)

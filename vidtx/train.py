@@ -1,0 +1,248 @@
+"""The one training loop: build, restore, step, evaluate, checkpoint, log."""
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from flax import nnx
+
+from vidtx import checkpoint, configuration, data, evaluate, models, optim, sharding
+from vidtx.models import layers
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop and evaluation need, built once from the config."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  graphdef: nnx.GraphDef
+  abstract_state: nnx.State  # ShapeDtypeStructs with the mesh's shardings
+  state_shardings: nnx.State
+  batch_sharding: jax.sharding.NamedSharding
+  create: Callable[[], tuple[nnx.Module, nnx.Optimizer]]  # builds model and optimizer
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
+  """Validates the config, builds the mesh and the (abstract) model + optimizer state."""
+  configuration.validate(config)
+  mesh = sharding.build_mesh(config.mesh) if mesh is None else mesh
+
+  def create():
+    model = models.build(config.model, config.data, nnx.Rngs(params=config.seed))
+    return model, nnx.Optimizer(model, optim.build(config.optim, config.total_steps),
+                                wrt=nnx.Param)
+
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
+  shardings = sharding.state_shardings(abstract_state, mesh, config.mesh)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
+  return Setup(config, mesh, graphdef, abstract_state, shardings,
+               sharding.batch_sharding(mesh, config.mesh), create)
+
+
+def init_state(setup: Setup) -> nnx.State:
+  """Creates parameters and optimizer state directly in their shardings."""
+  return jax.jit(lambda: nnx.state(setup.create()), out_shardings=setup.state_shardings)()
+
+
+def make_train_step(setup: Setup):
+  """jit: (state, batch, rng) -> (state, metrics). The state is donated."""
+  config = setup.config
+
+  def train_step(state, batch, rng):
+    model, optimizer = nnx.merge(setup.graphdef, state)
+    # The step's randomness depends only on the root key and the step: resumes are exact.
+    key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
+    labels = batch["label"]
+
+    def loss_fn(model):
+      logits = model(batch["video"], train=True, key=key)
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                    config.label_smoothing)
+      return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    metrics = {
+        "loss": loss,
+        "top1": evaluate.topk_correct(logits, labels, 1).mean(),
+        "top5": evaluate.topk_correct(logits, labels, 5).mean(),
+        "grad_norm": optax.tree.norm(grads),
+    }
+    return nnx.state((model, optimizer)), metrics
+
+  replicated = sharding.replicated(setup.mesh)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(setup.state_shardings, setup.batch_sharding, replicated),
+                 out_shardings=(setup.state_shardings, replicated))
+
+
+class _Preemption:
+  """Turns SIGTERM (what TPU VMs, SLURM and `kill` send) into a save-and-exit request."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("Received signal %d: saving a checkpoint at the next step, then exiting.",
+                    signum)
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _device_prefetch(batches, batch_sharding, size: int = 2):
+  """Starts host->device copies `size` batches ahead of the step that needs them."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(sharding.to_global(batch, batch_sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _eval_batches(setup: Setup, data_dir: str):
+  config = setup.config
+  return data.build(config.data, config.data.eval_split,
+                    batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                    process_index=jax.process_index(), process_count=jax.process_count(),
+                    data_dir=data_dir)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns eval metrics."""
+  setup = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = data.prepare(config.data, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  writer = metric_writers.create_default_writer(
+      os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+
+  with jax.set_mesh(setup.mesh):
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(setup.abstract_state)
+      step, rng = meta["step"], np.asarray(meta["rng"], np.uint32)
+      data_position = meta["data_position"]
+      logging.info("Resuming at step %d of %d.", step, config.total_steps)
+    else:
+      state = init_state(setup)
+      step, data_position = 0, 0
+      rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
+      param_count = layers.count_params(setup.abstract_state[0])  # [0]: the model
+      logging.info("Training %s (%s parameters) on %d devices, mesh %s, from scratch.",
+                   config.model.name, f"{param_count:,}", jax.device_count(),
+                   dict(setup.mesh.shape))
+
+    train_step = make_train_step(setup)
+    eval_step = evaluate.make_eval_step(setup.graphdef, setup.state_shardings,
+                                        setup.batch_sharding, setup.mesh)
+    lr_schedule = optim.schedule(config.optim, config.total_steps)
+
+    def save(step):
+      ckpt.save(step, state, {"step": step, "data_position": data_position,
+                              "rng": rng.tolist()})
+
+    def run_eval(step):
+      metrics = evaluate.evaluate(eval_step, state, _eval_batches(setup, data_dir),
+                                  setup.batch_sharding)
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+      writer.flush()
+      return metrics
+
+    train_batches = _device_prefetch(
+        data.build(config.data, config.data.train_split,
+                   batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                   start_batch=data_position, process_index=jax.process_index(),
+                   process_count=jax.process_count(), data_dir=data_dir),
+        setup.batch_sharding)
+
+    preemption = _Preemption()
+    pending, last_log = [], (step, time.time())
+    try:
+      while step < config.total_steps:
+        state, metrics = train_step(state, next(train_batches), rng)
+        step += 1
+        data_position += 1
+        pending.append(metrics)
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          # Fetching metrics only here keeps the host from waiting on every step.
+          means = {f"train/{k}": float(np.mean(v))
+                   for k, v in jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *pending))
+                   .items()}
+          now = time.time()
+          steps_per_s = (step - last_log[0]) / (now - last_log[1])
+          eta = (config.total_steps - step) / steps_per_s
+          writer.write_scalars(step, {**means, "train/lr": float(lr_schedule(step - 1)),
+                                      "train/steps_per_s": steps_per_s})
+          logging.info("step %d/%d: loss %.4f, top-1 %.3f, %.2f steps/s, ETA %s", step,
+                       config.total_steps, means["train/loss"], means["train/top1"],
+                       steps_per_s, _format_duration(eta))
+          pending, last_log = [], (step, now)
+        if preemption.requested:
+          save(step)
+          ckpt.wait()
+          logging.warning("Saved step %d after SIGTERM; rerun the same command to resume.", step)
+          return {}
+        if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
+          save(step)
+        if config.eval_every_steps and step % config.eval_every_steps == 0 \
+            and step < config.total_steps:
+          metrics = run_eval(step)
+          logging.info("eval at step %d: top-1 %.4f, top-5 %.4f, loss %.4f", step,
+                       metrics["top1"], metrics["top5"], metrics["loss"])
+      if ckpt.latest_step() != step:
+        save(step)
+      metrics = run_eval(step)
+      logging.info("final eval at step %d over %d clips: top-1 %.4f, top-5 %.4f, loss %.4f",
+                   step, metrics["num_examples"], metrics["top1"], metrics["top5"],
+                   metrics["loss"])
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
+          json.dump({"step": step, **metrics}, f, indent=2)
+      return metrics
+    finally:
+      preemption.restore()
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates the latest checkpoint in `workdir`."""
+  setup = build(config)
+  data_dir = data.prepare(config.data, workdir)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
+  with jax.set_mesh(setup.mesh):
+    state, meta = ckpt.restore(setup.abstract_state)
+    eval_step = evaluate.make_eval_step(setup.graphdef, setup.state_shardings,
+                                        setup.batch_sharding, setup.mesh)
+    metrics = evaluate.evaluate(eval_step, state, _eval_batches(setup, data_dir),
+                                setup.batch_sharding)
+  ckpt.close()
+  logging.info("eval of step %d over %d clips: top-1 %.4f, top-5 %.4f, loss %.4f", meta["step"],
+               metrics["num_examples"], metrics["top1"], metrics["top5"], metrics["loss"])
+  return {"step": meta["step"], **metrics}
