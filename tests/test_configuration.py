@@ -32,7 +32,7 @@ def test_valid_config_passes():
     ({"model.size": "XL"}, "model.size", "choose one of"),
     ({"model.num_heads": 5}, "model.width", "divisible by model.num_heads=5"),
     ({"model.dtype": "float13"}, "model.dtype", "bfloat16"),
-    ({"data.min_resize": 30}, "data.min_resize", "at least data.crop_size"),
+    ({"data.min_resize": 30}, "data.min_resize", "at least config.data.crop_size"),
     ({"optim.warmup_steps": 11}, "optim.warmup_steps", "total_steps=10"),
     ({"total_steps": 0}, "total_steps", "at least 1"),
     ({"label_smoothing": 1.0}, "label_smoothing", "[0, 1)"),

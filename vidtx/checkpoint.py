@@ -20,7 +20,9 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=("state", "meta"))
+        # Named up front so a fresh process can read a checkpoint's metadata before restoring.
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -56,16 +58,17 @@ class Checkpointer:
 
 
 def _check_shapes(saved, target) -> None:
-  saved_flat = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
-  target_flat = dict(jax.tree_util.tree_flatten_with_path(target)[0])
-  name = lambda path: jax.tree_util.keystr(path, simple=True, separator="/")
-  missing = sorted(name(p) for p in target_flat.keys() - saved_flat.keys())
-  unexpected = sorted(name(p) for p in saved_flat.keys() - target_flat.keys())
+  # Compared by path string: orbax's metadata has string keys where the state has ints.
+  def flat(tree):
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  saved, target = flat(saved), flat(target)
+  missing, unexpected = sorted(target.keys() - saved.keys()), sorted(saved.keys() - target.keys())
   if missing or unexpected:
     raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, "
                      f"unexpected {unexpected[:5]} (was it written with another config?)")
-  for path, want in target_flat.items():
-    got = tuple(saved_flat[path].shape)
+  for name, want in target.items():
+    got = tuple(saved[name].shape)
     if got != tuple(want.shape):
-      raise ValueError(f"checkpoint parameter {name(path)} has shape {got} but the model "
+      raise ValueError(f"checkpoint parameter {name} has shape {got} but the model "
                        f"expects {tuple(want.shape)} (was it written with another config?)")

@@ -127,8 +127,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if d.crop_size % ph or d.crop_size % pw:
     _fail("data.crop_size", d.crop_size,
           f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
-  if d.min_resize < d.crop_size:
-    _fail("data.min_resize", d.min_resize, f"must be at least data.crop_size={d.crop_size}")
+  from vidtx.data import dmvr
+  dmvr.check_config(d)
   if d.num_classes < 1:
     _fail("data.num_classes", d.num_classes, "must be positive")
 

@@ -1,6 +1,7 @@
 """Entry point: python -m vidtx.main --config=configs/demo.py --workdir=/tmp/run [--mode=eval]."""
 
 import json
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -16,9 +17,15 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_orbax(record) -> bool:
+  """Orbax logs every save step at INFO; keep its warnings, drop the chatter around our logs."""
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported after flag parsing: importing jax and tf is slow.
   from vidtx import configuration, train
   from vidtx.data import dmvr

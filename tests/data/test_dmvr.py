@@ -1,11 +1,10 @@
 """Tests of the DMVR TFRecord pipeline: frame sampling, transforms, eval passes, train resume."""
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from vidtx import data
+from vidtx import configuration, data
 from vidtx.data import dmvr
 from vidtx.data import synthetic
 
@@ -14,11 +13,10 @@ STD = np.array([0.229, 0.224, 0.225])
 
 
 def make_config(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      name="test", data_dir="", num_classes=8, num_frames=4, frame_stride=1,
-      min_resize=36, crop_size=32, flip=False, mean=tuple(MEAN), std=tuple(STD),
-      shuffle_buffer=8, train_split="train", eval_split="validation",
-      synthetic=dict(num_train=24, num_val=10, num_frames=16, size=40, seed=0, num_shards=3)))
+  cfg = configuration.base().data
+  cfg.update(dict(name="test", num_frames=4, frame_stride=1, min_resize=36, crop_size=32,
+                  mean=tuple(MEAN), std=tuple(STD), shuffle_buffer=8,
+                  synthetic=dict(num_train=24, num_val=10, num_shards=3)))
   cfg.update(overrides)
   return cfg
 
@@ -291,5 +289,7 @@ def test_batch_larger_than_host_data_is_an_error(id_dataset):
 
 
 def test_bad_config_values_are_named():
-  with pytest.raises(ValueError, match="crop_size=40 is larger than config.data.min_resize=36"):
+  with pytest.raises(ValueError, match=r"min_resize=36: must be at least config.data.crop_size=40"):
     data.build(make_config(crop_size=40), "train", batch_size=2, seed=0, data_dir="x")
+  with pytest.raises(ValueError, match=r"config.data.frame_stride=0: must be at least 1"):
+    data.build(make_config(frame_stride=0), "train", batch_size=2, seed=0, data_dir="x")

@@ -3,23 +3,18 @@
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from vidtx import data
+from vidtx import configuration, data
 from vidtx.data import dmvr
 from vidtx.data import synthetic
 
 
 def make_config(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      name="synthetic_motion", data_dir="", num_classes=8, num_frames=8, frame_stride=1,
-      min_resize=36, crop_size=32, flip=False, mean=(0.485, 0.456, 0.406),
-      std=(0.229, 0.224, 0.225), shuffle_buffer=1024, train_split="train",
-      eval_split="validation",
-      synthetic=dict(num_train=24, num_val=10, num_frames=16, size=40, seed=0, num_shards=3)))
+  cfg = configuration.base().data
+  cfg.update(dict(synthetic=dict(num_train=24, num_val=10, num_shards=3)))
   cfg.update(overrides)
   return cfg
 
@@ -53,8 +48,8 @@ def _mask_stats(mask):
 
 def test_class_names_and_order():
   assert synthetic.CLASSES == (
-      "move_left", "move_right", "move_up", "move_down", "rotate_clockwise",
-      "rotate_counterclockwise", "grow", "shrink")
+      "move_left", "move_right", "move_up", "move_down", "fade_in", "fade_out", "grow",
+      "shrink")
 
 
 @pytest.mark.parametrize("pair", range(4))
@@ -83,16 +78,21 @@ def test_generation_is_deterministic_and_depends_on_seed():
 def test_motion_direction_and_speed(label):
   """Each class moves the object the way its name says, at the documented speeds."""
   for seed in range(10):
-    _, mask = synthetic.generate_clip(seed, label, return_mask=True)
+    frames, mask = synthetic.generate_clip(seed, label, return_mask=True)
     assert mask.sum(axis=(1, 2)).min() > 5  # the object is visible in every frame
     area, cx, cy, angle = _mask_stats(mask).T
     if label < 4:  # left/up: x/y decrease every frame; right/down: increase
       steps = np.diff(cx if label < 2 else cy)
       assert np.all(steps < 0) if label % 2 == 0 else np.all(steps > 0)
       assert 0.8 < abs(steps.mean()) < 2.6
-    elif label < 6:  # rotation: clockwise on screen is an increasing angle with y down
-      turn = ((np.diff(angle) + 90) % 180 - 90).mean()
-      assert 6 < (turn if label == 4 else -turn) < 22
+    elif label < 6:  # fade in / out: a still object whose pixels move away from / towards
+      # the background, steadily over the clip
+      assert np.all(mask == mask[0])
+      faint = frames[0] if label == 4 else frames[-1]
+      change = np.abs(frames.astype(float) - faint)[:, mask[0]].mean(axis=(1, 2))
+      trend = np.corrcoef(np.arange(len(change)), change)[0, 1]
+      assert (trend if label == 4 else -trend) > 0.9
+      assert change.max() > 25  # clearly visible at full opacity (10% of the range)
     else:  # grow / shrink by a few % of the size per frame
       rate = np.log(area[1:] / area[:-1]).mean() / 2
       assert 0.02 < (rate if label == 6 else -rate) < 0.08

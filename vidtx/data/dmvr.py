@@ -21,6 +21,8 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from vidtx.configuration import ConfigError  # pylint: disable=g-import-not-at-top
+
 FRAMES_KEY = "image/encoded"
 LABEL_KEY = "clip/label/index"
 LABEL_STRING_KEY = "clip/label/string"
@@ -313,16 +315,17 @@ def _padded_eval_batches(ds, data_config, batch_size, num_batches):
 
 
 def check_config(data_config):
+  """Data fields that cannot work; run at start by `configuration.validate` and by `build`."""
   cfg = data_config
-  if cfg.num_frames < 1 or cfg.frame_stride < 1:
-    raise ValueError(f"Need config.data.num_frames >= 1 and frame_stride >= 1, got "
-                     f"num_frames={cfg.num_frames}, frame_stride={cfg.frame_stride}.")
+  for field in ("num_frames", "frame_stride", "crop_size", "shuffle_buffer"):
+    if cfg[field] < 1:
+      raise ConfigError(f"config.data.{field}={cfg[field]!r}: must be at least 1")
   if cfg.crop_size > cfg.min_resize:
-    raise ValueError(f"config.data.crop_size={cfg.crop_size} is larger than "
-                     f"config.data.min_resize={cfg.min_resize}; lower crop_size or raise "
-                     "min_resize.")
+    raise ConfigError(f"config.data.min_resize={cfg.min_resize!r}: must be at least "
+                      f"config.data.crop_size={cfg.crop_size}")
   if len(cfg.mean) != 3 or len(cfg.std) != 3:
-    raise ValueError(f"config.data.mean={cfg.mean} and std={cfg.std} need 3 values (RGB).")
+    raise ConfigError(f"config.data.mean={tuple(cfg.mean)!r}, std={tuple(cfg.std)!r}: "
+                      "give 3 values each (RGB)")
 
 
 def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=0,

@@ -5,8 +5,10 @@ class of a pair is exactly the time reversal of the first (same random parameter
 so a model that ignores frame order is at chance within every pair.
 """
 
+import concurrent.futures
 import io
 import json
+import multiprocessing
 import os
 import socket
 
@@ -19,12 +21,12 @@ from vidtx.data import dmvr
 
 CLASSES = (
     "move_left", "move_right", "move_up", "move_down",
-    "rotate_clockwise", "rotate_counterclockwise", "grow", "shrink",
+    "fade_in", "fade_out", "grow", "shrink",
 )
 SPLITS = {"train": 0, "validation": 1}  # split name -> id mixed into every clip seed
 METADATA = dmvr.METADATA
 # Bump when the generator changes, so existing data dirs are detected as stale.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
 
 
@@ -58,9 +60,7 @@ def _wedge(u, v):  # tall isosceles triangle
   return (v <= 1) & (np.abs(u) <= 0.3 * (v + 1))
 
 
-# Shapes without rotational symmetry, so the direction of rotation is unambiguous.
-ASYMMETRIC_SHAPES = (_ell, _tee, _wedge)
-ALL_SHAPES = (_square, _disc, _triangle, _cross) + ASYMMETRIC_SHAPES
+SHAPES = (_square, _disc, _triangle, _cross, _ell, _tee, _wedge)
 
 
 def _upsample(grid, size):
@@ -74,7 +74,7 @@ def _upsample(grid, size):
 
 
 def _trajectory(rng, pair, num_frames, size):
-  """Per-frame centre, angle and radius of the object for the FIRST class of `pair`."""
+  """Per-frame centre, angle, radius and opacity of the object for the FIRST class of `pair`."""
   t = np.arange(num_frames, dtype=np.float64)
   steps = max(num_frames - 1, 1)
   radius = rng.uniform(4.5, 7.0)
@@ -88,16 +88,18 @@ def _trajectory(rng, pair, num_frames, size):
     along = start - speed * t
     across = np.full_like(t, rng.uniform(radius, size - radius))
     cx, cy = (along, across) if pair == 0 else (across, along)
-    return cx, cy, np.full_like(t, angle), np.full_like(t, radius)
-  if pair == 2:  # rotate_clockwise: the angle grows, which is clockwise on screen (y points down)
-    omega = np.deg2rad(rng.uniform(8.0, 20.0))
-    cx, cy = rng.uniform(1.3 * radius, size - 1.3 * radius, size=2)
-    return np.full_like(t, cx), np.full_like(t, cy), angle + omega * t, np.full_like(t, radius)
+    return cx, cy, np.full_like(t, angle), np.full_like(t, radius), np.ones_like(t)
+  if pair == 2:  # fade_in: the object's opacity ramps up from faint to solid
+    opacity = np.linspace(rng.uniform(0.0, 0.2), rng.uniform(0.9, 1.0), num_frames)
+    cx, cy = rng.uniform(radius, size - radius, size=2)
+    return (np.full_like(t, cx), np.full_like(t, cy), np.full_like(t, angle),
+            np.full_like(t, radius), opacity)
   # grow: the radius is multiplied by `rate` every frame and ends at r_end.
   rate = rng.uniform(1.03, 1.07)
   r_end = rng.uniform(0.3, 0.42) * size
   cx, cy = size / 2 + rng.uniform(-0.1, 0.1, size=2) * size
-  return np.full_like(t, cx), np.full_like(t, cy), np.full_like(t, angle), r_end / rate**(steps - t)
+  return (np.full_like(t, cx), np.full_like(t, cy), np.full_like(t, angle),
+          r_end / rate**(steps - t), np.ones_like(t))
 
 
 def generate_clip(seed, label, *, num_frames=16, size=40, return_mask=False):
@@ -115,8 +117,7 @@ def generate_clip(seed, label, *, num_frames=16, size=40, return_mask=False):
                      f"size={size}; change config.data.synthetic.")
   pair = label // 2
   rng = np.random.default_rng(seed)
-  shapes = ASYMMETRIC_SHAPES if pair == 2 else ALL_SHAPES
-  shape = shapes[rng.integers(len(shapes))]
+  shape = SHAPES[rng.integers(len(SHAPES))]
 
   # Low-frequency colour noise background, and an object colour that stands out from it.
   base = rng.uniform(0.15, 0.85, size=3)
@@ -126,14 +127,16 @@ def generate_clip(seed, label, *, num_frames=16, size=40, return_mask=False):
     if np.linalg.norm(colour - base) > 0.5:
       break
 
-  cx, cy, angle, radius = (a[:, None, None] for a in _trajectory(rng, pair, num_frames, size))
+  cx, cy, angle, radius, opacity = (
+      a[:, None, None] for a in _trajectory(rng, pair, num_frames, size))
   y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
   dx, dy = x - cx, y - cy
   cos, sin = np.cos(angle), np.sin(angle)
   mask = shape((cos * dx + sin * dy) / radius, (cos * dy - sin * dx) / radius)  # [T, S, S]
 
   noise = rng.normal(scale=rng.uniform(0.0, 0.03), size=(num_frames, size, size, 3))
-  frames = np.where(mask[..., None], colour, background) + noise
+  alpha = mask[..., None] * opacity[..., None]
+  frames = background + alpha * (colour - background) + noise
   frames = np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
   if label % 2:  # second class of the pair: time reversal of the first
     frames, mask = frames[::-1], mask[::-1]
@@ -194,19 +197,26 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
   os.makedirs(data_dir, exist_ok=True)
   metadata = dict(name="synthetic_motion", classes=list(CLASSES), splits={}, shard_counts={},
                   generation=params)
+  jobs = []
   for split, count in (("train", num_train), ("validation", num_val)):
     shards = min(num_shards, count)
     names = [f"{split}-{k:05d}-of-{shards:05d}.tfrecord" for k in range(shards)]
     _remove_stale_shards(data_dir, split, keep=names)
     bounds = np.linspace(0, count, shards + 1).astype(int)
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
-      examples = (make_sequence_example(
-          generate_clip((seed, SPLITS[split], i), clip_label(i), num_frames=num_frames, size=size),
-          clip_label(i), CLASSES[clip_label(i)]) for i in range(lo, hi))
-      write_records(os.path.join(data_dir, name), examples)
-      logging.info("Wrote %s (%d clips)", name, hi - lo)
+      jobs.append((os.path.join(data_dir, name), SPLITS[split], int(lo), int(hi)))
       metadata["shard_counts"].setdefault(split, {})[name] = int(hi - lo)
     metadata["splits"][split] = int(count)
+
+  # One shard per task on all cores. Spawned, not forked: TF's threads do not survive a fork.
+  workers = min(len(jobs), os.cpu_count() or 1)
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    futures = [pool.submit(_write_shard, path, split_id, lo, hi, seed=seed,
+                           num_frames=num_frames, size=size) for path, split_id, lo, hi in jobs]
+    for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+      future.result()  # re-raises a worker's error
+      logging.info("Generated %d/%d shards", done, len(jobs))
 
   # metadata.json marks the dataset as complete, so it goes last and atomically.
   tmp = os.path.join(data_dir, f".tmp-{socket.gethostname()}-{os.getpid()}-{METADATA}")
@@ -214,6 +224,15 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
     json.dump(metadata, f, indent=2)
   os.replace(tmp, os.path.join(data_dir, METADATA))
   return metadata
+
+
+def _write_shard(path, split_id, lo, hi, *, seed, num_frames, size):
+  """Writes clips lo..hi-1 of a split (clip i: label i % 8, seed (seed, split_id, i))."""
+  write_records(path, (
+      make_sequence_example(
+          generate_clip((seed, split_id, i), clip_label(i), num_frames=num_frames, size=size),
+          clip_label(i), CLASSES[clip_label(i)])
+      for i in range(lo, hi)))
 
 
 def _remove_stale_shards(data_dir, split, keep):
