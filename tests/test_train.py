@@ -112,13 +112,21 @@ def _wait_for_checkpoint(proc, workdir, min_step):
   raise TimeoutError("no checkpoint appeared")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_run_resumes_bit_exactly(data_dir, tmp_path, sig):
-  steps = {"total_steps": 400, "checkpoint_every_steps": 20, "log_every_steps": 20,
-           "model.drop_path": 0.1}
-  reference = tmp_path / "reference"
-  assert run_main(reference, data_dir, **steps).returncode == 0
+RESUME_STEPS = {"total_steps": 400, "checkpoint_every_steps": 20, "log_every_steps": 20,
+                "model.drop_path": 0.1}
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+  """Final (meta, params) of a run that was never interrupted."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  assert run_main(workdir, data_dir, **RESUME_STEPS).returncode == 0
+  return final_params(workdir, data_dir, **RESUME_STEPS)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_bit_exactly(data_dir, uninterrupted, tmp_path, sig):
+  steps = RESUME_STEPS
   interrupted = tmp_path / "interrupted"
   proc = subprocess.Popen(main_command(interrupted, data_dir, **steps), cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -136,7 +144,7 @@ def test_interrupted_run_resumes_bit_exactly(data_dir, tmp_path, sig):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert f"Resuming at step {stopped_at} of 400" in resumed.stderr
 
-  meta_a, params_a = final_params(reference, data_dir, **steps)
+  meta_a, params_a = uninterrupted
   meta_b, params_b = final_params(interrupted, data_dir, **steps)
   assert meta_a == meta_b and meta_a["step"] == 400
   for a, b in zip(params_a, params_b, strict=True):

@@ -169,6 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   setup.batch_sharding)
       writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
       writer.flush()
+      logging.info("eval at step %d over %d clips: top-1 %.4f, top-5 %.4f, loss %.4f", step,
+                   metrics["num_examples"], metrics["top1"], metrics["top5"], metrics["loss"])
       return metrics
 
     train_batches = _device_prefetch(
@@ -209,15 +211,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           save(step)
         if config.eval_every_steps and step % config.eval_every_steps == 0 \
             and step < config.total_steps:
-          metrics = run_eval(step)
-          logging.info("eval at step %d: top-1 %.4f, top-5 %.4f, loss %.4f", step,
-                       metrics["top1"], metrics["top5"], metrics["loss"])
+          run_eval(step)
       if ckpt.latest_step() != step:
         save(step)
       metrics = run_eval(step)
-      logging.info("final eval at step %d over %d clips: top-1 %.4f, top-5 %.4f, loss %.4f",
-                   step, metrics["num_examples"], metrics["top1"], metrics["top5"],
-                   metrics["loss"])
       if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
           json.dump({"step": step, **metrics}, f, indent=2)
