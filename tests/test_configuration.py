@@ -39,6 +39,12 @@ def test_valid_config_passes():
     ({"mesh.shape": (3, 1, 1)}, "mesh.shape", "multiply to the 8 devices"),
     ({"mesh.shape": (-1, 3, 1)}, "mesh.shape", "do not divide"),
     ({"mesh.rules": (("embed", "model"),)}, "mesh.rules", "not in mesh.axes"),
+    ({"model.masking": "blocks"}, "model.masking", "cell_running"),
+    ({"model.mask_ratio": 1.0}, "model.mask_ratio", "[0, 1)"),
+    ({"model.masking": "cell_running", "model.mask_ratio": 0.6}, "model.mask_ratio",
+     "0.25, 0.5 or 0.75"),
+    ({"model.masking": "cell_running", "model.mask_ratio": 0.5, "data.crop_size": 24},
+     "model.mask_ratio", "even token grid"),
 ])
 def test_impossible_settings_name_the_field(overrides, field, hint):
   with pytest.raises(ValueError, match=rf"config\.{field}=") as err:

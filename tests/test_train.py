@@ -100,6 +100,19 @@ def test_training_learns_and_writes_summaries_and_checkpoints(data_dir, tmp_path
   assert again["top1"] == pytest.approx(metrics["top1"]) and again["step"] == 60
 
 
+def test_masked_training_runs_and_evaluates_on_the_test_mask(data_dir, tmp_path, monkeypatch):
+  from vidtx.models import masking
+  seen = []
+  original = masking.keep_indices
+  monkeypatch.setattr(masking, "keep_indices",
+                      lambda name, key, *a: seen.append(key is None) or original(name, key, *a))
+  config = tiny_config(data_dir, total_steps=6, checkpoint_every_steps=6,
+                       **{"model.masking": "cell_running", "model.mask_ratio": 0.5})
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(metrics["loss"]) and metrics["num_examples"] == 40
+  assert seen == [False, True]  # traced once for the train step (keyed), once for eval (fixed)
+
+
 def _wait_for_checkpoint(proc, workdir, min_step):
   directory = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 300

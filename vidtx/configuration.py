@@ -30,6 +30,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.head_dropout = 0.0
   c.model.head_init_scale = 1.0  # scales the head's trunc-normal(0.02) init (VideoMAE: 0.001)
   c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators. Params stay float32.
+  # Token masking at train time (vidtx.models.masking): none / random / tube / cell_running.
+  # Evaluation sees all tokens, except cell_running, which uses its fixed test-time schedule.
+  c.model.masking = "none"
+  c.model.mask_ratio = 0.0  # fraction of tokens masked; cell_running: 0.25, 0.5 or 0.75
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic_motion"  # "synthetic_motion" is generated; others read from data_dir
@@ -129,6 +133,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
           f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
   from vidtx.data import dmvr
   dmvr.check_config(d)
+  from vidtx.models import masking
+  if m.masking not in masking.SCHEDULES:
+    _fail("model.masking", m.masking, f"choose one of {sorted(masking.SCHEDULES)}")
+  if not 0 <= m.mask_ratio < 1:
+    _fail("model.mask_ratio", m.mask_ratio, "must be in [0, 1)")
+  if m.masking == "cell_running":
+    try:
+      masking.cell_running(None, masking.token_grid(m, d), m.mask_ratio)
+    except ValueError as e:
+      _fail("model.mask_ratio", m.mask_ratio, str(e))
   if d.num_classes < 1:
     _fail("data.num_classes", d.num_classes, "must be positive")
 

@@ -7,6 +7,7 @@ import optax
 from flax import nnx
 
 from vidtx import sharding
+from vidtx.models import masking
 
 
 def topk_correct(logits, labels, k: int):
@@ -17,12 +18,17 @@ def topk_correct(logits, labels, k: int):
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
-def make_eval_step(graphdef, state_shardings, batch_sharding, mesh):
-  """jit: (state, batch) -> sums of loss, top-1, top-5 and count over unmasked examples."""
+def make_eval_step(setup):
+  """jit: (state, batch) -> sums of loss, top-1, top-5 and count over unmasked examples.
+
+  `setup` is the `vidtx.train.Setup` of the run (config, graphdef, shardings, mesh).
+  """
+  config = setup.config
 
   def eval_step(state, batch):
-    model, _ = nnx.merge(graphdef, state)
-    logits = model(batch["video"], train=False)
+    model, _ = nnx.merge(setup.graphdef, state)
+    keep = masking.for_config(config.model, config.data, None, batch["label"].shape[0])
+    logits = model(batch["video"], train=False, keep=keep)
     labels, mask = batch["label"], batch["mask"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return {
@@ -32,8 +38,8 @@ def make_eval_step(graphdef, state_shardings, batch_sharding, mesh):
         "count": jnp.sum(mask),
     }
 
-  return jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(eval_step, in_shardings=(setup.state_shardings, setup.batch_sharding),
+                 out_shardings=sharding.replicated(setup.mesh))
 
 
 def evaluate(eval_step, state, batches, batch_sharding) -> dict[str, float]:

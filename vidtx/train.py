@@ -18,7 +18,7 @@ from clu import metric_writers
 from flax import nnx
 
 from vidtx import checkpoint, configuration, data, evaluate, models, optim, sharding
-from vidtx.models import layers
+from vidtx.models import layers, masking
 
 
 @dataclasses.dataclass
@@ -66,8 +66,11 @@ def make_train_step(setup: Setup):
     key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
     labels = batch["label"]
 
+    keep = masking.for_config(config.model, config.data, jax.random.fold_in(key, 1),
+                              labels.shape[0])
+
     def loss_fn(model):
-      logits = model(batch["video"], train=True, key=key)
+      logits = model(batch["video"], train=True, key=key, keep=keep)
       targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
                                     config.label_smoothing)
       return optax.softmax_cross_entropy(logits, targets).mean(), logits
@@ -156,8 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    dict(setup.mesh.shape))
 
     train_step = make_train_step(setup)
-    eval_step = evaluate.make_eval_step(setup.graphdef, setup.state_shardings,
-                                        setup.batch_sharding, setup.mesh)
+    eval_step = evaluate.make_eval_step(setup)
     lr_schedule = optim.schedule(config.optim, config.total_steps)
 
     def save(step):
@@ -235,8 +237,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
   with jax.set_mesh(setup.mesh):
     state, meta = ckpt.restore(setup.abstract_state)
-    eval_step = evaluate.make_eval_step(setup.graphdef, setup.state_shardings,
-                                        setup.batch_sharding, setup.mesh)
+    eval_step = evaluate.make_eval_step(setup)
     metrics = evaluate.evaluate(eval_step, state, _eval_batches(setup, data_dir),
                                 setup.batch_sharding)
   ckpt.close()

@@ -109,3 +109,20 @@ def test_size_presets_and_overrides_build_through_the_config():
   model = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   assert len(model.blocks) == 2 and model.norm.scale.shape == (384,)
   assert model.blocks[0].attn.num_heads == 6
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_only_kept_tokens_reach_the_output(pool):
+  model = tiny(pool=pool, pos_embed="learned")  # grid 2x4x4 = 32 tokens
+  video = jax.random.normal(jax.random.key(0), (1, 4, 32, 32, 3))
+  everything = jnp.arange(32)[None]
+  np.testing.assert_allclose(model(video, keep=everything), model(video), rtol=1e-6)
+  keep = jnp.array([[0, 5, 17, 30]])  # token n = t*16 + h*4 + w
+  # Token 1 is (t=0, h=0, w=1): frames 0-1, rows 0-7, columns 8-15. It is masked.
+  changed_masked = video.at[:, 0:2, 0:8, 8:16].add(5.0)
+  np.testing.assert_allclose(model(changed_masked, keep=keep), model(video, keep=keep),
+                             rtol=1e-6)
+  # Token 5 is (t=0, h=1, w=1): rows 8-15, columns 8-15. It is kept.
+  changed_kept = video.at[:, 0:2, 8:16, 8:16].add(5.0)
+  assert not np.allclose(model(changed_kept, keep=keep), model(video, keep=keep))
+  assert model.features(video, keep=keep).shape == (1, 4 + (pool == "cls"), 32)

@@ -53,23 +53,31 @@ class VideoViT(nnx.Module):
     self.head = layers.Dense(width, num_classes, ("embed", "classes"), kernel_init=head_init,
                              rngs=rngs)
 
-  def features(self, video, *, key=None):
-    """Encoded tokens [B, N, D] (after the blocks, before the final norm)."""
+  def features(self, video, *, key=None, keep=None):
+    """Encoded tokens [B, N, D] (after the blocks, before the final norm).
+
+    `keep` [B, K]: indices of the visible tubelet tokens (`vidtx.models.masking`); only those
+    are encoded, after the position embedding is added.
+    """
     x = self.patch_embed(video)
     if self.pool == "cls":
       cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
     x = self.pos_embed(x)
+    if keep is not None:
+      if self.pool == "cls":  # the CLS token is always kept
+        keep = jnp.concatenate([jnp.zeros_like(keep[:, :1]), keep + 1], axis=1)
+      x = jnp.take_along_axis(x, keep[..., None], axis=1)
     for block, block_key in zip(self.blocks, layers.block_keys(key, len(self.blocks))):
       x = block(x, block_key)
     return x
 
-  def __call__(self, video, *, train: bool = False, key=None):
+  def __call__(self, video, *, train: bool = False, key=None, keep=None):
     """Logits [B, classes] (float32) for video [B, T, H, W, 3]. `key` drives drop path and
-    dropout and is only used when `train`."""
+    dropout and is only used when `train`; `keep` selects visible tokens (see `features`)."""
     key = key if train else None
     feature_key, dropout_key = jax.random.split(key) if key is not None else (None, None)
-    x = self.features(video, key=feature_key)
+    x = self.features(video, key=feature_key, keep=keep)
     x = self.norm(x.mean(axis=1)) if self.pool == "mean" else self.norm(x)[:, 0]
     if dropout_key is not None and self.head_dropout > 0:
       keep = jax.random.bernoulli(dropout_key, 1.0 - self.head_dropout, x.shape)
