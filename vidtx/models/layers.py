@@ -157,7 +157,9 @@ class TubeletEmbed(nnx.Module):
     """Token grid (T', H', W') for a [B, T, H, W, C] video."""
     return tuple(s // p for s, p in zip(video_shape[1:4], self.patch))
 
-  def __call__(self, video):
+  def __call__(self, video, keep=None):
+    """Tokens [B, N, D] in (t, h, w) order; with `keep` [B, K] only those tubelets are
+    projected (masked ones cost nothing)."""
     b, t, h, w, c = video.shape
     pt, ph, pw = self.patch
     if t % pt or h % ph or w % pw:
@@ -165,6 +167,8 @@ class TubeletEmbed(nnx.Module):
                        f"{pt}x{ph}x{pw}")
     x = video.astype(self.dtype).reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw * c)
+    if keep is not None:
+      x = jnp.take_along_axis(x, keep[..., None], axis=1)
     kernel = self.kernel[...].astype(self.dtype).reshape(-1, self.kernel.shape[-1])
     return x @ kernel + self.bias[...].astype(self.dtype)
 
@@ -182,8 +186,9 @@ class LearnedPosEmbed(nnx.Module):
   def __init__(self, num_positions: int, dim: int, *, rngs: nnx.Rngs):
     self.embedding = param(rngs, trunc_normal, (num_positions, dim), (None, "embed"))
 
-  def __call__(self, x):
-    return x + self.embedding[...].astype(x.dtype)
+  def table(self):
+    """[positions, D]; models add the rows of the tokens they keep."""
+    return self.embedding[...]
 
 
 class SinCosPosEmbed(nnx.Module):
@@ -192,8 +197,8 @@ class SinCosPosEmbed(nnx.Module):
   def __init__(self, num_positions: int, dim: int):
     self.num_positions, self.dim = num_positions, dim
 
-  def __call__(self, x):
-    return x + jnp.asarray(sincos_1d(self.num_positions, self.dim), x.dtype)
+  def table(self):
+    return jnp.asarray(sincos_1d(self.num_positions, self.dim))
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:

@@ -57,17 +57,16 @@ class VideoViT(nnx.Module):
     """Encoded tokens [B, N, D] (after the blocks, before the final norm).
 
     `keep` [B, K]: indices of the visible tubelet tokens (`vidtx.models.masking`); only those
-    are encoded, after the position embedding is added.
+    are embedded and encoded, each with its own position embedding.
     """
-    x = self.patch_embed(video)
+    x = self.patch_embed(video, keep)  # masked tubelets are never projected
+    pos = self.pos_embed.table().astype(x.dtype)
+    if self.pool == "cls":  # row 0 of the table is the CLS token's
+      cls_pos, pos = pos[:1], pos[1:]
+    x = x + (pos[None] if keep is None else pos[keep])
     if self.pool == "cls":
-      cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-      x = jnp.concatenate([cls, x], axis=1)
-    x = self.pos_embed(x)
-    if keep is not None:
-      if self.pool == "cls":  # the CLS token is always kept
-        keep = jnp.concatenate([jnp.zeros_like(keep[:, :1]), keep + 1], axis=1)
-      x = jnp.take_along_axis(x, keep[..., None], axis=1)
+      cls = self.cls_token[...].astype(x.dtype) + cls_pos
+      x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
     for block, block_key in zip(self.blocks, layers.block_keys(key, len(self.blocks))):
       x = block(x, block_key)
     return x

@@ -1,0 +1,49 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vidtx import configuration
+from vidtx.tools import flops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def vit_b(masking="none", ratio=0.0):
+  c = configuration.base()  # ViT-B, tubelet 2x16x16, sincos PE, mean pool (VideoMAE)
+  c.data.num_frames, c.data.crop_size, c.data.min_resize, c.data.num_classes = 16, 224, 224, 400
+  c.model.masking, c.model.mask_ratio = masking, ratio
+  return c
+
+
+def analytic_gmacs(tokens, width=768, depth=12, patch=2 * 16 * 16 * 3):
+  """L (12 N D^2 + 2 N^2 D) + patch embedding: SYSTEMS.md's analytic count."""
+  return (depth * (12 * tokens * width**2 + 2 * tokens**2 * width) + tokens * patch * width) / 1e9
+
+
+def test_vit_b_counts_match_videomae():
+  full = flops.count(vit_b())
+  assert full["params"] == 86_534_800
+  assert analytic_gmacs(1568) == pytest.approx(180.3, abs=0.1)
+  # XLA also counts the element-wise work (GELU, softmax, norms) that the analytic count skips.
+  assert analytic_gmacs(1568) < full["gmacs"] < 1.025 * analytic_gmacs(1568)
+
+
+@pytest.mark.parametrize("ratio, visible", [(0.5, 784), (0.75, 392)])
+def test_cell_running_encoder_costs_what_its_visible_tokens_cost(ratio, visible):
+  full = flops.count(vit_b())["gmacs"]
+  masked = flops.count(vit_b("cell_running", ratio))["gmacs"]
+  assert analytic_gmacs(visible) < masked < 1.03 * analytic_gmacs(visible)
+  if ratio == 0.5:
+    assert masked / full <= 0.49  # the MAR target (the bridging classifier is still to come)
+
+
+def test_cli_prints_json():
+  out = subprocess.run(
+      [sys.executable, "-m", "vidtx.tools.flops", f"--config={ROOT}/configs/demo.py", "--json"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["params"] == 595_496 and 0 < result["gmacs"] < 1

@@ -1,0 +1,63 @@
+"""Parameters and multiply-adds per view, counted from the compiled XLA program.
+
+  python -m vidtx.tools.flops --config=configs/demo.py [--config.model.size=B ...] [--json]
+
+One view is one clip of the configured size through the evaluation forward pass (with
+cell_running masking: the fixed test-time mask). Nothing is materialised: the model is built
+abstractly and only compiled, so ViT-H counts cost no memory. MACs = XLA's flops / 2, as
+fvcore and MMAction2's get_flops report them.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from vidtx import configuration, models
+from vidtx.models import layers, masking
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
+                                          lock_config=True)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+flags.mark_flag_as_required("config")
+
+
+def count(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """{"params", "gmacs", "gflops"} of one view of `config`'s model."""
+  configuration.validate(config, num_devices=1, num_processes=1)
+  abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  d = config.data
+  video = jax.ShapeDtypeStruct((1, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32)
+
+  def forward(state, video):
+    keep = masking.for_config(config.model, config.data, None, 1)
+    return nnx.merge(graphdef, state)(video, keep=keep)
+
+  cost = jax.jit(forward).lower(state, video).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  flops = float(cost["flops"])
+  return {"params": layers.count_params(nnx.state(abstract, nnx.Param)),
+          "gmacs": flops / 2e9, "gflops": flops / 1e9}
+
+
+def main(argv):
+  del argv
+  result = count(_CONFIG.value)
+  if _JSON.value:
+    print(json.dumps(result))
+  else:
+    c = _CONFIG.value
+    print(f"model {c.model.name} ({c.model.size}), {c.data.num_frames}x{c.data.crop_size}^2, "
+          f"masking {c.model.masking} {c.model.mask_ratio}")
+    print(f"parameters      {result['params']:,} ({result['params'] / 1e6:.1f}M)")
+    print(f"GMACs per view  {result['gmacs']:.4g}  (compiled XLA cost analysis)")
+
+
+if __name__ == "__main__":
+  app.run(main)
