@@ -26,7 +26,7 @@ def for_config(model_config, data_config, key, batch_size: int):
   schedule (as MAR infers), and every other schedule sees all tokens.
   """
   name = model_config.masking
-  if name == "none" or (key is None and name != "cell_running"):
+  if name == "none" or (key is None and name not in FIXED_AT_TEST):
     return None
   grid = token_grid(model_config, data_config)
   return keep_indices(name, key, batch_size, grid, model_config.mask_ratio)
@@ -88,6 +88,8 @@ def cell_running(key, grid: Grid, ratio: float):
 
 
 SCHEDULES = {"none": none, "random": random, "tube": tube, "cell_running": cell_running}
+# Schedules with a fixed test-time form (called with key=None); the others are random draws.
+FIXED_AT_TEST = ("none", "cell_running")
 
 
 def keep_indices(name: str, key, batch_size: int, grid: Grid, ratio: float):
@@ -96,7 +98,7 @@ def keep_indices(name: str, key, batch_size: int, grid: Grid, ratio: float):
     raise ValueError(f"masking schedule {name!r} is unknown; choose one of {sorted(SCHEDULES)}")
   schedule = SCHEDULES[name]
   if key is None:
-    if name not in ("none", "cell_running"):
+    if name not in FIXED_AT_TEST:
       raise ValueError(f"the {name!r} schedule is random: it needs a key")
     indices = schedule(None, grid, ratio)
     return jnp.broadcast_to(indices, (batch_size, indices.shape[0]))

@@ -38,10 +38,7 @@ def count(config: ml_collections.ConfigDict) -> dict[str, float]:
     keep = masking.for_config(config.model, config.data, None, 1)
     return nnx.merge(graphdef, state)(video, keep=keep)
 
-  cost = jax.jit(forward).lower(state, video).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0]
-  flops = float(cost["flops"])
+  flops = float(jax.jit(forward).lower(state, video).compile().cost_analysis()["flops"])
   return {"params": layers.count_params(nnx.state(abstract, nnx.Param)),
           "gmacs": flops / 2e9, "gflops": flops / 1e9}
 
