@@ -45,6 +45,14 @@ def test_valid_config_passes():
      "0.25, 0.5 or 0.75"),
     ({"model.masking": "cell_running", "model.mask_ratio": 0.5, "data.crop_size": 24},
      "model.mask_ratio", "even token grid"),
+    ({"model.name": "mae"}, "model.masking", "needs masked tokens"),
+    ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
+      "model.classifier": "linear"}, "model.classifier", "bridge"),
+    ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
+      "model.pos_embed": "learned"}, "model.pos_embed", "sincos"),
+    ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
+      "model.decoder_heads": 5}, "model.decoder_width", "decoder_heads=5"),
+    ({"optim.layer_decay": 0.0}, "optim.layer_decay", "(0, 1]"),
 ])
 def test_impossible_settings_name_the_field(overrides, field, hint):
   with pytest.raises(ValueError, match=rf"config\.{field}=") as err:

@@ -12,7 +12,7 @@ def readme_commands():
 def test_readme_starts_with_the_demo_and_test_commands():
   demo, tests = readme_commands()[:2]
   assert "pip install -e ." in demo and "vidtx.main --config=configs/demo.py" in demo
-  assert "pip install -q -e '.[test]'" in tests and "pytest" in tests
+  assert "pip install -q -e '.[test,torch]'" in tests and "pytest" in tests
 
 
 def test_ci_runs_the_readme_test_command_verbatim():

@@ -113,6 +113,43 @@ def test_masked_training_runs_and_evaluates_on_the_test_mask(data_dir, tmp_path,
   assert seen == [False, True]  # traced once for the train step (keyed), once for eval (fixed)
 
 
+MASKED = {"model.name": "mae", "model.decoder_width": 16, "model.decoder_depth": 1,
+          "model.decoder_heads": 2, "model.bridge_width": 32, "model.bridge_depth": 1}
+
+
+def test_pretraining_then_mar_fine_tuning_from_it(data_dir, tmp_path):
+  pretrain = {**MASKED, "model.masking": "tube", "model.mask_ratio": 0.75, "optim.lr": 3e-3,
+              "total_steps": 20, "checkpoint_every_steps": 20}
+  metrics = train.train_and_evaluate(tiny_config(data_dir, **pretrain), str(tmp_path / "pre"))
+  assert set(metrics) == {"recon_mse", "num_examples"}  # nothing to classify
+  assert 0 < metrics["recon_mse"] < 2
+  mse = scalars(str(tmp_path / "pre"), "train/recon_mse")
+  # Evaluation draws its masks from a fixed key: the same number twice.
+  again = train.evaluate_checkpoint(tiny_config(data_dir, **pretrain), str(tmp_path / "pre"))
+  assert again["recon_mse"] == pytest.approx(metrics["recon_mse"])
+
+  mar = {**MASKED, "model.classifier": "bridge", "model.masking": "cell_running",
+         "model.mask_ratio": 0.5, "model.recon_weight": 0.1, "total_steps": 4,
+         "checkpoint_every_steps": 4, "init_from": str(tmp_path / "pre"),
+         "optim.warmup_steps": 1}
+  metrics = train.train_and_evaluate(tiny_config(data_dir, **mar), str(tmp_path / "mar"))
+  assert {"top1", "top5", "loss"} <= set(metrics) and "recon_mse" not in metrics
+  ce, recon, loss = (scalars(str(tmp_path / "mar"), f"train/{k}")
+                     for k in ("ce_loss", "recon_mse", "loss"))
+  assert loss[1] == pytest.approx(ce[1] + 0.1 * recon[1], rel=1e-5)
+  # The decoder came pre-trained: MAR starts near the pre-training's reconstruction error.
+  assert recon[1] < np.mean([mse[s] for s in range(1, 6)])
+
+
+def test_kinetics_config_without_data_says_how_to_prepare_it(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "vidtx.main", f"--config={ROOT}/configs/mar_k400.py",
+                        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "'kinetics400'" in out.stderr and "config.data.data_dir" in out.stderr
+  assert "--config.data.name=synthetic_motion" in out.stderr
+
+
 def _wait_for_checkpoint(proc, workdir, min_step):
   directory = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 300

@@ -8,9 +8,12 @@ checkpoint written on one topology restores on another.
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+
+from vidtx import configuration
 
 
 class Checkpointer:
@@ -57,12 +60,88 @@ class Checkpointer:
     self.manager.close()
 
 
+def _flat(tree) -> dict:
+  # Keyed by path string: orbax's metadata has string keys where the state has ints.
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _nest(flat: dict) -> dict:
+  tree = {}
+  for name, leaf in flat.items():
+    *parents, last = name.split("/")
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[last] = leaf
+  return tree
+
+
+def _step_directory(path: str) -> str:
+  """A step directory from a workdir, its checkpoints/ directory, or a step directory."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "state")):
+    return path
+  directory = os.path.join(path, "checkpoints") if os.path.isdir(
+      os.path.join(path, "checkpoints")) else path
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  if not steps:
+    raise configuration.ConfigError(
+        f"config.init_from={path!r}: no checkpoint there; give a workdir of a run, its "
+        "checkpoints/ directory, or one step's directory")
+  return os.path.join(directory, str(max(steps)))
+
+
+def save_params(directory: str, params: dict) -> str:
+  """Writes model parameters alone (e.g. converted from another framework) as step 0 of
+  `directory`, readable by `init_from`. Returns the step directory."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"0": params})), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(os.path.abspath(directory), "0")
+
+
+def init_from(state: nnx.State, path: str) -> nnx.State:
+  """`state` (model, optimizer) with the model parameters of the checkpoint at `path` copied
+  in by name where the shapes agree, restored straight into their current shardings.
+
+  Parameters the checkpoint lacks (a new head) keep their fresh values, parameters the model
+  lacks (a pre-training decoder in a plain classifier) are not read; both are logged.
+  """
+  step_dir = _step_directory(path)
+  saved = _flat(ocp.PyTreeCheckpointer().metadata(
+      os.path.join(step_dir, "state")).item_metadata.tree["0"])
+  pure = nnx.to_pure_dict(state)
+  current = _flat(pure[0])
+  same = {k for k, v in current.items() if k in saved and tuple(saved[k].shape) == v.shape}
+  if not same:
+    raise configuration.ConfigError(
+        f"config.init_from={path!r}: none of its parameters matches the model by name and shape "
+        f"(it has e.g. {sorted(saved)[:3]}, the model {sorted(current)[:3]}); was it written for "
+        "another model? PyTorch weights go through vidtx.tools.convert_weights first")
+  target = {"0": _nest({k: jax.ShapeDtypeStruct(current[k].shape, current[k].dtype,
+                                                sharding=current[k].sharding) for k in same})}
+  restored = _flat(ocp.PyTreeCheckpointer().restore(
+      os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))["0"])
+  pure[0] = jax.tree_util.tree_map_with_path(
+      lambda p, v: restored.get(jax.tree_util.keystr(p, simple=True, separator="/"), v), pure[0])
+  nnx.replace_by_pure_dict(state, pure)
+  fresh = sorted(current.keys() - same)
+  unused = sorted(saved.keys() - same)
+  logging.info("init_from %s: copied %d of %d parameter arrays (%s of %s values); kept fresh: "
+               "%s; not used from the checkpoint: %s", step_dir, len(same), len(current),
+               f"{sum(int(np.prod(current[k].shape)) for k in same):,}",
+               f"{sum(int(np.prod(v.shape)) for v in current.values()):,}",
+               fresh or "none", unused or "none")
+  return state
+
+
 def _check_shapes(saved, target) -> None:
-  # Compared by path string: orbax's metadata has string keys where the state has ints.
-  def flat(tree):
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-  saved, target = flat(saved), flat(target)
+  saved, target = _flat(saved), _flat(target)
   missing, unexpected = sorted(target.keys() - saved.keys()), sorted(saved.keys() - target.keys())
   if missing or unexpected:
     raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, "

@@ -4,7 +4,9 @@ Experiment files in `configs/` start from `base()` and change what they need. Co
 locked, so a misspelt field (in a file or as `--config.<field>=<value>`) is an error.
 """
 
+import importlib.util
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,9 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0  # root of all randomness: init, drop path, data order and augmentation
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "vit"  # key of vidtx.models.MODELS
+  # Key of vidtx.models.MODELS: "vit" (classifier on all or masked tokens) or "mae" (masked
+  # video model: VideoMAE pre-training, or MAR with model.classifier="bridge").
+  c.model.name = "vit"
   c.model.size = "B"  # Ti / S / B / L / H: width, depth and heads of the standard ViT sizes
   c.model.width = 0  # > 0 overrides the size's width
   c.model.depth = 0  # > 0 overrides the size's depth
@@ -34,6 +38,15 @@ def base() -> ml_collections.ConfigDict:
   # Evaluation sees all tokens, except cell_running, which uses its fixed test-time schedule.
   c.model.masking = "none"
   c.model.mask_ratio = 0.0  # fraction of tokens masked; cell_running: 0.25, 0.5 or 0.75
+  # model.name="mae" only. The decoder reconstructs the masked tubelets' normalised pixels.
+  c.model.classifier = "none"  # "none": pre-training; "bridge": MAR's bridging classifier
+  c.model.decoder_width = 0  # > 0 overrides the size's (S 192, B 384, L 512, H 640)
+  c.model.decoder_depth = 0  # > 0 overrides the size's (S/B 4, L/H 12)
+  c.model.decoder_heads = 0  # > 0 overrides the size's (S 3, B 6, L/H 8)
+  c.model.bridge_width = 512  # MAR's bridging classifier: width, blocks, heads
+  c.model.bridge_depth = 2
+  c.model.bridge_heads = 4
+  c.model.recon_weight = 1.0  # lambda: weight of the reconstruction MSE (MAR: 0.01 K400, 0.1 SSv2)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "synthetic_motion"  # "synthetic_motion" is generated; others read from data_dir
@@ -64,6 +77,11 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500  # also saves at the end and on SIGTERM
   c.keep_checkpoints = 3  # keep the last N
   c.label_smoothing = 0.0
+  # Start from another run's weights: a workdir (its latest checkpoint) or a checkpoint step
+  # directory. Parameters are copied by name where the shapes agree (a VideoMAE pre-training
+  # run initialises MAR or a ViT fine-tune); the rest keep their fresh init and are logged.
+  # Ignored when the workdir already holds a checkpoint (a resume).
+  c.init_from = ""
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3  # peak learning rate
@@ -74,6 +92,9 @@ def base() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.grad_clip = 0.0  # clip the global gradient norm; 0: off
+  # Layer-wise lr decay (BEiT/VideoMAE): lr x decay^(L + 1 - i) with i = 0 for the embeddings,
+  # i = n + 1 for encoder block n and L + 1 for everything after the encoder. 1.0: off.
+  c.optim.layer_decay = 1.0
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh. One -1 takes the remaining devices. data: pure data parallel; fsdp: params and
@@ -91,6 +112,62 @@ def base() -> ml_collections.ConfigDict:
       ("norm", None),
   )
   return c
+
+
+# Data settings of the datasets our experiment configs use (DMVR shards in config.data.data_dir).
+DATASETS = {
+    # Dense sampling: 16 frames 4 apart (VideoMAE and MAR on Kinetics).
+    "kinetics400": dict(num_classes=400, num_frames=16, frame_stride=4, min_resize=256,
+                        crop_size=224, flip=True),
+    # 16 frames 2 apart (VideoMAE's SSv2 pre-training sampling); flips would swap the
+    # left/right classes, so none.
+    "ssv2": dict(num_classes=174, num_frames=16, frame_stride=2, min_resize=256, crop_size=224,
+                 flip=False),
+}
+# Training clips per epoch, for configs that count in epochs (Kinetics-400 as VideoMAE lists
+# it; the exact count depends on which videos are still online).
+EPOCH_SIZES = {"kinetics400": 240_436, "ssv2": 168_913}
+
+
+def use_dataset(c: ml_collections.ConfigDict, name: str) -> None:
+  """Points `c.data` at dataset `name` (a key of DATASETS) with its standard clip settings."""
+  c.data.name = name
+  c.data.update(DATASETS[name])
+
+
+def cpu_scale(c: ml_collections.ConfigDict) -> None:
+  """Scales an experiment down to the built-in synthetic data and a CPU: a 4-block, width-96
+  ViT on 8 frames of 32x32 in 2x8x8 tubelets (4x4x4 tokens, so 2x2 cells tile every slice).
+  The `:synthetic` variants of the masked-modeling configs all use it, so a synthetic
+  pre-training run initialises both synthetic fine-tunings."""
+  c.data.name = "synthetic_motion"
+  c.data.num_classes = 8
+  c.data.num_frames, c.data.frame_stride = 8, 2
+  c.data.min_resize, c.data.crop_size, c.data.flip = 36, 32, False
+  c.data.synthetic.num_train = 8192
+  c.model.size, c.model.width, c.model.depth, c.model.num_heads = "Ti", 96, 4, 4
+  c.model.patch_size = (2, 8, 8)
+  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
+  c.model.bridge_width, c.model.bridge_depth, c.model.bridge_heads = 64, 1, 4
+  c.batch_size = 32
+  c.log_every_steps = 100
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = 1000
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of `path/to/file.py[:variant]`, as --config=<spec> would give it (for code and
+  notebooks; the command line uses ml_collections' config flags)."""
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  if module_spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant or None)
+  config.lock()  # as the command line locks it: unknown fields are errors
+  return config
 
 
 class ConfigError(ValueError):
@@ -114,10 +191,28 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   from vidtx.models import vit
   if m.size not in vit.SIZES:
     _fail("model.size", m.size, f"choose one of {list(vit.SIZES)}")
-  width, _, heads = vit.SIZES[m.size]
-  width, heads = m.width or width, m.num_heads or heads
+  width, _, heads = vit.size(m)
   if width % heads:
     _fail("model.width", width, f"must be divisible by model.num_heads={heads}")
+  if m.name == "mae":
+    from vidtx.models import mae
+    if m.classifier not in mae.CLASSIFIERS:
+      _fail("model.classifier", m.classifier, f"choose one of {mae.CLASSIFIERS}")
+    if m.masking == "none" or m.mask_ratio == 0:
+      _fail("model.masking", m.masking, "a masked video model needs masked tokens: set "
+            "model.masking (tube, cell_running, random) and model.mask_ratio > 0")
+    if m.pos_embed != "sincos" or m.pool != "mean":
+      _fail("model.pos_embed" if m.pos_embed != "sincos" else "model.pool",
+            m.pos_embed if m.pos_embed != "sincos" else m.pool,
+            "the masked video model uses fixed sinusoids and no CLS token (VideoMAE): keep "
+            "pos_embed='sincos' and pool='mean'")
+    decoder_width, decoder_heads, _ = mae.decoder_size(m)
+    if decoder_width % decoder_heads:
+      _fail("model.decoder_width", decoder_width,
+            f"must be divisible by model.decoder_heads={decoder_heads}")
+    if m.bridge_width % m.bridge_heads:
+      _fail("model.bridge_width", m.bridge_width,
+            f"must be divisible by model.bridge_heads={m.bridge_heads}")
   try:
     jnp.dtype(m.dtype)
   except TypeError:
@@ -159,6 +254,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
           f"must not exceed total_steps={config.total_steps}")
   if o.lr <= 0:
     _fail("optim.lr", o.lr, "must be positive")
+  if not 0 < o.layer_decay <= 1:
+    _fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
 
   mesh = config.mesh
   if len(mesh.axes) != len(mesh.shape):

@@ -1,4 +1,5 @@
-"""Evaluation: one pass over the eval split, top-1/top-5 and loss over the real examples."""
+"""Evaluation: one pass over the eval split; top-1/top-5 and loss (or, for pre-training, the
+reconstruction error) over the real examples."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vidtx import sharding
+from vidtx import models, sharding
 from vidtx.models import masking
 
 
@@ -19,31 +20,35 @@ def topk_correct(logits, labels, k: int):
 
 
 def make_eval_step(setup):
-  """jit: (state, batch) -> sums of loss, top-1, top-5 and count over unmasked examples.
+  """jit: (state, batch) -> sums over the unmasked examples of the metrics, and their count.
 
+  Classifiers: loss, top-1 and top-5 (plus their own extras). Pre-training models: the
+  reconstruction error on masks drawn from a fixed key, so evaluations compare.
   `setup` is the `vidtx.train.Setup` of the run (config, graphdef, shardings, mesh).
   """
   config = setup.config
+  classifies = models.classifies(config.model)
 
   def eval_step(state, batch):
     model, _ = nnx.merge(setup.graphdef, state)
-    keep = masking.for_config(config.model, config.data, None, batch["label"].shape[0])
-    logits = model(batch["video"], train=False, keep=keep)
     labels, mask = batch["label"], batch["mask"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return {
-        "loss": jnp.sum(loss * mask),
-        "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
-        "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
-        "count": jnp.sum(mask),
-    }
+    key = None if classifies else jax.random.key(config.seed)
+    keep = masking.for_config(config.model, config.data, key, labels.shape[0])
+    logits, aux = model(batch["video"], train=False, keep=keep)
+    per_example = {k: v for k, v in aux.items() if k != "loss"}
+    if logits is not None:
+      per_example.update(
+          loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+          top1=topk_correct(logits, labels, 1), top5=topk_correct(logits, labels, 5))
+    sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
+    return {**sums, "count": jnp.sum(mask)}
 
   return jax.jit(eval_step, in_shardings=(setup.state_shardings, setup.batch_sharding),
                  out_shardings=sharding.replicated(setup.mesh))
 
 
 def evaluate(eval_step, state, batches, batch_sharding) -> dict[str, float]:
-  """Runs `eval_step` over host-local `batches`; returns mean loss, top1, top5 and count."""
+  """Runs `eval_step` over host-local `batches`; returns each metric's mean and the count."""
   totals = None
   for batch in batches:
     sums = eval_step(state, sharding.to_global(batch, batch_sharding))

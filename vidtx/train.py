@@ -18,7 +18,7 @@ from clu import metric_writers
 from flax import nnx
 
 from vidtx import checkpoint, configuration, data, evaluate, models, optim, sharding
-from vidtx.models import layers, masking
+from vidtx.models import layers, masking, vit
 
 
 @dataclasses.dataclass
@@ -40,8 +40,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
   def create():
     model = models.build(config.model, config.data, nnx.Rngs(params=config.seed))
-    return model, nnx.Optimizer(model, optim.build(config.optim, config.total_steps),
-                                wrt=nnx.Param)
+    tx = optim.build(config.optim, config.total_steps, depth=vit.size(config.model)[1])
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
   shardings = sharding.state_shardings(abstract_state, mesh, config.mesh)
@@ -70,19 +70,21 @@ def make_train_step(setup: Setup):
                               labels.shape[0])
 
     def loss_fn(model):
-      logits = model(batch["video"], train=True, key=key, keep=keep)
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                    config.label_smoothing)
-      return optax.softmax_cross_entropy(logits, targets).mean(), logits
+      logits, aux = model(batch["video"], train=True, key=key, keep=keep)
+      loss = aux.pop("loss", 0.0)  # a model's own weighted loss terms, per example
+      metrics = {k: v.mean() for k, v in aux.items()}
+      if logits is not None:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                      config.label_smoothing)
+        ce = optax.softmax_cross_entropy(logits, targets)
+        loss = loss + ce
+        metrics.update(ce_loss=ce.mean(), top1=evaluate.topk_correct(logits, labels, 1).mean(),
+                       top5=evaluate.topk_correct(logits, labels, 5).mean())
+      return jnp.mean(loss), metrics
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    metrics = {
-        "loss": loss,
-        "top1": evaluate.topk_correct(logits, labels, 1).mean(),
-        "top5": evaluate.topk_correct(logits, labels, 5).mean(),
-        "grad_norm": optax.tree.norm(grads),
-    }
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
     return nnx.state((model, optimizer)), metrics
 
   replicated = sharding.replicated(setup.mesh)
@@ -123,6 +125,12 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
+def _describe(metrics: dict[str, float]) -> str:
+  """The headline numbers of a metrics dict, as a log line fragment."""
+  names = {"top1": "top-1", "top5": "top-5", "loss": "loss", "recon_mse": "reconstruction MSE"}
+  return ", ".join(f"{label} {metrics[k]:.4f}" for k, label in names.items() if k in metrics)
+
+
 def _eval_batches(setup: Setup, data_dir: str):
   config = setup.config
   return data.build(config.data, config.data.eval_split,
@@ -151,12 +159,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info("Resuming at step %d of %d.", step, config.total_steps)
     else:
       state = init_state(setup)
+      if config.init_from:
+        state = checkpoint.init_from(state, config.init_from)
       step, data_position = 0, 0
       rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
       param_count = layers.count_params(setup.abstract_state[0])  # [0]: the model
-      logging.info("Training %s (%s parameters) on %d devices, mesh %s, from scratch.",
+      logging.info("Training %s (%s parameters) on %d devices, mesh %s, from %s.",
                    config.model.name, f"{param_count:,}", jax.device_count(),
-                   dict(setup.mesh.shape))
+                   dict(setup.mesh.shape), config.init_from or "scratch")
 
     train_step = make_train_step(setup)
     eval_step = evaluate.make_eval_step(setup)
@@ -171,8 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   setup.batch_sharding)
       writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
       writer.flush()
-      logging.info("eval at step %d over %d clips: top-1 %.4f, top-5 %.4f, loss %.4f", step,
-                   metrics["num_examples"], metrics["top1"], metrics["top5"], metrics["loss"])
+      logging.info("eval at step %d over %d clips: %s", step, metrics["num_examples"],
+                   _describe(metrics))
       return metrics
 
     train_batches = _device_prefetch(
@@ -200,8 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           eta = (config.total_steps - step) / steps_per_s
           writer.write_scalars(step, {**means, "train/lr": float(lr_schedule(step - 1)),
                                       "train/steps_per_s": steps_per_s})
-          logging.info("step %d/%d: loss %.4f, top-1 %.3f, %.2f steps/s, ETA %s", step,
-                       config.total_steps, means["train/loss"], means["train/top1"],
+          logging.info("step %d/%d: %s, %.2f steps/s, ETA %s", step, config.total_steps,
+                       _describe({k.removeprefix("train/"): v for k, v in means.items()}),
                        steps_per_s, _format_duration(eta))
           pending, last_log = [], (step, now)
         if preemption.requested:
@@ -231,16 +241,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Evaluates the latest checkpoint in `workdir`."""
   setup = build(config)
-  data_dir = data.prepare(config.data, workdir)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before anything is written there
+    raise FileNotFoundError(f"no checkpoint in {workdir}; train first with --mode=train")
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
+  data_dir = data.prepare(config.data, workdir)
   with jax.set_mesh(setup.mesh):
     state, meta = ckpt.restore(setup.abstract_state)
     eval_step = evaluate.make_eval_step(setup)
     metrics = evaluate.evaluate(eval_step, state, _eval_batches(setup, data_dir),
                                 setup.batch_sharding)
   ckpt.close()
-  logging.info("eval of step %d over %d clips: top-1 %.4f, top-5 %.4f, loss %.4f", meta["step"],
-               metrics["num_examples"], metrics["top1"], metrics["top5"], metrics["loss"])
+  logging.info("eval of step %d over %d clips: %s", meta["step"], metrics["num_examples"],
+               _describe(metrics))
   return {"step": meta["step"], **metrics}

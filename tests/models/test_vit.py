@@ -15,6 +15,12 @@ def tiny(**kw):
   return vit.VideoViT(**args, rngs=nnx.Rngs(0))
 
 
+def logits_of(model, *args, **kwargs):
+  logits, aux = model(*args, **kwargs)
+  assert aux == {}  # a plain classifier has no extra losses
+  return logits
+
+
 def test_vit_b_has_videomae_parameter_count():
   # VideoMAE ViT-B, 16x224, tubelet 2x16x16, sinusoidal PE, mean pool + fc_norm, 400 classes.
   model = nnx.eval_shape(lambda: vit.VideoViT(num_classes=400, num_frames=16, image_size=224,
@@ -33,16 +39,16 @@ def test_learned_position_embedding_and_cls_add_their_parameters():
 @pytest.mark.parametrize("pool", ["mean", "cls"])
 def test_output_shape_and_dtype(pool):
   model = tiny(pool=pool, pos_embed="learned")
-  logits = model(jnp.ones((3, 4, 32, 32, 3)))
+  logits = logits_of(model, jnp.ones((3, 4, 32, 32, 3)))
   assert logits.shape == (3, 5) and logits.dtype == jnp.float32
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   model = tiny(dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  logits = model(jnp.ones((2, 4, 32, 32, 3)))
+  logits = logits_of(model, jnp.ones((2, 4, 32, 32, 3)))
   assert logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, tiny()(jnp.ones((2, 4, 32, 32, 3))), atol=0.1)
+  np.testing.assert_allclose(logits, logits_of(tiny(), jnp.ones((2, 4, 32, 32, 3))), atol=0.1)
 
 
 def test_every_parameter_has_logical_axes():
@@ -80,11 +86,11 @@ def test_sincos_table_matches_formula():
 def test_drop_path_only_in_training_and_follows_the_key():
   model = tiny(drop_path=0.5, head_dropout=0.5)
   video = jax.random.normal(jax.random.key(0), (4, 4, 32, 32, 3))
-  eval_out = model(video)
-  np.testing.assert_array_equal(eval_out, model(video, train=False, key=jax.random.key(1)))
-  a = model(video, train=True, key=jax.random.key(1))
-  b = model(video, train=True, key=jax.random.key(1))
-  c = model(video, train=True, key=jax.random.key(2))
+  eval_out = logits_of(model, video)
+  np.testing.assert_array_equal(eval_out, logits_of(model, video, train=False, key=jax.random.key(1)))
+  a = logits_of(model, video, train=True, key=jax.random.key(1))
+  b = logits_of(model, video, train=True, key=jax.random.key(1))
+  c = logits_of(model, video, train=True, key=jax.random.key(2))
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c) and not np.allclose(a, eval_out)
 
@@ -107,8 +113,8 @@ def test_size_presets_and_overrides_build_through_the_config():
   c.data.num_frames, c.data.crop_size = 4, 32
   c.model.patch_size = (2, 16, 16)
   model = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  assert len(model.blocks) == 2 and model.norm.scale.shape == (384,)
-  assert model.blocks[0].attn.num_heads == 6
+  assert len(model.encoder.blocks) == 2 and model.norm.scale.shape == (384,)
+  assert model.encoder.blocks[0].attn.num_heads == 6
 
 
 @pytest.mark.parametrize("pool", ["mean", "cls"])
@@ -116,13 +122,13 @@ def test_only_kept_tokens_reach_the_output(pool):
   model = tiny(pool=pool, pos_embed="learned")  # grid 2x4x4 = 32 tokens
   video = jax.random.normal(jax.random.key(0), (1, 4, 32, 32, 3))
   everything = jnp.arange(32)[None]
-  np.testing.assert_allclose(model(video, keep=everything), model(video), rtol=1e-6)
+  np.testing.assert_allclose(logits_of(model, video, keep=everything), logits_of(model, video), rtol=1e-6)
   keep = jnp.array([[0, 5, 17, 30]])  # token n = t*16 + h*4 + w
   # Token 1 is (t=0, h=0, w=1): frames 0-1, rows 0-7, columns 8-15. It is masked.
   changed_masked = video.at[:, 0:2, 0:8, 8:16].add(5.0)
-  np.testing.assert_allclose(model(changed_masked, keep=keep), model(video, keep=keep),
+  np.testing.assert_allclose(logits_of(model, changed_masked, keep=keep), logits_of(model, video, keep=keep),
                              rtol=1e-6)
   # Token 5 is (t=0, h=1, w=1): rows 8-15, columns 8-15. It is kept.
   changed_kept = video.at[:, 0:2, 8:16, 8:16].add(5.0)
-  assert not np.allclose(model(changed_kept, keep=keep), model(video, keep=keep))
-  assert model.features(video, keep=keep).shape == (1, 4 + (pool == "cls"), 32)
+  assert not np.allclose(logits_of(model, changed_kept, keep=keep), logits_of(model, video, keep=keep))
+  assert model.encoder(video, keep=keep).shape == (1, 4 + (pool == "cls"), 32)

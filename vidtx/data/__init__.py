@@ -17,12 +17,18 @@ def prepare(data_config, workdir):
   """
   if data_config.name == SYNTHETIC:
     return synthetic.prepare(data_config, workdir)
+  how = (f"Prepare {data_config.name!r} as DMVR TFRecord shards (README, section Data) and pass "
+         "--config.data.data_dir=<their directory>; or try this config on the built-in data "
+         f"with --config.data.name={SYNTHETIC}.")
   if not data_config.data_dir:
     raise DataNotFoundError(
-        f"config.data.data_dir is empty, but dataset {data_config.name!r} is read from disk: "
-        "set config.data.data_dir to the directory holding its DMVR TFRecord shards.")
-  for split in (data_config.train_split, data_config.eval_split):
-    dmvr.list_files(data_config.data_dir, split)  # raises naming the missing files
+        f"Dataset {data_config.name!r} is read from disk, but config.data.data_dir is empty, so "
+        f"there is nowhere to look. {how}")
+  try:
+    for split in (data_config.train_split, data_config.eval_split):
+      dmvr.list_files(data_config.data_dir, split)  # raises naming the missing files
+  except DataNotFoundError as e:
+    raise DataNotFoundError(f"Dataset {data_config.name!r} is not prepared: {e} {how}") from None
   return data_config.data_dir
 
 

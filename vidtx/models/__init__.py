@@ -1,9 +1,14 @@
-"""Model registry: `config.model.name` -> constructor(model_config, data_config, rngs)."""
+"""Model registry: `config.model.name` -> constructor(model_config, data_config, rngs).
 
-from vidtx.models import vit
+Every model is called as `model(video, train=, key=, keep=) -> (logits or None, aux)`; see
+`vidtx.models.vit` for the contract.
+"""
+
+from vidtx.models import mae, vit
 
 MODELS = {
     "vit": vit.build,
+    "mae": mae.build,
 }
 
 
@@ -12,3 +17,8 @@ def build(model_config, data_config, rngs):
     raise ValueError(f"config.model.name={model_config.name!r} is not a known model; "
                      f"choose one of {sorted(MODELS)}")
   return MODELS[model_config.name](model_config, data_config, rngs)
+
+
+def classifies(model_config) -> bool:
+  """False for pre-training models, which output no logits (only a reconstruction loss)."""
+  return not (model_config.name == "mae" and model_config.classifier == "none")

@@ -22,8 +22,9 @@ def token_grid(model_config, data_config) -> Grid:
 def for_config(model_config, data_config, key, batch_size: int):
   """Visible-token indices [B, K] for `config.model.masking`, or None for all tokens.
 
-  Training passes a key. Evaluation passes None: cell running then uses its fixed test-time
-  schedule (as MAR infers), and every other schedule sees all tokens.
+  Training passes a key. Evaluation of a classifier passes None: cell running then uses its
+  fixed test-time schedule (as MAR infers), and every other schedule sees all tokens.
+  (Evaluation of a pre-training model passes a fixed key: it needs masked tokens.)
   """
   name = model_config.masking
   if name == "none" or (key is None and name not in FIXED_AT_TEST):

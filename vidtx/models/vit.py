@@ -2,6 +2,11 @@
 
 With `pos_embed="sincos"`, `pool="mean"` and `qkv_bias=True` this is VideoMAE's fine-tuning
 model (`modeling_finetune.VisionTransformer`): same parameters, same names up to layout.
+
+Every model returns `(logits, aux)`: logits [B, classes] float32 (None for a model that only
+pre-trains) and a dict of per-example [B] float32 extras. `aux["loss"]`, when present, is an
+already weighted loss term the training step adds to the classification loss; the other
+entries are logged.
 """
 
 import jax
@@ -21,25 +26,35 @@ SIZES = {
 }
 
 
-class VideoViT(nnx.Module):
+def size(model_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(width, depth, heads) of the configured encoder: the size's, unless overridden."""
+  width, depth, heads = SIZES[model_config.size]
+  return (model_config.width or width, model_config.depth or depth,
+          model_config.num_heads or heads)
 
-  def __init__(self, *, num_classes: int, num_frames: int, image_size: int,
-               patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
-               mlp_ratio: float = 4.0, qkv_bias: bool = True, pos_embed: str = "sincos",
-               pool: str = "mean", drop_path: float = 0.0, head_dropout: float = 0.0,
-               head_init_scale: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.pool, self.head_dropout = pool, head_dropout
+
+class Encoder(nnx.Module):
+  """Tubelet embedding + position embedding (+ CLS token) + pre-LN blocks, no final norm.
+
+  Shared by every ViT-family model, so one pre-trained encoder moves between them by name.
+  """
+
+  def __init__(self, *, num_frames: int, image_size: int, patch_size=(2, 16, 16),
+               width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+               qkv_bias: bool = True, pos_embed: str = "sincos", cls_token: bool = False,
+               drop_path: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
     self.patch_embed = layers.TubeletEmbed(patch_size, 3, width, dtype=dtype, rngs=rngs)
-    grid = self.patch_embed.grid((1, num_frames, image_size, image_size, 3))
-    num_tokens = grid[0] * grid[1] * grid[2] + (pool == "cls")
-    if pool == "cls":
+    self.grid = self.patch_embed.grid((1, num_frames, image_size, image_size, 3))
+    self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+    num_positions = self.num_patches + cls_token
+    if cls_token:
       self.cls_token = layers.param(rngs, layers.trunc_normal, (1, 1, width), (None, None, "embed"))
-    elif pool != "mean":
-      raise ValueError(f"config.model.pool={pool!r}: use 'mean' or 'cls'")
+    else:
+      self.cls_token = None
     if pos_embed == "sincos":
-      self.pos_embed = layers.SinCosPosEmbed(num_tokens, width)
+      self.pos_embed = layers.SinCosPosEmbed(num_positions, width)
     elif pos_embed == "learned":
-      self.pos_embed = layers.LearnedPosEmbed(num_tokens, width, rngs=rngs)
+      self.pos_embed = layers.LearnedPosEmbed(num_positions, width, rngs=rngs)
     else:
       raise ValueError(f"config.model.pos_embed={pos_embed!r}: use 'sincos' or 'learned'")
     self.blocks = nnx.List([
@@ -47,61 +62,83 @@ class VideoViT(nnx.Module):
                      dtype=dtype, rngs=rngs)
         for rate in layers.drop_path_rates(drop_path, depth)
     ])
-    # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
-    self.norm = layers.LayerNorm(width, rngs=rngs)
-    head_init = lambda key, shape, dtype: layers.trunc_normal(key, shape, dtype) * head_init_scale
-    self.head = layers.Dense(width, num_classes, ("embed", "classes"), kernel_init=head_init,
-                             rngs=rngs)
 
-  def features(self, video, *, key=None, keep=None):
-    """Encoded tokens [B, N, D] (after the blocks, before the final norm).
+  def __call__(self, video, *, key=None, keep=None):
+    """Encoded tokens [B, N, D] (CLS first if any) for video [B, T, H, W, 3].
 
     `keep` [B, K]: indices of the visible tubelet tokens (`vidtx.models.masking`); only those
-    are embedded and encoded, each with its own position embedding.
+    are embedded and encoded, each with its own position embedding. `key` drives drop path.
     """
     x = self.patch_embed(video, keep)  # masked tubelets are never projected
     pos = self.pos_embed.table().astype(x.dtype)
-    if self.pool == "cls":  # row 0 of the table is the CLS token's
+    if self.cls_token is not None:  # row 0 of the table is the CLS token's
       cls_pos, pos = pos[:1], pos[1:]
     x = x + (pos[None] if keep is None else pos[keep])
-    if self.pool == "cls":
+    if self.cls_token is not None:
       cls = self.cls_token[...].astype(x.dtype) + cls_pos
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
     for block, block_key in zip(self.blocks, layers.block_keys(key, len(self.blocks))):
       x = block(x, block_key)
     return x
 
+
+def dropout(x, rate: float, key):
+  """Inverted dropout; identity without a key (evaluation)."""
+  if key is None or rate == 0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class VideoViT(nnx.Module):
+
+  def __init__(self, *, num_classes: int, num_frames: int, image_size: int,
+               patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
+               mlp_ratio: float = 4.0, qkv_bias: bool = True, pos_embed: str = "sincos",
+               pool: str = "mean", drop_path: float = 0.0, head_dropout: float = 0.0,
+               head_init_scale: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
+    if pool not in ("mean", "cls"):
+      raise ValueError(f"config.model.pool={pool!r}: use 'mean' or 'cls'")
+    self.pool, self.head_dropout = pool, head_dropout
+    self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
+                           width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                           qkv_bias=qkv_bias, pos_embed=pos_embed, cls_token=pool == "cls",
+                           drop_path=drop_path, dtype=dtype, rngs=rngs)
+    # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
+    self.norm = layers.LayerNorm(width, rngs=rngs)
+    head_init = lambda key, shape, dtype: layers.trunc_normal(key, shape, dtype) * head_init_scale
+    self.head = layers.Dense(width, num_classes, ("embed", "classes"), kernel_init=head_init,
+                             rngs=rngs)
+
   def __call__(self, video, *, train: bool = False, key=None, keep=None):
-    """Logits [B, classes] (float32) for video [B, T, H, W, 3]. `key` drives drop path and
-    dropout and is only used when `train`; `keep` selects visible tokens (see `features`)."""
+    """(logits [B, classes] float32, {}) for video [B, T, H, W, 3]. `key` drives drop path and
+    dropout and is only used when `train`; `keep` selects visible tokens (see `Encoder`)."""
     key = key if train else None
-    feature_key, dropout_key = jax.random.split(key) if key is not None else (None, None)
-    x = self.features(video, key=feature_key, keep=keep)
+    encoder_key, dropout_key = jax.random.split(key) if key is not None else (None, None)
+    x = self.encoder(video, key=encoder_key, keep=keep)
     x = self.norm(x.mean(axis=1)) if self.pool == "mean" else self.norm(x)[:, 0]
-    if dropout_key is not None and self.head_dropout > 0:
-      keep = jax.random.bernoulli(dropout_key, 1.0 - self.head_dropout, x.shape)
-      x = jnp.where(keep, x / (1.0 - self.head_dropout), 0).astype(x.dtype)
-    return self.head(x).astype(jnp.float32)
+    x = dropout(x, self.head_dropout, dropout_key)
+    return self.head(x).astype(jnp.float32), {}
+
+
+def encoder_args(model_config: ml_collections.ConfigDict,
+                 data_config: ml_collections.ConfigDict) -> dict:
+  """The Encoder's arguments from the config (every ViT-family model takes these)."""
+  width, depth, heads = size(model_config)
+  return dict(num_frames=data_config.num_frames, image_size=data_config.crop_size,
+              patch_size=tuple(model_config.patch_size), width=width, depth=depth,
+              num_heads=heads, mlp_ratio=model_config.mlp_ratio, qkv_bias=model_config.qkv_bias,
+              drop_path=model_config.drop_path, dtype=jnp.dtype(model_config.dtype))
 
 
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> VideoViT:
-  width, depth, heads = SIZES[model_config.size]
   return VideoViT(
       num_classes=data_config.num_classes,
-      num_frames=data_config.num_frames,
-      image_size=data_config.crop_size,
-      patch_size=tuple(model_config.patch_size),
-      width=model_config.width or width,
-      depth=model_config.depth or depth,
-      num_heads=model_config.num_heads or heads,
-      mlp_ratio=model_config.mlp_ratio,
-      qkv_bias=model_config.qkv_bias,
+      **encoder_args(model_config, data_config),
       pos_embed=model_config.pos_embed,
       pool=model_config.pool,
-      drop_path=model_config.drop_path,
       head_dropout=model_config.head_dropout,
       head_init_scale=model_config.head_init_scale,
-      dtype=jnp.dtype(model_config.dtype),
       rngs=rngs,
   )

@@ -3,7 +3,8 @@
   python -m vidtx.tools.flops --config=configs/demo.py [--config.model.size=B ...] [--json]
 
 One view is one clip of the configured size through the evaluation forward pass (with
-cell_running masking: the fixed test-time mask). Nothing is materialised: the model is built
+cell_running masking: the fixed test-time mask; MAR's decoder runs only in training, so it is
+not counted). Pre-training models are counted with their decoder on a training mask. Nothing is materialised: the model is built
 abstractly and only compiled, so ViT-H counts cost no memory. MACs = XLA's flops / 2, as
 fvcore and MMAction2's get_flops report them.
 """
@@ -20,11 +21,6 @@ from ml_collections import config_flags
 from vidtx import configuration, models
 from vidtx.models import layers, masking
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                          lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-flags.mark_flag_as_required("config")
-
 
 def count(config: ml_collections.ConfigDict) -> dict[str, float]:
   """{"params", "gmacs", "gflops"} of one view of `config`'s model."""
@@ -35,7 +31,9 @@ def count(config: ml_collections.ConfigDict) -> dict[str, float]:
   video = jax.ShapeDtypeStruct((1, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32)
 
   def forward(state, video):
-    keep = masking.for_config(config.model, config.data, None, 1)
+    # Pre-training models are counted on a training mask (decoder included).
+    key = None if models.classifies(config.model) else jax.random.key(0)
+    keep = masking.for_config(config.model, config.data, key, 1)
     return nnx.merge(graphdef, state)(video, keep=keep)
 
   flops = float(jax.jit(forward).lower(state, video).compile().cost_analysis()["flops"])
@@ -45,16 +43,25 @@ def count(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 def main(argv):
   del argv
-  result = count(_CONFIG.value)
-  if _JSON.value:
+  c = flags.FLAGS.config
+  result = count(c)
+  if flags.FLAGS.json:
     print(json.dumps(result))
   else:
-    c = _CONFIG.value
     print(f"model {c.model.name} ({c.model.size}), {c.data.num_frames}x{c.data.crop_size}^2, "
           f"masking {c.model.masking} {c.model.mask_ratio}")
     print(f"parameters      {result['params']:,} ({result['params'] / 1e6:.1f}M)")
     print(f"GMACs per view  {result['gmacs']:.4g}  (compiled XLA cost analysis)")
 
 
+def define_flags():
+  """Defined only when run as a program, so importing tools side by side works."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
+                                  lock_config=True)
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  flags.mark_flag_as_required("config")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

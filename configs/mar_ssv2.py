@@ -1,0 +1,40 @@
+"""MAR on Something-Something v2 (SYSTEMS.md §1): as configs/mar_k400.py with SSv2's recipe:
+lambda = 0.1, layer decay 0.75, 40 epochs, classifier dropout 0.1.
+
+  python -m vidtx.main --config=configs/mar_ssv2.py[:vit_l|:ratio75] \\
+      --config.init_from=<VideoMAE pre-training workdir> --workdir=...
+
+MAR samples SSv2 by segments; until that sampler lands (the real-data issue) clips are 16
+frames 2 apart, as VideoMAE pre-trains on SSv2.
+"""
+
+from vidtx import configuration
+
+
+def get_config(arg=None):
+  arg = arg or "vit_b"
+  if arg not in ("vit_b", "vit_l", "ratio75"):
+    raise ValueError(f"unknown variant {arg!r}: use vit_b, vit_l or ratio75")
+  large = arg == "vit_l"
+  c = configuration.base()
+  configuration.use_dataset(c, "ssv2")
+  c.model.name = "mae"
+  c.model.classifier = "bridge"
+  c.model.masking, c.model.mask_ratio = "cell_running", 0.75 if arg == "ratio75" else 0.5
+  c.model.recon_weight = 0.1
+  c.model.size = "L" if large else "B"
+  c.model.drop_path = 0.2 if large else 0.1
+  c.model.head_dropout = 0.1
+  c.label_smoothing = 0.1
+  c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
+  c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
+  c.optim.lr = 2.5e-4 if large else 1e-3
+  c.optim.layer_decay = 0.75
+  c.batch_size = 128 if large else 1024  # 2 or 16 clips per GPU on 64 GPUs
+  steps_per_epoch = configuration.EPOCH_SIZES["ssv2"] // c.batch_size
+  c.total_steps = 40 * steps_per_epoch
+  c.optim.warmup_steps = 5 * steps_per_epoch
+  c.log_every_steps = 100
+  c.eval_every_steps = 5 * steps_per_epoch
+  c.checkpoint_every_steps = steps_per_epoch
+  return c

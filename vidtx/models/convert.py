@@ -1,0 +1,506 @@
+"""PyTorch VideoMAE-family weights -> our parameters, with nothing dropped or guessed.
+
+Three key layouts, detected from the names:
+- "hf": HF transformers `VideoMAEForVideoClassification` / `VideoMAEForPreTraining`
+  (`videomae.embeddings...`, `videomae.encoder.layer.{i}...`, `decoder.decoder_layers.{i}...`).
+- "videomae": the official MCG-NJU/VideoMAE `.pth` files (`modeling_finetune.py`: `patch_embed`,
+  `blocks.{i}`, `fc_norm`, `head`; `modeling_pretrain.py`: the same encoder under `encoder.`, plus
+  `encoder_to_decoder`, `mask_token`, `decoder.blocks.{i}`, `decoder.norm`, `decoder.head`).
+- "mar": alibaba-mmai-research/Masked-Action-Recognition (the VideoMAE encoder under `backbone.`,
+  the VideoMAE decoder, and the bridging classifier `encoder_to_cls_decoder` + `cls_head.*`).
+
+The target model (`VideoViT` or `MaskedVideoModel`, real or `nnx.eval_shape`d) decides which
+parts are read. Every checkpoint key must be used and every parameter filled, so a checkpoint
+that does not fit the config fails loudly instead of half-loading.
+
+  params = convert(load_state_dict(path), model)  # nested pure dict of float32 numpy arrays
+  state = nnx.state(model, nnx.Param); nnx.replace_by_pure_dict(state, params)
+  nnx.update(model, state)
+
+torch is only imported to read files (`load_state_dict`); `convert` takes numpy arrays or
+tensors.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pickle
+
+import numpy as np
+from flax import nnx
+
+from vidtx.models import layers, mae, vit
+
+# Wrappers of the state dict in released files: official VideoMAE ("model"/"module"), MAR and
+# SlowFast-style trainers ("model_state"), generic ("state_dict").
+WRAPPER_KEYS = ("model", "module", "model_state", "state_dict")
+# How many names an error lists before it only counts the rest.
+_MAX_LISTED = 40
+
+
+def to_numpy(value) -> np.ndarray:
+  """A numpy array from a numpy array or a torch tensor (16-bit floats widened to float32)."""
+  if hasattr(value, "detach"):  # a torch tensor; torch stays un-imported here
+    value = value.detach().cpu()
+    if value.dtype.is_floating_point and value.dtype.itemsize < 4:
+      value = value.float()  # numpy has no bfloat16
+    return value.numpy()
+  return np.asarray(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where each part of the model lives in one naming scheme. Block names take the index."""
+  name: str
+  patch_embed: str
+  pos_embed: str | None  # learned position embedding [1, N, D], if the scheme has one
+  blocks: str
+  block_style: str  # key of BLOCK_NAMES
+  encoder_norm: str  # the final encoder LayerNorm of pre-training models
+  fc_norm: str  # LayerNorm on the mean-pooled tokens of classifiers
+  head: str
+  decoder_blocks: str
+  decoder_block_style: str
+  decoder_norm: str = "decoder.norm"
+  decoder_head: str = "decoder.head"
+  encoder_to_decoder: str = "encoder_to_decoder"
+  mask_token: str = "mask_token"
+  # MAR's bridging classifier (None: the scheme has none).
+  bridge_proj: str | None = None
+  bridge_blocks: str | None = None
+  bridge_norm: str | None = None
+  bridge_head: str | None = None
+
+
+# Per block style: LayerNorms, attention output projection, MLP; the q/k/v layout is separate.
+BLOCK_NAMES = {
+    "hf": dict(norm1="layernorm_before", norm2="layernorm_after", proj="attention.output.dense",
+               fc1="intermediate.dense", fc2="output.dense"),
+    "videomae": dict(norm1="norm1", norm2="norm2", proj="attn.proj", fc1="mlp.fc1",
+                     fc2="mlp.fc2"),
+    "mar_bridge": dict(norm1="norm", norm2="norm_ffn", proj="attn.proj", fc1="ffn.net.0",
+                       fc2="ffn.net.3"),
+}
+
+HF = Layout(
+    name="hf",
+    patch_embed="videomae.embeddings.patch_embeddings.projection",
+    pos_embed=None,  # HF VideoMAE only has the fixed sinusoid table, which is not saved
+    blocks="videomae.encoder.layer.{}", block_style="hf",
+    encoder_norm="videomae.layernorm", fc_norm="fc_norm", head="classifier",
+    decoder_blocks="decoder.decoder_layers.{}", decoder_block_style="hf")
+
+
+def videomae_layout(encoder_prefix: str) -> Layout:
+  """Official VideoMAE: fine-tuning files have the encoder at the top, pre-training files under
+  `encoder.`; the decoder is the same in both."""
+  e = encoder_prefix
+  return Layout(
+      name="videomae", patch_embed=f"{e}patch_embed.proj", pos_embed=f"{e}pos_embed",
+      blocks=e + "blocks.{}", block_style="videomae", encoder_norm=f"{e}norm", fc_norm="fc_norm",
+      head="head", decoder_blocks="decoder.blocks.{}", decoder_block_style="videomae")
+
+
+MAR = dataclasses.replace(
+    videomae_layout("backbone."), name="mar", bridge_proj="encoder_to_cls_decoder",
+    bridge_blocks="cls_head.blocks.{}", bridge_norm="cls_head.norm", bridge_head="cls_head.head")
+
+
+def strip_wrappers(loaded) -> dict:
+  """The state dict inside a loaded file: unwraps {"model": ...}-style wrappers and DDP's
+  "module." prefix."""
+  state = loaded
+  while isinstance(state, dict) and not _looks_like_state_dict(state):
+    inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+    if inner is None:
+      raise ValueError(f"no state dict in the checkpoint: its top-level keys are "
+                       f"{sorted(state)[:10]}; expected parameter names or one of "
+                       f"{WRAPPER_KEYS} holding them")
+    state = inner
+  if state and all(k.startswith("module.") for k in state):
+    state = {k[len("module."):]: v for k, v in state.items()}
+  return dict(state)
+
+
+def _looks_like_state_dict(d: dict) -> bool:
+  return bool(d) and all(hasattr(v, "shape") for v in d.values())
+
+
+def detect_layout(keys) -> Layout:
+  """The naming scheme of a state dict, from its keys."""
+  keys = list(keys)
+  if any(k.startswith("videomae.") for k in keys):
+    return HF
+  if any(k.startswith("backbone.") for k in keys):
+    return MAR
+  if any(k.startswith("encoder.patch_embed.") or k.startswith("encoder.blocks.") for k in keys):
+    return videomae_layout("encoder.")
+  if any(k.startswith("patch_embed.") or k.startswith("blocks.") for k in keys):
+    return videomae_layout("")
+  raise ValueError(f"unrecognised checkpoint layout (keys e.g. {sorted(keys)[:5]}): expected "
+                   "HF VideoMAE ('videomae.embeddings...'), official VideoMAE ('patch_embed...', "
+                   "'blocks.0...' or 'encoder.blocks.0...') or MAR ('backbone.blocks.0...')")
+
+
+class _Reader:
+  """Hands out checkpoint arrays, remembering which were used and why a parameter could not be
+  filled, so that one error lists every problem."""
+
+  def __init__(self, state_dict):
+    self.arrays = {k: to_numpy(v) for k, v in state_dict.items()}
+    self.used = set()
+    self.reasons = {}  # our parameter name -> why it is not filled
+    self.mismatches = []  # checkpoint entries that carry no parameter but disagree with ours
+
+  def take(self, key: str, shape, *targets: str):
+    """The array `key`, which must have `shape` (torch layout) to become `targets`; None if it is
+    absent or has another shape (the reason is recorded for each target)."""
+    if key not in self.arrays:
+      reason = f"the checkpoint has no {key}"
+    else:
+      self.used.add(key)
+      value = self.arrays[key]
+      if value.shape == tuple(shape):
+        return value.astype(np.float32)
+      reason = f"checkpoint {key} has shape {value.shape}, the model needs {tuple(shape)}"
+    for target in targets:
+      self.reasons.setdefault(target, []).append(reason)
+    return None
+
+  def consume(self, key: str):
+    """Marks `key` used and returns it (None if absent): for entries that carry no parameter."""
+    if key in self.arrays:
+      self.used.add(key)
+    return self.arrays.get(key)
+
+
+def _shape(leaf):
+  return tuple(leaf.shape)
+
+
+def _t(x):
+  return None if x is None else x.T
+
+
+def _dense(reader, key, target, path):
+  """torch Linear weight [out, in] -> kernel [in, out]; bias as is."""
+  d_in, d_out = _shape(target["kernel"])
+  out = {"kernel": _t(reader.take(f"{key}.weight", (d_out, d_in), f"{path}/kernel"))}
+  if "bias" in target:
+    out["bias"] = reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")
+  return out
+
+
+def _norm(reader, key, target, path):
+  """LayerNorm weight -> scale."""
+  return {"scale": reader.take(f"{key}.weight", _shape(target["scale"]), f"{path}/scale"),
+          "bias": reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")}
+
+
+def _patch_embed(reader, key, target, path):
+  """Conv3d weight [D, C, kt, kh, kw] -> kernel [kt, kh, kw, C, D]."""
+  kt, kh, kw, c, d = _shape(target["kernel"])
+  weight = reader.take(f"{key}.weight", (d, c, kt, kh, kw), f"{path}/kernel")
+  return {"kernel": None if weight is None else weight.transpose(2, 3, 4, 1, 0),
+          "bias": reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")}
+
+
+def _qkv_kernel(weight, shape):
+  """Fused torch qkv weight [3D, D] (rows q, k, v; each head-major) -> [D, 3, heads, head_dim]."""
+  return None if weight is None else weight.T.reshape(shape)
+
+
+def _attention(reader, style, prefix, target, path):
+  """Attention params from one of the three q/k/v layouts."""
+  qkv_shape = _shape(target["qkv"])
+  dim, _, heads, head_dim = qkv_shape
+  inner = heads * head_dim
+  out = {}
+  if style == "hf":  # separate bias-free query/key/value Linears; q_bias, v_bias beside them
+    parts = [reader.take(f"{prefix}.attention.attention.{name}.weight", (inner, dim),
+                         f"{path}/qkv") for name in ("query", "key", "value")]
+    out["qkv"] = None if any(p is None for p in parts) else _qkv_kernel(
+        np.concatenate(parts, axis=0), qkv_shape)
+    bias_keys = {"q_bias": f"{prefix}.attention.attention.q_bias",
+                 "v_bias": f"{prefix}.attention.attention.v_bias"}
+  elif style == "videomae":  # one bias-free qkv Linear; q_bias, v_bias (k has none)
+    out["qkv"] = _qkv_kernel(reader.take(f"{prefix}.attn.qkv.weight", (3 * inner, dim),
+                                         f"{path}/qkv"), qkv_shape)
+    bias_keys = {"q_bias": f"{prefix}.attn.q_bias", "v_bias": f"{prefix}.attn.v_bias"}
+  elif style == "mar_bridge":  # one qkv Linear with a full [3D] bias
+    out["qkv"] = _qkv_kernel(reader.take(f"{prefix}.attn.to_qkv.weight", (3 * inner, dim),
+                                         f"{path}/qkv"), qkv_shape)
+    bias_keys = {}
+    if "q_bias" in target:
+      bias = reader.take(f"{prefix}.attn.to_qkv.bias", (3 * inner,), f"{path}/q_bias",
+                         f"{path}/v_bias")
+      # Keep the q and v parts. The k part is dropped: it adds q . b_k to every logit of a
+      # query's row alike, which the softmax cancels, so the outputs are unchanged.
+      out["q_bias"] = None if bias is None else bias[:inner]
+      out["v_bias"] = None if bias is None else bias[2 * inner:]
+  else:
+    raise AssertionError(style)
+  for name, key in bias_keys.items():
+    if name in target:  # qkv_bias=False models have none; the checkpoint's then stay unused
+      out[name] = reader.take(key, _shape(target[name]), f"{path}/{name}")
+  proj_key = f"{prefix}.{BLOCK_NAMES[style]['proj']}"
+  proj = reader.take(f"{proj_key}.weight", (dim, inner), f"{path}/proj")
+  # torch proj weight [D, heads * head_dim] -> [heads, head_dim, D]
+  out["proj"] = None if proj is None else proj.T.reshape(_shape(target["proj"]))
+  out["proj_bias"] = reader.take(f"{proj_key}.bias", _shape(target["proj_bias"]),
+                                 f"{path}/proj_bias")
+  return out
+
+
+def _block(reader, style, prefix, target, path):
+  names = BLOCK_NAMES[style]
+  return {
+      "norm1": _norm(reader, f"{prefix}.{names['norm1']}", target["norm1"], f"{path}/norm1"),
+      "attn": _attention(reader, style, prefix, target["attn"], f"{path}/attn"),
+      "norm2": _norm(reader, f"{prefix}.{names['norm2']}", target["norm2"], f"{path}/norm2"),
+      "mlp": {
+          "fc1": _dense(reader, f"{prefix}.{names['fc1']}", target["mlp"]["fc1"],
+                        f"{path}/mlp/fc1"),
+          "fc2": _dense(reader, f"{prefix}.{names['fc2']}", target["mlp"]["fc2"],
+                        f"{path}/mlp/fc2"),
+      },
+  }
+
+
+def _blocks(reader, style, name_format, target, path):
+  return {i: _block(reader, style, name_format.format(i), target[i], f"{path}/{i}")
+          for i in target}
+
+
+def _check_sincos(reader, key, num_positions, dim, what, fix=""):
+  """Consumes a saved fixed sinusoid table, checking it is the one our model computes."""
+  value = reader.consume(key)
+  if value is None:
+    return
+  table = layers.sincos_1d(num_positions, dim)
+  if value.size != table.size or not np.allclose(value.reshape(table.shape), table, atol=1e-5):
+    reader.mismatches.append(f"{what}: checkpoint {key} (shape {value.shape}) is not the fixed "
+                             f"sinusoid table [{num_positions}, {dim}] our model computes{fix}")
+
+
+def _encoder(reader, layout, target, encoder, path="encoder"):
+  out = {"patch_embed": _patch_embed(reader, layout.patch_embed, target["patch_embed"],
+                                     f"{path}/patch_embed"),
+         "blocks": _blocks(reader, layout.block_style, layout.blocks, target["blocks"],
+                           f"{path}/blocks")}
+  if "pos_embed" in target:  # learned: [1, N, D] in the official files
+    table = target["pos_embed"]["embedding"]
+    value = None
+    if layout.pos_embed is None:
+      reader.reasons[f"{path}/pos_embed/embedding"] = [
+          f"{layout.name} checkpoints have fixed sinusoid position embeddings: use "
+          "config.model.pos_embed='sincos'"]
+    else:
+      value = reader.take(layout.pos_embed, (1, *_shape(table)), f"{path}/pos_embed/embedding")
+    out["pos_embed"] = {"embedding": None if value is None else value[0]}
+  elif layout.pos_embed is not None:  # ours is the fixed table: a saved one must equal it
+    width = _shape(target["patch_embed"]["bias"])[0]
+    _check_sincos(reader, layout.pos_embed, encoder.num_patches, width, f"{path}/pos_embed",
+                  "; learned position embeddings need config.model.pos_embed='learned' (the "
+                  "'vit' model)")
+  if "cls_token" in target:
+    reader.reasons[f"{path}/cls_token"] = [
+        "VideoMAE-family models have no CLS token: use config.model.pool='mean'"]
+  return out
+
+
+def _convert_vit(reader, layout, target, model):
+  return {"encoder": _encoder(reader, layout, target["encoder"], model.encoder),
+          "norm": _norm(reader, layout.fc_norm, target["norm"], "norm"),
+          "head": _dense(reader, layout.head, target["head"], "head")}
+
+
+def _convert_masked(reader, layout, target, model):
+  decoder = target["decoder"]
+  out = {
+      "encoder": _encoder(reader, layout, target["encoder"], model.encoder),
+      "norm": _norm(reader, layout.encoder_norm, target["norm"], "norm"),
+      "encoder_to_decoder": _dense(reader, layout.encoder_to_decoder,
+                                   target["encoder_to_decoder"], "encoder_to_decoder"),
+      "mask_token": reader.take(layout.mask_token, _shape(target["mask_token"]), "mask_token"),
+      "decoder": {
+          "blocks": _blocks(reader, layout.decoder_block_style, layout.decoder_blocks,
+                            decoder["blocks"], "decoder/blocks"),
+          "norm": _norm(reader, layout.decoder_norm, decoder["norm"], "decoder/norm"),
+          "head": _dense(reader, layout.decoder_head, decoder["head"], "decoder/head"),
+      },
+  }
+  if "classifier" in target:
+    classifier = target["classifier"]
+    if layout.bridge_proj is None:
+      reader.reasons["classifier"] = [
+          f"{layout.name} checkpoints have no MAR bridging classifier: convert with "
+          "config.model.classifier='none' and start MAR from the result with config.init_from "
+          "(the classifier then starts fresh)"]
+    else:
+      out["classifier"] = {
+          "proj": _dense(reader, layout.bridge_proj, classifier["proj"], "classifier/proj"),
+          "blocks": _blocks(reader, "mar_bridge", layout.bridge_blocks, classifier["blocks"],
+                            "classifier/blocks"),
+          "norm": _norm(reader, layout.bridge_norm, classifier["norm"], "classifier/norm"),
+          "head": _dense(reader, layout.bridge_head, classifier["head"], "classifier/head"),
+      }
+  if layout.name == "mar":
+    _mar_extras(reader, model, decoder)
+  return out
+
+
+def _mar_extras(reader, model, decoder):
+  """MAR's model also saves its data normalisation, the decoder's sinusoid table and an unused
+  mask token of the bridging head: check the first two against our model, drop the last."""
+  width = _shape(decoder["norm"]["scale"])[0]
+  _check_sincos(reader, "pos_embed", model.encoder.num_patches, width, "decoder position table")
+  for name, ours in (("mean", model.mean), ("std", model.std)):
+    value = reader.consume(name)
+    if value is not None and not np.allclose(value.reshape(-1), ours, atol=1e-6):
+      reader.mismatches.append(
+          f"data {name}: the checkpoint was trained with {name}={tuple(value.reshape(-1))}, the "
+          f"config has {tuple(ours)}; set config.data.{name} to the checkpoint's")
+  # TransformerBridgingClsHead builds a mask token its forward never uses.
+  reader.consume("cls_head.mask_token")
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{name}/"))
+    else:
+      flat[name] = value
+  return flat
+
+
+def convert(state_dict, model: nnx.Module) -> dict:
+  """Our nested pure param dict (float32 numpy) for `model` from a PyTorch state dict.
+
+  `state_dict` maps names to numpy arrays or torch tensors (wrappers such as {"model": ...} are
+  removed). Raises ValueError listing every unused checkpoint key, every parameter left
+  unfilled and every shape mismatch.
+  """
+  state_dict = strip_wrappers(state_dict)
+  layout = detect_layout(state_dict)
+  reader = _Reader(state_dict)
+  target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  if isinstance(model, vit.VideoViT):
+    out = _convert_vit(reader, layout, target, model)
+  elif isinstance(model, mae.MaskedVideoModel):
+    out = _convert_masked(reader, layout, target, model)
+  else:
+    raise ValueError(f"cannot convert into a {type(model).__name__}: converters exist for "
+                     "VideoViT (config.model.name='vit') and MaskedVideoModel ('mae')")
+
+  wanted, got = _flatten(target), _flatten(out)
+  unfilled = [f"{name} {_shape(wanted[name])}: {'; '.join(_reasons(reader, name))}"
+              for name in wanted if got.get(name) is None]
+  unused = sorted(set(reader.arrays) - reader.used)
+  problems = []
+  if unfilled:
+    problems.append(f"model parameters not filled ({len(unfilled)}):{_listed(unfilled)}")
+  if reader.mismatches:
+    problems.append(f"checkpoint entries that disagree with the model:"
+                    f"{_listed(reader.mismatches)}")
+  if unused:
+    problems.append(f"checkpoint keys not used ({len(unused)}):{_listed(unused)}")
+  if problems:
+    hint = _hint(model, unused)
+    raise ValueError(f"cannot convert this {layout.name} checkpoint into "
+                     f"{type(model).__name__}:\n  " + "\n  ".join(problems)
+                     + (f"\nhint: {hint}" if hint else ""))
+  extra = sorted(set(got) - set(wanted))
+  if extra:  # a converter bug, not a checkpoint problem
+    raise AssertionError(f"converted parameters the model lacks: {extra}")
+  return out
+
+
+def _reasons(reader, name):
+  """Why parameter `name` is not filled: recorded against it or against a parent module."""
+  parts = name.split("/")
+  for i in range(len(parts), 0, -1):
+    if "/".join(parts[:i]) in reader.reasons:
+      return reader.reasons["/".join(parts[:i])]
+  return ["no source for it in this layout"]
+
+
+def _listed(items) -> str:
+  items = list(items)
+  lines = "".join(f"\n    {item}" for item in items[:_MAX_LISTED])
+  if len(items) > _MAX_LISTED:
+    lines += f"\n    ... and {len(items) - _MAX_LISTED} more"
+  return lines
+
+
+def _hint(model, unused) -> str:
+  """The likely fix for the commonest mismatch: a pre-training checkpoint for a classifier."""
+  if isinstance(model, vit.VideoViT) and any(
+      k.startswith(("decoder.", "encoder_to_decoder", "mask_token")) for k in unused):
+    return ("this is a pre-training checkpoint: convert it with a model.name='mae' config "
+            "(classifier='none', the same sizes) and point the fine-tuning run's "
+            "config.init_from at the result, which copies the encoder by name")
+  if any(".gamma_" in k for k in unused):
+    return "the checkpoint uses layer scale (init_values > 0), which our blocks lack"
+  return ""
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """The state dict (numpy arrays) of a `.pth`/`.bin`/`.safetensors` file or of a HF
+  `save_pretrained` directory, with wrappers such as {"model": ...} removed."""
+  if os.path.isdir(path):
+    return strip_wrappers(_load_hf_directory(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist: give a .pth/.bin/.safetensors "
+                            "file or a HF save_pretrained directory")
+  if path.endswith(".safetensors"):
+    return strip_wrappers(_load_safetensors(path))
+  return strip_wrappers(_to_numpy_tree(_torch_load(path)))
+
+
+def _load_hf_directory(path):
+  for name, loader in (("model.safetensors", _load_safetensors),
+                       ("pytorch_model.bin", _torch_load)):
+    if os.path.exists(os.path.join(path, name)):
+      return _to_numpy_tree(loader(os.path.join(path, name)))
+    index = os.path.join(path, f"{name}.index.json")
+    if os.path.exists(index):  # sharded
+      with open(index) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+      merged = {}
+      for shard in shards:
+        merged.update(loader(os.path.join(path, shard)))
+      return _to_numpy_tree(merged)
+  raise FileNotFoundError(f"{path!r} holds no model.safetensors or pytorch_model.bin (nor a "
+                          "sharded index): is it a HF save_pretrained directory?")
+
+
+def _load_safetensors(path):
+  from safetensors import numpy as safetensors_numpy
+  try:
+    return safetensors_numpy.load_file(path)  # no torch needed
+  except TypeError:  # bfloat16, which numpy lacks: read through torch and widen
+    from safetensors import torch as safetensors_torch
+    return safetensors_torch.load_file(path, device="cpu")
+
+
+def _torch_load(path):
+  import torch
+  # Official VideoMAE files also pickle the training args (an argparse.Namespace); allow that
+  # one plain class and nothing else that could run code.
+  try:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise ValueError(f"torch.load({path!r}, weights_only=True) refused the file: {e}\nIf you "
+                     "trust it, save its state dict alone: torch.save(torch.load(path, "
+                     "weights_only=False)['model'], 'weights.pth') and convert that") from e
+
+
+def _to_numpy_tree(loaded):
+  if isinstance(loaded, dict):
+    return {k: _to_numpy_tree(v) for k, v in loaded.items()}
+  return to_numpy(loaded) if hasattr(loaded, "detach") else loaded
