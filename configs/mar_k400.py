@@ -8,7 +8,9 @@ ones, fine-tuned from VideoMAE pre-training.
 Variants: default ViT-B 50%; `vit_l`: ViT-L 50%; `ratio75`: ViT-B 75%; `synthetic`: the recipe at
 CPU scale, initialised from a `videomae_pretrain_k400.py:synthetic` run given as init_from.
 Without prepared Kinetics data it stops and says how to prepare it; --config.data.name=
-synthetic_motion runs it on the built-in data. Not yet in the pipeline (the real-data issue):
+synthetic_motion runs it on the built-in data (still ViT-B on 16x224^2 clips: on a CPU add e.g.
+--config.batch_size=2; `:synthetic` is the CPU-sized recipe). Not yet in the pipeline (the
+real-data issue):
 RandAugment, random erasing, mixup/cutmix and repeated augmentation; label smoothing 0.1 is.
 """
 
