@@ -8,6 +8,7 @@ from flax import nnx
 
 from vidtx import configuration, models
 from vidtx.models import layers
+from vidtx.tools import flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -56,3 +57,16 @@ def test_pretraining_recipe_scales_lr_with_batch():
   c = load("videomae_pretrain_k400.py", "B")
   assert (c.model.masking, c.model.mask_ratio) == ("tube", 0.9)
   assert c.optim.lr == pytest.approx(1.5e-4 * 2048 / 256) and c.optim.b2 == 0.95
+
+
+@pytest.mark.parametrize("name, variant", [("demo.py", None), ("videomae_pretrain_k400.py",
+                                                               "synthetic"),
+                                           ("videomae_k400.py", "synthetic"),
+                                           ("mar_k400.py", "synthetic")])
+def test_flops_tool_counts_the_cpu_configs(name, variant):
+  """(The ViT-B ones are counted in tests/tools/test_flops.py.)"""
+  c = load(name, variant)
+  result = flops.count(c)
+  model = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
+  assert result["params"] == layers.count_params(nnx.state(model, nnx.Param))
+  assert 0 < result["gmacs"] < 1
