@@ -1,0 +1,152 @@
+"""Training-step throughput of a config: step time, clips/s, FLOPs, TFLOP/s and MFU.
+
+  python benchmarks/train_step.py --config=configs/videomae_k400.py [--config.batch_size=8] \
+      [--config.model.dtype=bfloat16] [--steps=20]
+
+Builds the config's model and optimizer, compiles the one jitted training step, warms up, then
+times `--steps` steps on a fixed random batch (no input pipeline: this measures the step). The
+FLOPs per step come from the compiled program's cost analysis (forward, backward and optimizer
+update). MFU is achieved FLOP/s over the device's peak (the table below; dense bf16 for
+accelerators). On a CPU it prints FLOP/s only. Prints one markdown table row per run.
+
+With --torch (needs the `torch` extra) the same architecture, batch and input run in the same
+process as HF `VideoMAEForVideoClassification` on CPU torch: forward + backward + AdamW step,
+eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch step-time ratio. Only for
+the plain ViT configs (model.name="vit", masking none).
+"""
+
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from vidtx import train
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
+PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def measure(config, steps: int, warmup: int = 3) -> dict:
+  setup = train.build(config)
+  d = config.data
+  rng = np.random.default_rng(0)
+  host_batch = {
+      "video": rng.normal(size=(config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3))
+      .astype(np.float32),
+      "label": (np.arange(config.batch_size) % d.num_classes).astype(np.int32)}
+  with jax.set_mesh(setup.mesh):
+    state = train.init_state(setup)
+    step = train.make_train_step(setup)
+    batch = {k: jax.device_put(v, setup.batch_sharding) for k, v in host_batch.items()}
+    key = np.asarray(jax.random.key_data(jax.random.key(0)), np.uint32)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    compile_s = time.perf_counter() - start
+    flops = float(compiled.cost_analysis()["flops"])
+    for _ in range(warmup):
+      state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      state, metrics = step(state, batch, key)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  peak = PEAK_FLOPS.get(device.device_kind)
+  achieved = flops / median / jax.device_count() if flops else 0.0
+  return {"device": device.device_kind, "devices": jax.device_count(), "compile_s": compile_s,
+          "step_ms": 1000 * median, "p10_ms": 1000 * float(np.percentile(times, 10)),
+          "p90_ms": 1000 * float(np.percentile(times, 90)),
+          "clips_per_s": config.batch_size / median, "tflop_per_step": flops / 1e12,
+          "tflops_per_device": achieved / 1e12, "mfu": achieved / peak if peak else None,
+          "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None}
+
+
+def measure_torch(config, steps: int, compiled: bool, warmup: int = 3) -> float:
+  """Median step time (ms) of the same ViT as HF VideoMAE in PyTorch: fwd + bwd + AdamW."""
+  import torch
+  import transformers
+  from vidtx.models import vit
+  if config.model.name != "vit" or config.model.masking != "none":
+    raise ValueError("--torch compares plain ViT configs only (model.name='vit', masking none)")
+  width, depth, heads = vit.size(config.model)
+  pt, ph, _ = config.model.patch_size
+  d = config.data
+  hf_config = transformers.VideoMAEConfig(
+      image_size=d.crop_size, patch_size=ph, tubelet_size=pt, num_frames=d.num_frames,
+      hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+      intermediate_size=int(width * config.model.mlp_ratio), use_mean_pooling=True,
+      num_labels=d.num_classes, qkv_bias=config.model.qkv_bias)
+  model = transformers.VideoMAEForVideoClassification(hf_config).train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+  video = torch.randn(config.batch_size, d.num_frames, 3, d.crop_size, d.crop_size)
+  labels = torch.arange(config.batch_size) % d.num_classes
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(pixel_values=video).logits, labels)
+    loss.backward()
+    optimizer.step()
+
+  if compiled:
+    step = torch.compile(step)
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return 1000 * statistics.median(times)
+
+
+def main(argv):
+  del argv
+  c = flags.FLAGS.config
+  r = measure(c, flags.FLAGS.steps)
+  name = (f"{c.model.name} {c.model.size} {c.data.num_frames}x{c.data.crop_size}, masking "
+          f"{c.model.masking} {c.model.mask_ratio}, batch {c.batch_size}, {c.model.dtype}")
+  mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (CPU)"
+  memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] else "n/a"
+  print(f"jax {jax.__version__}, {r['devices']} x {r['device']}; compile {r['compile_s']:.1f} s")
+  print("| config | step ms (median, p10-p90) | clips/s | TFLOP/step | TFLOP/s/device | MFU "
+        "| peak GiB |")
+  print("|---|---|---|---|---|---|---|")
+  print(f"| {name} | {r['step_ms']:.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) | "
+        f"{r['clips_per_s']:.1f} | {r['tflop_per_step']:.3f} | {r['tflops_per_device']:.3f} | "
+        f"{mfu} | {memory} |")
+  if flags.FLAGS.torch:
+    import torch
+    print(f"\nsame model, batch and input in PyTorch {torch.__version__} (HF VideoMAE), "
+          f"{torch.get_num_threads()} threads:")
+    print("| variant | step ms (median) | vidtx / this |")
+    print("|---|---|---|")
+    for compiled in (False, True) if flags.FLAGS.torch_compile else (False,):
+      ms = measure_torch(c, flags.FLAGS.steps, compiled)
+      print(f"| {'torch.compile' if compiled else 'eager'} | {ms:.1f} | "
+            f"{r['step_ms'] / ms:.2f} |")
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
+                                  lock_config=True)
+  flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
+  flags.DEFINE_bool("torch", False, "Also time HF VideoMAE in PyTorch on CPU, same batch.")
+  flags.DEFINE_bool("torch_compile", False, "With --torch, also time torch.compile.")
+  flags.mark_flag_as_required("config")
+  app.run(main)
