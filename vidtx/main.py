@@ -14,6 +14,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summ
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming from the workdir) and evaluate; "
                           "eval: evaluate the workdir's latest checkpoint.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() to detect a multi-host cluster "
+    "(Cloud TPU VM pod, SLURM). launch/local.sh uses VIDTX_* variables instead.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,8 +30,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported after flag parsing: importing jax and tf is slow.
-  from vidtx import configuration, train
+  from vidtx import configuration, sharding, train
   from vidtx.data import dmvr
+  sharding.initialize_distributed(_DISTRIBUTED.value)
   try:
     if _MODE.value == "train":
       metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -1,13 +1,17 @@
-"""The device mesh, logical-axis rules, and host-local -> global arrays.
+"""The device mesh, logical-axis rules, host-local -> global arrays, multi-process start-up.
 
 Parameters name their axes logically ("embed", "mlp", "heads", ...); `config.mesh.rules` maps
 those names to mesh axes. The default rules shard "embed" over `fsdp` and "mlp"/"heads" over
 `tensor`, so the mesh shape alone chooses data parallel, FSDP or tensor parallel.
 """
 
+import hashlib
+import os
+
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
@@ -45,3 +49,73 @@ def replicated(mesh: jax.sharding.Mesh):
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Assembles each host's part of the batch into global arrays sharded over the batch axes."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def initialize_distributed(distributed_flag: bool = False) -> None:
+  """Joins a multi-process run before anything touches the devices; a no-op for one process.
+
+  Sources, first match wins:
+  - `VIDTX_COORDINATOR` (host:port), `VIDTX_NUM_PROCESSES`, `VIDTX_PROCESS_ID`, as
+    `launch/local.sh` sets them: processes on one machine (CPU collectives go through gloo).
+  - `distributed_flag` (`--distributed`): `jax.distributed.initialize()` with no arguments, which
+    detects Cloud TPU VMs and SLURM jobs itself (what `launch/tpu.py` and `launch/slurm.py` use).
+  """
+  env = {k: os.environ.get(f"VIDTX_{k}") for k in ("COORDINATOR", "NUM_PROCESSES", "PROCESS_ID")}
+  if any(env.values()):
+    missing = [f"VIDTX_{k}" for k, v in env.items() if not v]
+    if missing:
+      raise ValueError(f"{', '.join(missing)} not set but other VIDTX_* variables are ({env}); "
+                       "set all three, or none (launch/local.sh sets them)")
+    try:
+      num_processes, process_id = int(env["NUM_PROCESSES"]), int(env["PROCESS_ID"])
+    except ValueError:
+      raise ValueError(f"VIDTX_NUM_PROCESSES and VIDTX_PROCESS_ID must be integers, got {env}")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"VIDTX_PROCESS_ID={process_id} is not in [0, {num_processes})")
+    # CPU processes have no collectives of their own; gloo runs them over TCP. The platform is
+    # read from the config, not the backend: the backend must not start before initialize().
+    platforms = jax.config.jax_platforms or ""
+    if not platforms or "cpu" in platforms.split(","):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=env["COORDINATOR"],
+                               num_processes=num_processes, process_id=process_id)
+  elif distributed_flag:
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info("Process %d of %d: %d local devices, %d in all (%s).", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.default_backend())
+
+
+def _gather_rows(row: np.ndarray) -> np.ndarray:
+  """[process_count, k]: every process's int32 `row`, on every process (an all-gather).
+
+  Built from process-local data and a jitted resharding to replicated rather than
+  `jax.experimental.multihost_utils`, so it uses only the public core API.
+  """
+  devices = jax.devices()
+  mesh = jax.make_mesh((len(devices),), ("all",), axis_types=(AxisType.Auto,), devices=devices)
+  local = np.tile(np.asarray(row, np.int32)[None], (jax.local_device_count(), 1))
+  rows = jax.make_array_from_process_local_data(NamedSharding(mesh, P("all")), local)
+  everywhere = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))(rows)
+  gathered = np.asarray(everywhere.addressable_data(0))
+  # One row per device; the first column says whose it is. Keep one per process.
+  return np.stack([gathered[gathered[:, 0] == p][0] for p in range(jax.process_count())])
+
+
+def check_processes_agree(what: str, value: str) -> None:
+  """Raises on every process unless all processes have the same `value` (e.g. the config JSON).
+
+  Also a barrier: no process returns before all have called it. A no-op for one process.
+  """
+  if jax.process_count() == 1:
+    return
+  digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:12], np.int32)
+  rows = _gather_rows(np.concatenate([[jax.process_index()], digest]))
+  differ = [p for p in range(len(rows)) if not np.array_equal(rows[p, 1:], rows[0, 1:])]
+  if differ:
+    raise ValueError(
+        f"processes disagree on the {what}: processes {differ} differ from process 0 (sha256 "
+        f"prefixes {[rows[p, 1:].tobytes().hex() for p in range(len(rows))]}). Start every "
+        "process with the same command, config file and code version.")

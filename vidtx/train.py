@@ -139,11 +139,21 @@ def _eval_batches(setup: Setup, data_dir: str):
                     data_dir=data_dir)
 
 
+def _prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """data.prepare on process 0 first: processes must not generate one dataset side by side."""
+  if jax.process_index() == 0:
+    data_dir = data.prepare(config.data, workdir)
+  sharding.check_processes_agree("data preparation barrier", "")
+  return data_dir if jax.process_index() == 0 else data.prepare(config.data, workdir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns eval metrics."""
   setup = build(config)
+  # Before anything collective (orbax, the step), so a mismatch is an error, not a hang.
+  sharding.check_processes_agree("config", config.to_json())
   os.makedirs(workdir, exist_ok=True)
-  data_dir = data.prepare(config.data, workdir)
+  data_dir = _prepare_data(config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
@@ -168,6 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    config.model.name, f"{param_count:,}", jax.device_count(),
                    dict(setup.mesh.shape), config.init_from or "scratch")
 
+    sharding.check_processes_agree("step to start from", str(step))
     train_step = make_train_step(setup)
     eval_step = evaluate.make_eval_step(setup)
     lr_schedule = optim.schedule(config.optim, config.total_steps)
@@ -241,12 +252,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Evaluates the latest checkpoint in `workdir`."""
   setup = build(config)
+  sharding.check_processes_agree("config", config.to_json())
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before anything is written there
     raise FileNotFoundError(f"no checkpoint in {workdir}; train first with --mode=train")
   ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
-  data_dir = data.prepare(config.data, workdir)
+  data_dir = _prepare_data(config, workdir)
   with jax.set_mesh(setup.mesh):
     state, meta = ckpt.restore(setup.abstract_state)
     eval_step = evaluate.make_eval_step(setup)
