@@ -27,12 +27,7 @@ TINY = {
 
 def tiny_config(data_dir, **overrides):
   c = configuration.base()
-  for key, value in {**TINY, "data.data_dir": data_dir, **overrides}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict({**TINY, "data.data_dir": data_dir, **overrides})
   c.lock()
   return c
 

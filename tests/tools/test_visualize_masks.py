@@ -32,13 +32,7 @@ SAVED_STEP = 7
 
 def tiny_config(**overrides):
   c = configuration.load(os.path.join(ROOT, "configs", "demo.py"))
-  for key, value in {**TINY, **overrides}.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  c.lock()
+  c.update_from_flattened_dict({**TINY, **overrides})
   return c
 
 

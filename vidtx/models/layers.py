@@ -137,6 +137,18 @@ class Block(nnx.Module):
     return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, k2)
 
 
+def tubelets(video, patch):
+  """[B, T, H, W, C] -> [B, N, pt*ph*pw, C]: tubelets in (t, h, w) token order, their pixels in
+  (t, h, w) order. Reshapes only, so numpy arrays stay numpy."""
+  b, t, h, w, c = video.shape
+  pt, ph, pw = patch
+  if t % pt or h % ph or w % pw:
+    raise ValueError(f"video of {t}x{h}x{w} frames is not divisible by the tubelet size "
+                     f"{pt}x{ph}x{pw}")
+  x = video.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
+  return x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw, c)
+
+
 class TubeletEmbed(nnx.Module):
   """Non-overlapping (t, h, w) tubelets -> tokens: a Conv3d with kernel == stride.
 
@@ -160,13 +172,8 @@ class TubeletEmbed(nnx.Module):
   def __call__(self, video, keep=None):
     """Tokens [B, N, D] in (t, h, w) order; with `keep` [B, K] only those tubelets are
     projected (masked ones cost nothing)."""
-    b, t, h, w, c = video.shape
-    pt, ph, pw = self.patch
-    if t % pt or h % ph or w % pw:
-      raise ValueError(f"video of {t}x{h}x{w} frames is not divisible by the tubelet size "
-                       f"{pt}x{ph}x{pw}")
-    x = video.astype(self.dtype).reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
-    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw * c)
+    x = tubelets(video.astype(self.dtype), self.patch)
+    x = x.reshape(*x.shape[:2], -1)
     if keep is not None:
       x = jnp.take_along_axis(x, keep[..., None], axis=1)
     kernel = self.kernel[...].astype(self.dtype).reshape(-1, self.kernel.shape[-1])

@@ -35,13 +35,10 @@ def pixel_targets(video, patch, mean, std):
   The input normalisation is undone, then each tubelet's channels are standardised over the
   tubelet's pixels with the unbiased std (+1e-6), and flattened in (t, h, w, c) order.
   """
-  b, t, h, w, c = video.shape
-  pt, ph, pw = patch
   pixels = video.astype(jnp.float32) * jnp.asarray(std, jnp.float32) + jnp.asarray(mean, jnp.float32)
-  x = pixels.reshape(b, t // pt, pt, h // ph, ph, w // pw, pw, c)
-  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, pt * ph * pw, c)
+  x = layers.tubelets(pixels, patch)
   x = (x - x.mean(axis=2, keepdims=True)) / (jnp.std(x, axis=2, ddof=1, keepdims=True) + 1e-6)
-  return jax.lax.stop_gradient(x.reshape(b, x.shape[1], -1))
+  return jax.lax.stop_gradient(x.reshape(*x.shape[:2], -1))
 
 
 def masked_indices(keep, num_tokens: int):

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vidtx import checkpoint, configuration, data, models, train
 from vidtx.data import dmvr, synthetic
-from vidtx.models import mae, masking
+from vidtx.models import layers, mae, masking
 
 
 GREY = 128  # fill of the masked tubelets
@@ -59,11 +59,8 @@ def to_uint8(pixels) -> np.ndarray:
 
 
 def patchify(frames, patch) -> np.ndarray:
-  """[T, H, W, C] -> [N, pt*ph*pw, C]: tubelets in token order, pixels in (t, h, w) order."""
-  t, h, w, c = frames.shape
-  pt, ph, pw = patch
-  x = frames.reshape(t // pt, pt, h // ph, ph, w // pw, pw, c).transpose(0, 2, 4, 1, 3, 5, 6)
-  return x.reshape(-1, pt * ph * pw, c)
+  """[T, H, W, C] -> [N, pt*ph*pw, C]: one clip's tubelets (`layers.tubelets`)."""
+  return layers.tubelets(np.asarray(frames)[None], patch)[0]
 
 
 def unpatchify(tubelets, grid, patch) -> np.ndarray:
