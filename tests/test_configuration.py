@@ -65,9 +65,34 @@ def test_batch_must_split_over_hosts():
     configuration.validate(config(batch_size=16), num_devices=1, num_processes=3)
 
 
+def mesh(**fields):
+  m = configuration.base().mesh
+  m.update(fields)
+  return m
+
+
 def test_mesh_shape_resolves_minus_one():
-  assert configuration.mesh_shape((-1, 2, 1), 8) == (4, 2, 1)
-  assert configuration.mesh_shape((2, 2, 2), 8) == (2, 2, 2)
+  assert configuration.mesh_shape(mesh(shape=(-1, 2, 1)), 8) == (4, 2, 1)
+  assert configuration.mesh_shape(mesh(shape=(2, 2, 2)), 8) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("preset, shape", [
+    ("data", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("fsdp_per_host", (2, 4, 1)), ("tensor", (2, 1, 4))])
+def test_parallelism_presets_set_the_mesh_shape(preset, shape):
+  # 2 hosts of 4 devices; the preset wins over mesh.shape.
+  assert configuration.mesh_shape(mesh(parallelism=preset, shape=(1, 1, 8)), 8, 2) == shape
+
+
+def test_unknown_parallelism_and_micro_batches_that_do_not_split_are_named():
+  with pytest.raises(configuration.ConfigError, match="mesh.parallelism='zero3'"):
+    configuration.mesh_shape(mesh(parallelism="zero3"), 8)
+  with pytest.raises(configuration.ConfigError,
+                     match="config.grad_accum_steps=4: each micro-batch of .* = 4 clips"):
+    configuration.validate(config(batch_size=16, grad_accum_steps=4), num_devices=8,
+                           num_processes=1)
+  with pytest.raises(configuration.ConfigError, match="config.grad_accum_steps=3: must divide"):
+    configuration.validate(config(batch_size=16, grad_accum_steps=3), num_devices=1,
+                           num_processes=1)
 
 
 def test_configs_are_locked_against_unknown_fields():

@@ -2,13 +2,16 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
+import jax
 import pytest
 
 from test_train import ROOT, data_dir, final_params, flag_args  # noqa: F401 (data_dir: fixture)
+from vidtx import checkpoint, configuration, train
 
 TPU_ARGS = ["--name=vidtx-pod", "--zone=us-central2-b", "--project=proj",
             "--accelerator_type=v4-32", "--config=configs/mar_k400.py:vit_l"]
@@ -132,6 +135,7 @@ def test_processes_that_disagree_on_the_config_stop_with_an_error(data_dir, tmp_
     assert p.returncode != 0
     assert "processes disagree on the config: processes [1] differ from process 0" in out, \
         out[-3000:]
+    assert "Traceback" not in out
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
@@ -140,3 +144,81 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
+
+
+# Each process of an FSDP run: train, and keep the parameter shards this process held when it
+# last saved a checkpoint, to compare with a later restore.
+KEEP_SAVED_SHARDS = r"""
+import json, sys
+import jax, numpy as np
+from absl import logging
+from vidtx import checkpoint, configuration, sharding, train
+
+logging.set_verbosity(logging.INFO)
+logging.set_stderrthreshold(logging.INFO)
+sharding.initialize_distributed()
+workdir, overrides = sys.argv[1], json.loads(sys.argv[2])
+kept = {}
+save = checkpoint.Checkpointer.save
+
+def save_and_keep(self, step, state, meta):
+  kept.clear()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state[0])[0]:
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    for shard in leaf.addressable_shards:
+      where = ",".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}"
+                       for s, n in zip(shard.index, leaf.shape))
+      kept[f"{name}@{where}"] = np.asarray(shard.data)
+  save(self, step, state, meta)
+
+checkpoint.Checkpointer.save = save_and_keep
+config = configuration.base()
+config.update_from_flattened_dict(overrides)
+train.train_and_evaluate(config, workdir)
+np.savez(f"{workdir}/kept_{jax.process_index()}.npz", **kept)
+"""
+
+
+def test_sigterm_to_one_host_saves_on_all_and_fsdp_shards_restore_in_one_process(data_dir,
+                                                                                  tmp_path):
+  from test_train import TINY
+  overrides = {**TINY, "data.data_dir": data_dir, "total_steps": 200,
+               "checkpoint_every_steps": 1000, "mesh.parallelism": "fsdp"}
+  env = {**os.environ, "VIDTX_COORDINATOR": "localhost:%d" % _free_port(),
+         "VIDTX_NUM_PROCESSES": "2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", KEEP_SAVED_SHARDS, str(tmp_path), json.dumps(overrides)],
+      cwd=ROOT, env={**env, "VIDTX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  # Only process 1 is told to stop, once it has trained a few steps.
+  log_1 = []
+  for line in procs[1].stdout:
+    log_1.append(line)
+    if "step 5/200" in line:
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  log_1 = "".join(log_1) + procs[1].communicate(timeout=300)[0]
+  log_0 = procs[0].communicate(timeout=300)[0]
+  assert procs[0].returncode == procs[1].returncode == 0, log_0[-3000:] + log_1[-3000:]
+  assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in log_0
+  saved = [int(log.split("Saved step ")[1].split(" ")[0]) for log in (log_0, log_1)]
+  assert saved[0] == saved[1] and 5 <= saved[0] < 200, saved
+  assert os.listdir(tmp_path / "checkpoints") == [str(saved[0])]
+
+  # Restore on one device, no FSDP: every shard any process held is there, bit for bit.
+  kept = {**np.load(tmp_path / "kept_0.npz"), **np.load(tmp_path / "kept_1.npz")}
+  config = configuration.base()
+  config.update_from_flattened_dict({**overrides, "mesh.parallelism": ""})
+  setup = train.build(config)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  state, meta = ckpt.restore(setup.abstract_state)
+  ckpt.close()
+  assert meta["step"] == saved[0]
+  params = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(state[0])[0]}
+  qkv_shards = [k for k in kept if k.startswith("encoder/blocks/0/attn/qkv")]
+  assert len(qkv_shards) == 4  # split 4 ways over fsdp, 2 per process
+  for key, shard in kept.items():
+    name, where = key.split("@")
+    index = tuple(slice(*map(int, s.split(":"))) for s in where.split(",")) if where else ()
+    np.testing.assert_array_equal(params[name][index], shard, err_msg=key)

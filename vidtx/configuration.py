@@ -5,6 +5,7 @@ locked, so a misspelt field (in a file or as `--config.<field>=<value>`) is an e
 """
 
 import importlib.util
+import json
 import math
 import os
 
@@ -71,6 +72,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic.num_shards = 8
 
   c.batch_size = 64  # global batch: all hosts and devices together
+  # Split each batch into this many micro-batches, run one after the other, gradients summed:
+  # the memory of batch_size / grad_accum_steps, the update of batch_size.
+  c.grad_accum_steps = 1
   c.total_steps = 1000
   c.log_every_steps = 50
   c.eval_every_steps = 500  # also evaluates at the end; 0: only at the end
@@ -101,6 +105,10 @@ def base() -> ml_collections.ConfigDict:
   # optimizer state sharded too; tensor: heads and MLP units split. The rules stay the same.
   c.mesh.axes = ("data", "fsdp", "tensor")
   c.mesh.shape = (-1, 1, 1)
+  # A preset that sets mesh.shape from the devices at hand (see PARALLELISM); "" uses
+  # mesh.shape. "data": all devices on data; "fsdp": all on fsdp; "fsdp_per_host": fsdp within
+  # a host, data across hosts; "tensor": tensor over a host's devices, data across hosts.
+  c.mesh.parallelism = ""
   c.mesh.batch_axes = ("data", "fsdp")  # the batch is split over these
   # Logical parameter axis -> mesh axis (None: replicated).
   c.mesh.rules = (
@@ -167,6 +175,33 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   config = module.get_config(variant or None)
   config.lock()  # as the command line locks it: unknown fields are errors
+  return config
+
+
+def from_workdir(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run used, from the config.json it wrote into its workdir (locked)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the workdir of a training "
+                            "run? Otherwise pass the config with --config")
+  with open(path) as f:
+    saved = json.load(f)
+  config = base()
+
+  def update(node, values, prefix):
+    for key, value in values.items():
+      if key not in node:
+        raise ConfigError(f"{path}: field {prefix}{key} is not a config field of this vidtx "
+                          "version; pass the config with --config")
+      if isinstance(node[key], ml_collections.ConfigDict):
+        update(node[key], value, f"{prefix}{key}.")
+      elif isinstance(node[key], tuple):  # JSON turned tuples into lists
+        node[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+      else:
+        node[key] = value
+
+  update(config, saved, "")
+  config.lock()
   return config
 
 
@@ -266,23 +301,56 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   for logical, axis in mesh.rules:
     if axis is not None and axis not in mesh.axes:
       _fail("mesh.rules", (logical, axis), f"{axis!r} is not in mesh.axes={mesh.axes}")
-  shape = mesh_shape(mesh.shape, num_devices)
+  if config.grad_accum_steps < 1:
+    _fail("grad_accum_steps", config.grad_accum_steps, "must be at least 1 (1: off)")
+  if config.batch_size % config.grad_accum_steps:
+    _fail("grad_accum_steps", config.grad_accum_steps,
+          f"must divide batch_size={config.batch_size}")
+  shape = mesh_shape(mesh, num_devices, num_processes)
   batch_devices = 1
   for name, size in zip(mesh.axes, shape):
     if name in mesh.batch_axes:
       batch_devices *= size
-  if config.batch_size % batch_devices:
-    _fail("batch_size", config.batch_size,
-          f"must be divisible by the {batch_devices} devices of the batch axes "
-          f"{tuple(mesh.batch_axes)}; e.g. --config.batch_size="
-          f"{max(1, config.batch_size // batch_devices) * batch_devices}")
+  micro_batch = config.batch_size // config.grad_accum_steps
+  if micro_batch % batch_devices:
+    field, value = (("batch_size", config.batch_size) if config.grad_accum_steps == 1 else
+                    ("grad_accum_steps", config.grad_accum_steps))
+    _fail(field, value,
+          f"each micro-batch of batch_size / grad_accum_steps = {micro_batch} clips must split "
+          f"over the {batch_devices} devices of the batch axes {tuple(mesh.batch_axes)}; e.g. "
+          f"--config.batch_size="
+          f"{max(1, micro_batch // batch_devices) * batch_devices * config.grad_accum_steps}")
   if config.batch_size % num_processes:
     _fail("batch_size", config.batch_size,
           f"must be divisible by the number of hosts ({num_processes})")
 
 
-def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
-  """Resolves a single -1 in the mesh shape and checks the product equals the device count."""
+# mesh.parallelism presets: (hosts, devices per host) -> mesh.shape over (data, fsdp, tensor).
+PARALLELISM = {
+    "data": lambda hosts, per_host: (-1, 1, 1),
+    "fsdp": lambda hosts, per_host: (1, -1, 1),
+    "fsdp_per_host": lambda hosts, per_host: (hosts, per_host, 1),
+    "tensor": lambda hosts, per_host: (hosts, 1, per_host),
+}
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int,
+               num_processes: int = 1) -> tuple[int, ...]:
+  """The mesh shape: mesh.parallelism's preset or mesh.shape, with a single -1 resolved.
+
+  Checks that the sizes multiply to the device count.
+  """
+  if mesh_config.parallelism:
+    if mesh_config.parallelism not in PARALLELISM:
+      _fail("mesh.parallelism", mesh_config.parallelism,
+            f"choose one of {sorted(PARALLELISM)}, or '' to use mesh.shape")
+    if tuple(mesh_config.axes) != ("data", "fsdp", "tensor"):
+      _fail("mesh.parallelism", mesh_config.parallelism,
+            f"presets are for mesh.axes=('data', 'fsdp', 'tensor'), not {tuple(mesh_config.axes)}"
+            "; set mesh.shape instead")
+    shape = PARALLELISM[mesh_config.parallelism](num_processes, num_devices // num_processes)
+  else:
+    shape = mesh_config.shape
   shape = list(shape)
   if shape.count(-1) > 1:
     _fail("mesh.shape", tuple(shape), "at most one axis may be -1")

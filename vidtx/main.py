@@ -38,7 +38,8 @@ def main(argv):
       metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
       metrics = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
-  except (configuration.ConfigError, dmvr.DataNotFoundError, FileNotFoundError) as e:
+  except (configuration.ConfigError, dmvr.DataNotFoundError, FileNotFoundError,
+          sharding.ProcessMismatchError) as e:
     # The message names the field and the fix; a traceback would only bury it.
     logging.error("%s", e)
     sys.exit(f"error: {e}")

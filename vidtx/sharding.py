@@ -20,7 +20,7 @@ from vidtx import configuration
 
 def build_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
-  shape = configuration.mesh_shape(mesh_config.shape, len(devices))
+  shape = configuration.mesh_shape(mesh_config, len(devices), jax.process_count())
   return jax.make_mesh(shape, tuple(mesh_config.axes), axis_types=(AxisType.Auto,) * len(shape),
                        devices=devices)
 
@@ -35,6 +35,22 @@ def state_shardings(state, mesh: jax.sharding.Mesh, mesh_config: ml_collections.
     specs = nnx.get_partition_spec(state)
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
                       is_leaf=lambda x: isinstance(x, P))
+
+
+def check_divisible(abstract_state, shardings) -> None:
+  """Raises ConfigError naming the first parameter whose dimension does not split evenly over
+  the mesh axes its logical axis maps to (e.g. 12 heads over a tensor axis of 8)."""
+  for (path, leaf), named in zip(jax.tree_util.tree_flatten_with_path(abstract_state)[0],
+                                 jax.tree.leaves(shardings)):
+    for dim, (size, axes) in enumerate(zip(leaf.shape, named.spec)):
+      axes = (axes,) if isinstance(axes, str) else axes or ()
+      parts = int(np.prod([named.mesh.shape[a] for a in axes]))
+      if size % parts:
+        name = jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
+        raise configuration.ConfigError(
+            f"config.mesh: parameter {name} of shape {leaf.shape} cannot split its dimension "
+            f"{dim} (size {size}) over mesh axes {axes} of {parts} devices; choose a mesh.shape "
+            "whose axis divides it, or map that logical axis to None in mesh.rules")
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, mesh_config: ml_collections.ConfigDict):
@@ -104,6 +120,10 @@ def _gather_rows(row: np.ndarray) -> np.ndarray:
   return np.stack([gathered[gathered[:, 0] == p][0] for p in range(jax.process_count())])
 
 
+class ProcessMismatchError(ValueError):
+  """Processes of one run started with different configs, code or checkpoints."""
+
+
 def check_processes_agree(what: str, value: str) -> None:
   """Raises on every process unless all processes have the same `value` (e.g. the config JSON).
 
@@ -115,7 +135,7 @@ def check_processes_agree(what: str, value: str) -> None:
   rows = _gather_rows(np.concatenate([[jax.process_index()], digest]))
   differ = [p for p in range(len(rows)) if not np.array_equal(rows[p, 1:], rows[0, 1:])]
   if differ:
-    raise ValueError(
+    raise ProcessMismatchError(
         f"processes disagree on the {what}: processes {differ} differ from process 0 (sha256 "
         f"prefixes {[rows[p, 1:].tobytes().hex() for p in range(len(rows))]}). Start every "
         "process with the same command, config file and code version.")

@@ -16,8 +16,9 @@ import optax
 from absl import logging
 from clu import metric_writers
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
-from vidtx import checkpoint, configuration, data, evaluate, models, optim, sharding
+from vidtx import checkpoint, configuration, data, evaluate, memory, models, optim, sharding
 from vidtx.models import layers, masking, vit
 
 
@@ -45,6 +46,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
   shardings = sharding.state_shardings(abstract_state, mesh, config.mesh)
+  sharding.check_divisible(abstract_state[0], shardings[0])  # the optimizer state mirrors it
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
   return Setup(config, mesh, graphdef, abstract_state, shardings,
@@ -57,40 +59,98 @@ def init_state(setup: Setup) -> nnx.State:
 
 
 def make_train_step(setup: Setup):
-  """jit: (state, batch, rng) -> (state, metrics). The state is donated."""
+  """jit: (state, batch, rng, stop) -> (state, metrics). The state is donated.
+
+  `stop` holds every process's SIGTERM flag (see `stop_flags`); metrics["stop"] is their
+  maximum, so all processes see the same value and stop at the same step. With
+  `grad_accum_steps` k > 1 the batch is cut into k micro-batches that run one after the other
+  (a scan, so one is compiled), and their mean gradient makes one update.
+  """
   config = setup.config
+  k = config.grad_accum_steps
+  micro_sharding = jax.sharding.NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
 
-  def train_step(state, batch, rng):
-    model, optimizer = nnx.merge(setup.graphdef, state)
-    # The step's randomness depends only on the root key and the step: resumes are exact.
-    key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
-    labels = batch["label"]
-
+  def loss_and_metrics(graphdef, params, rest, video, labels, key):
     keep = masking.for_config(config.model, config.data, jax.random.fold_in(key, 1),
                               labels.shape[0])
+    logits, aux = nnx.merge(graphdef, params, rest)(video, train=True, key=key, keep=keep)
+    loss = aux.pop("loss", 0.0)  # a model's own weighted loss terms, per example
+    metrics = {k: v.mean() for k, v in aux.items()}
+    if logits is not None:
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                    config.label_smoothing)
+      ce = optax.softmax_cross_entropy(logits, targets)
+      loss = loss + ce
+      metrics.update(ce_loss=ce.mean(), top1=evaluate.topk_correct(logits, labels, 1).mean(),
+                     top5=evaluate.topk_correct(logits, labels, 5).mean())
+    loss = jnp.mean(loss)
+    return loss, {**metrics, "loss": loss}
 
-    def loss_fn(model):
-      logits, aux = model(batch["video"], train=True, key=key, keep=keep)
-      loss = aux.pop("loss", 0.0)  # a model's own weighted loss terms, per example
-      metrics = {k: v.mean() for k, v in aux.items()}
-      if logits is not None:
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                      config.label_smoothing)
-        ce = optax.softmax_cross_entropy(logits, targets)
-        loss = loss + ce
-        metrics.update(ce_loss=ce.mean(), top1=evaluate.topk_correct(logits, labels, 1).mean(),
-                       top5=evaluate.topk_correct(logits, labels, 5).mean())
-      return jnp.mean(loss), metrics
+  def train_step(state, batch, rng, stop):
+    model, optimizer = nnx.merge(setup.graphdef, state)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # The step's randomness depends only on the root key and the step: resumes are exact.
+    key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
+    grad_fn = jax.grad(loss_and_metrics, argnums=1, has_aux=True)
+    if k == 1:
+      grads, metrics = grad_fn(graphdef, params, rest, batch["video"], batch["label"], key)
+    else:
+      # Micro-batch i takes every k-th clip from i on, so each device keeps its own clips.
+      micro = jax.tree.map(
+          lambda x: jax.lax.with_sharding_constraint(
+              x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), micro_sharding),
+          {"video": batch["video"], "label": batch["label"]})
 
-    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+      def accumulate(total, i_batch):
+        i, mb = i_batch
+        grads, metrics = grad_fn(graphdef, params, rest, mb["video"], mb["label"],
+                                 jax.random.fold_in(key, i))
+        return jax.tree.map(lambda a, b: a + b / k, total, (grads, metrics)), None
+
+      first = jax.tree.map(lambda x: x[0], micro)
+      zeros = jax.tree.map(
+          lambda x: jnp.zeros(x.shape, x.dtype),
+          jax.eval_shape(grad_fn, graphdef, params, rest, first["video"], first["label"], key))
+      (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
     optimizer.update(model, grads)
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
+    metrics.update(grad_norm=optax.tree.norm(grads), stop=jnp.max(stop))
     return nnx.state((model, optimizer)), metrics
 
   replicated = sharding.replicated(setup.mesh)
   return jax.jit(train_step, donate_argnums=0,
-                 in_shardings=(setup.state_shardings, setup.batch_sharding, replicated),
+                 in_shardings=(setup.state_shardings, setup.batch_sharding, replicated,
+                               _stop_sharding(setup.mesh)),
                  out_shardings=(setup.state_shardings, replicated))
+
+
+def _stop_sharding(mesh):
+  return jax.sharding.NamedSharding(mesh, P(mesh.axis_names))
+
+
+def stop_flags(mesh, requested: bool) -> jax.Array:
+  """[devices] int32: this process's SIGTERM flag on each of its devices."""
+  local = np.full((jax.local_device_count(),), int(requested), np.int32)
+  return jax.make_array_from_process_local_data(_stop_sharding(mesh), local)
+
+
+def compile_train_step(setup: Setup):
+  """The train step compiled ahead of the first batch; logs the memory figures per device."""
+  config, d = setup.config, setup.config.data
+  logging.info("Memory per device, estimated before compiling: %s.",
+               memory.describe(memory.estimate(setup)))
+  batch = {
+      "video": jax.ShapeDtypeStruct((config.batch_size, d.num_frames, d.crop_size, d.crop_size,
+                                     3), jnp.float32, sharding=setup.batch_sharding),
+      "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                    sharding=setup.batch_sharding),
+  }
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  stop = jax.ShapeDtypeStruct((jax.device_count(),), jnp.int32)
+  start = time.time()
+  compiled = make_train_step(setup).lower(setup.abstract_state, batch, rng, stop).compile()
+  logging.info("Compiled the train step in %.1f s; XLA's memory per device: %s.",
+               time.time() - start, memory.describe(memory.compiled(compiled)))
+  return compiled
 
 
 class _Preemption:
@@ -179,7 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    dict(setup.mesh.shape), config.init_from or "scratch")
 
     sharding.check_processes_agree("step to start from", str(step))
-    train_step = make_train_step(setup)
+    train_step = compile_train_step(setup)
+    rng_array = jax.make_array_from_process_local_data(sharding.replicated(setup.mesh), rng)
     eval_step = evaluate.make_eval_step(setup)
     lr_schedule = optim.schedule(config.optim, config.total_steps)
 
@@ -205,9 +266,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     preemption = _Preemption()
     pending, last_log = [], (step, time.time())
+    previous_stop = None  # read one step late, so the host does not wait for every step
     try:
       while step < config.total_steps:
-        state, metrics = train_step(state, next(train_batches), rng)
+        state, metrics = train_step(state, next(train_batches), rng_array,
+                                    stop_flags(setup.mesh, preemption.requested))
+        # Every process reads the same all-process flag, so all save the same step.
+        stop, previous_stop = previous_stop, metrics.pop("stop")
         step += 1
         data_position += 1
         pending.append(metrics)
@@ -225,10 +290,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        _describe({k.removeprefix("train/"): v for k, v in means.items()}),
                        steps_per_s, _format_duration(eta))
           pending, last_log = [], (step, now)
-        if preemption.requested:
+        if stop is not None and bool(stop):
           save(step)
           ckpt.wait()
-          logging.warning("Saved step %d after SIGTERM; rerun the same command to resume.", step)
+          logging.warning("Saved step %d after SIGTERM (to this or another process); rerun the same "
+                          "command to resume.", step)
           return {}
         if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
           save(step)
@@ -247,6 +313,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt.wait()
       ckpt.close()
       writer.close()
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str,
+                  step: int | None = None) -> tuple[nnx.Module, int]:
+  """The model of `workdir`'s latest checkpoint (or `step`), without its optimizer state, on
+  this process's devices (for prediction and export); and the step it was saved at."""
+  setup = build(config)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    ckpt.close()
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
+  with jax.set_mesh(setup.mesh):
+    state, meta = ckpt.restore(setup.abstract_state, step)
+  ckpt.close()
+  model, _ = nnx.merge(setup.graphdef, state)
+  return model, meta["step"]
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
