@@ -9,6 +9,7 @@ setup(
     # Ranges are the versions tested together.
     install_requires=[
         "absl-py>=2.1",
+        "av>=18.1,<19",  # PyAV: video decoding in vidtx.data.convert
         "clu>=0.0.12",
         "flax>=0.12.8,<0.13",
         "jax>=0.10.2,<0.11",
@@ -21,7 +22,9 @@ setup(
         "tensorflow-cpu>=2.21,<2.22",  # tf.data input pipelines only
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # The notebooks are executed by tests/test_notebooks.py.
+        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                 "matplotlib>=3.9"],
         # Parity tests and weight converters: CPU torch and HF transformers.
         "torch": ["torch==2.13.0", "transformers==4.57.6"],
     },

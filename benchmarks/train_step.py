@@ -51,17 +51,18 @@ def measure(config, steps: int, warmup: int = 3) -> dict:
     step = train.make_train_step(setup)
     batch = {k: jax.device_put(v, setup.batch_sharding) for k, v in host_batch.items()}
     key = np.asarray(jax.random.key_data(jax.random.key(0)), np.uint32)
+    go_on = train.stop_flags(setup.mesh, False)
     start = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
+    compiled = step.lower(state, batch, key, go_on).compile()
     compile_s = time.perf_counter() - start
     flops = float(compiled.cost_analysis()["flops"])
     for _ in range(warmup):
-      state, metrics = step(state, batch, key)
+      state, metrics = step(state, batch, key, go_on)
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
       start = time.perf_counter()
-      state, metrics = step(state, batch, key)
+      state, metrics = step(state, batch, key, go_on)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - start)
   median = statistics.median(times)

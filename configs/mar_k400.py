@@ -9,9 +9,10 @@ Variants: default ViT-B 50%; `vit_l`: ViT-L 50%; `ratio75`: ViT-B 75%; `syntheti
 CPU scale, initialised from a `videomae_pretrain_k400.py:synthetic` run given as init_from.
 Without prepared Kinetics data it stops and says how to prepare it; --config.data.name=
 synthetic_motion runs it on the built-in data (still ViT-B on 16x224^2 clips: on a CPU add e.g.
---config.batch_size=2; `:synthetic` is the CPU-sized recipe). Not yet in the pipeline (the
-real-data issue):
-RandAugment, random erasing, mixup/cutmix and repeated augmentation; label smoothing 0.1 is.
+--config.batch_size=2; `:synthetic` is the CPU-sized recipe, without the augmentation below).
+Augmentation as VideoMAE fine-tunes (configuration.FINETUNE_AUGMENTATION): Inception crop,
+flips, RandAugment m7 n4, random erasing 0.25, 2 clips per video, mixup 0.8 / cutmix 1.0, label
+smoothing 0.1. Test views: 5 clips x 3 crops.
 """
 
 from vidtx import configuration
@@ -37,14 +38,17 @@ def get_config(arg=None):
     c.optim.lr, c.optim.warmup_steps, c.optim.layer_decay = 2e-3, 200, 1.0
     return c
   configuration.use_dataset(c, "kinetics400")
+  c.data.update(configuration.FINETUNE_AUGMENTATION)
   large = arg == "vit_l"
   c.model.size = "L" if large else "B"
   c.model.drop_path = 0.2 if large else 0.1
   c.model.head_dropout = 0.1 if large else 0.0
   c.optim.lr = 5e-4 if large else 1e-3
   c.optim.layer_decay = 0.75 if large else 0.65
-  c.batch_size = 256 if large else 512  # 4 or 8 clips per GPU on 64 GPUs
-  steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
+  videos = 256 if large else 512  # 4 or 8 videos per GPU on 64 GPUs per step
+  c.batch_size = videos * c.data.repeated_aug  # clips
+  c.eval_batch_size = 128  # videos, each with its eval_clips x eval_crops views
+  steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // videos
   c.total_steps = (60 if large else 100) * steps_per_epoch
   c.optim.warmup_steps = 5 * steps_per_epoch
   c.log_every_steps = 100

@@ -4,8 +4,9 @@ lambda = 0.1, layer decay 0.75, 40 epochs, classifier dropout 0.1.
   python -m vidtx.main --config=configs/mar_ssv2.py[:vit_l|:ratio75] \\
       --config.init_from=<VideoMAE pre-training workdir> --workdir=...
 
-MAR samples SSv2 by segments; until that sampler lands (the real-data issue) clips are 16
-frames 2 apart, as VideoMAE pre-trains on SSv2.
+Clips are 16 segments' frames (TSN sampling, as MAR and VideoMAE fine-tune on SSv2); flips
+swap the left/right class pairs. Augmentation as VideoMAE fine-tunes
+(configuration.FINETUNE_AUGMENTATION), label smoothing 0.1. Test views: 2 clips x 3 crops.
 """
 
 from vidtx import configuration
@@ -18,6 +19,7 @@ def get_config(arg=None):
   large = arg == "vit_l"
   c = configuration.base()
   configuration.use_dataset(c, "ssv2")
+  c.data.update(configuration.FINETUNE_AUGMENTATION)
   c.model.name = "mae"
   c.model.classifier = "bridge"
   c.model.masking, c.model.mask_ratio = "cell_running", 0.75 if arg == "ratio75" else 0.5
@@ -30,8 +32,10 @@ def get_config(arg=None):
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
   c.optim.lr = 2.5e-4 if large else 1e-3
   c.optim.layer_decay = 0.75
-  c.batch_size = 128 if large else 1024  # 2 or 16 clips per GPU on 64 GPUs
-  steps_per_epoch = configuration.EPOCH_SIZES["ssv2"] // c.batch_size
+  videos = 128 if large else 1024  # 2 or 16 videos per GPU on 64 GPUs per step
+  c.batch_size = videos * c.data.repeated_aug  # clips
+  c.eval_batch_size = 128  # videos, each with its eval_clips x eval_crops views
+  steps_per_epoch = configuration.EPOCH_SIZES["ssv2"] // videos
   c.total_steps = 40 * steps_per_epoch
   c.optim.warmup_steps = 5 * steps_per_epoch
   c.log_every_steps = 100

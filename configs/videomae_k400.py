@@ -4,10 +4,11 @@ fc_norm head. The baseline MAR is compared with.
   python -m vidtx.main --config=configs/videomae_k400.py \\
       --config.init_from=<videomae_pretrain_k400 workdir> --workdir=...
 
-Variants: B (default); `synthetic`: the same recipe at CPU scale, initialised from a
-`videomae_pretrain_k400.py:synthetic` run given as init_from.
-Not yet in the pipeline (the real-data issue): RandAugment, random erasing, mixup/cutmix and
-repeated augmentation; label smoothing 0.1 is.
+Variants: B (default); `synthetic`: the same recipe at CPU scale (without the augmentation
+below), initialised from a `videomae_pretrain_k400.py:synthetic` run given as init_from.
+Augmentation (configuration.FINETUNE_AUGMENTATION): Inception crop, flips, RandAugment m7 n4,
+random erasing 0.25, 2 clips per video, mixup 0.8 / cutmix 1.0, label smoothing 0.1. Test views:
+5 clips x 3 crops.
 """
 
 from vidtx import configuration
@@ -34,11 +35,14 @@ def get_config(arg=None):
     c.optim.lr, c.optim.warmup_steps, c.optim.layer_decay = 2e-3, 200, 1.0
     return c
   configuration.use_dataset(c, "kinetics400")
+  c.data.update(configuration.FINETUNE_AUGMENTATION)
   c.model.size = "B"
-  c.batch_size = 384  # 6 clips x 64 GPUs
-  steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
+  videos = 384  # 6 videos x 64 GPUs per step, each giving data.repeated_aug clips
+  c.batch_size = videos * c.data.repeated_aug
+  c.eval_batch_size = 128  # videos, each with its eval_clips x eval_crops views
+  steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // videos
   c.total_steps = 75 * steps_per_epoch
-  c.optim.lr = 5e-4 * c.batch_size / 256
+  c.optim.lr = 5e-4 * videos / 256  # VideoMAE scales by the videos per step
   c.optim.warmup_steps = 5 * steps_per_epoch
   c.log_every_steps = 100
   c.eval_every_steps = 5 * steps_per_epoch

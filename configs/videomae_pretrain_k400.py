@@ -32,6 +32,9 @@ def get_config(arg=None):
     c.optim.lr, c.optim.warmup_steps, c.optim.min_lr = 1.5e-3, 200, 1e-5
     return c
   configuration.use_dataset(c, "kinetics400")
+  # VideoMAE pre-trains without flips; only the reconstruction of one view is evaluated.
+  c.data.flip = "none"
+  c.data.eval_clips, c.data.eval_crops = 1, 1
   c.model.size = arg
   c.batch_size = BATCH[arg]
   steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size

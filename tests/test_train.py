@@ -109,6 +109,25 @@ def test_masked_training_runs_and_evaluates_on_the_test_mask(data_dir, tmp_path,
   assert seen == [False, False, True]
 
 
+def test_mixup_cutmix_and_label_smoothing_reach_the_train_step(data_dir, tmp_path, monkeypatch):
+  from vidtx.data import mixup
+  calls = []
+  original = mixup.mix
+  monkeypatch.setattr(mixup, "mix", lambda key, video, labels, **kw: calls.append(
+      (video.shape, kw)) or original(key, video, labels, **kw))
+  config = tiny_config(data_dir, total_steps=5, checkpoint_every_steps=5, label_smoothing=0.1,
+                       grad_accum_steps=2, **{"data.mixup_alpha": 0.8, "data.cutmix_alpha": 1.0,
+                                              "optim.warmup_steps": 1})
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(metrics["loss"])
+  # Traced in the train step, on micro-batches of 16 / 2 clips.
+  assert {shape for shape, _ in calls} == {(8, 4, 32, 32, 3)}
+  assert all(kw == {"num_classes": 8, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+                    "switch_prob": 0.5, "label_smoothing": 0.1} for _, kw in calls)
+  train_loss = scalars(str(tmp_path), "train/ce_loss")
+  assert sorted(train_loss) == [1, 2, 3, 4, 5] and all(np.isfinite(list(train_loss.values())))
+
+
 MASKED = {"model.name": "mae", "model.decoder_width": 16, "model.decoder_depth": 1,
           "model.decoder_heads": 2, "model.bridge_width": 32, "model.bridge_depth": 1}
 
@@ -117,7 +136,7 @@ def test_pretraining_then_mar_fine_tuning_from_it(data_dir, tmp_path):
   pretrain = {**MASKED, "model.masking": "tube", "model.mask_ratio": 0.75, "optim.lr": 3e-3,
               "total_steps": 20, "checkpoint_every_steps": 20}
   metrics = train.train_and_evaluate(tiny_config(data_dir, **pretrain), str(tmp_path / "pre"))
-  assert set(metrics) == {"recon_mse", "num_examples"}  # nothing to classify
+  assert set(metrics) == {"recon_mse", "num_examples", "num_skipped"}  # nothing to classify
   assert 0 < metrics["recon_mse"] < 2
   mse = scalars(str(tmp_path / "pre"), "train/recon_mse")
   # Evaluation draws its masks from a fixed key: the same number twice.

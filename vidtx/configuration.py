@@ -54,10 +54,47 @@ def base() -> ml_collections.ConfigDict:
   c.data.data_dir = ""  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
   c.data.num_classes = 8
   c.data.num_frames = 8  # frames sampled per clip
-  c.data.frame_stride = 1  # distance between sampled frames
-  c.data.min_resize = 36  # short side after resizing
-  c.data.crop_size = 32  # random crop (train) / centre crop (eval)
-  c.data.flip = False  # random horizontal flip; off: it would swap left/right classes
+  # Which frames (vidtx.data.transforms). "dense": num_frames frames frame_stride apart, at a
+  # random start (train) or centred (eval); a video shorter than the window loops (0 1 2 0 1).
+  # "segment" (TSN; SSv2): the video cut into num_frames equal segments, a random frame of
+  # each (train) or the middle one (eval); a video with fewer frames repeats them (0 0 1 2 2).
+  c.data.sampler = "dense"
+  c.data.frame_stride = 1  # distance between sampled frames ("dense"; must be 1 for "segment")
+  c.data.min_resize = 36  # short side after resizing (train_crop="random"; eval, see eval_resize)
+  c.data.max_resize = 0  # > 0: scale jitter, train short side uniform in [min_resize, max_resize]
+  c.data.crop_size = 32  # side of the square train crop and eval crops
+  # "random": short side to min_resize, then a random crop. "random_resized": Inception-style
+  # (VideoMAE fine-tuning): a box of crop_scale x the frame area with aspect ratio (w / h) in
+  # crop_ratio, taken from the decoded frames and resized to crop_size.
+  c.data.train_crop = "random"
+  c.data.crop_scale = (0.08, 1.0)
+  c.data.crop_ratio = (0.75, 4 / 3)
+  # Horizontal flips at train, p=1/2: "none"; "random"; "swap_labels": flip and relabel the
+  # left/right class pairs named in <data_dir>/labels.json ("...from left to right" <-> "...from
+  # right to left"); clips of classes naming left or right without a partner are not flipped.
+  c.data.flip = "none"
+  # RandAugment (timm's increasing ops, VideoMAE: 4 layers, magnitude 7, std 0.5), the same ops
+  # and magnitudes on every frame. 0 layers: off.
+  c.data.randaugment_layers = 0
+  c.data.randaugment_magnitude = 7.0  # 0-10
+  # Brightness/contrast/saturation factors in 1 +- strength, hue +- strength/4; 0: off.
+  c.data.color_jitter = 0.0
+  c.data.random_erasing = 0.0  # probability of one noise box, same on all frames (VideoMAE 0.25)
+  # Each sampled record gives this many clips, consecutive in the batch, each with its own
+  # augmentation of the same frames (VideoMAE's num_sample 2). batch_size counts clips; an
+  # epoch is one pass over the records (repeated_aug x records clips). 1: off.
+  c.data.repeated_aug = 1
+  # Mixup / CutMix on the batch in the train step (vidtx.data.mixup): Beta(alpha) mixing
+  # weights, 0: off (VideoMAE: 0.8 / 1.0); with both on, CutMix with mix_switch_prob.
+  c.data.mixup_alpha = 0.0
+  c.data.cutmix_alpha = 0.0
+  c.data.mix_switch_prob = 0.5
+  # Evaluation views per video: eval_clips clips evenly spaced in time (dense: starts from 0 to
+  # the last start; segment: shifted positions in each segment) x eval_crops crops (1: centre;
+  # 3: both ends and centre of the long side). Metrics average the softmax over the views.
+  c.data.eval_clips = 1
+  c.data.eval_crops = 1
+  c.data.eval_resize = 0  # short side before the eval crops; 0: min_resize (VideoMAE: crop_size)
   c.data.mean = (0.485, 0.456, 0.406)  # per-channel normalisation of [0, 1] pixels
   c.data.std = (0.229, 0.224, 0.225)
   c.data.shuffle_buffer = 1024
@@ -72,6 +109,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.synthetic.num_shards = 8
 
   c.batch_size = 64  # global batch: all hosts and devices together
+  # Videos per evaluation batch (all hosts); 0: batch_size. Each holds data.eval_clips x
+  # data.eval_crops views, so multi-view evaluation usually wants a smaller one.
+  c.eval_batch_size = 0
   # Split each batch into this many micro-batches, run one after the other, gradients summed:
   # the memory of batch_size / grad_accum_steps, the update of batch_size.
   c.grad_accum_steps = 1
@@ -124,14 +164,24 @@ def base() -> ml_collections.ConfigDict:
 
 # Data settings of the datasets our experiment configs use (DMVR shards in config.data.data_dir).
 DATASETS = {
-    # Dense sampling: 16 frames 4 apart (VideoMAE and MAR on Kinetics).
+    # Dense sampling: 16 frames 4 apart (VideoMAE and MAR on Kinetics). Test: 5 clips x 3
+    # crops of the short side resized to 224 (VideoMAE's short_side_size).
     "kinetics400": dict(num_classes=400, num_frames=16, frame_stride=4, min_resize=256,
-                        crop_size=224, flip=True),
-    # 16 frames 2 apart (VideoMAE's SSv2 pre-training sampling); flips would swap the
-    # left/right classes, so none.
-    "ssv2": dict(num_classes=174, num_frames=16, frame_stride=2, min_resize=256, crop_size=224,
-                 flip=False),
+                        crop_size=224, flip="random", eval_clips=5, eval_crops=3,
+                        eval_resize=224),
+    # Segment sampling, as VideoMAE and MAR fine-tune on SSv2 (VideoMAE pre-trains with 16
+    # frames 2 apart). Flips relabel the left/right pairs (e.g. "Pushing something from left to
+    # right"). Test: 2 clips x 3 crops at short side 224.
+    "ssv2": dict(num_classes=174, num_frames=16, sampler="segment", frame_stride=1,
+                 min_resize=256, crop_size=224, flip="swap_labels", eval_clips=2, eval_crops=3,
+                 eval_resize=224),
 }
+# VideoMAE's fine-tuning augmentation (MAR uses the same code): Inception crop, RandAugment
+# rand-m7-n4-mstd0.5-inc1, random erasing 0.25, 2 clips per sampled video, mixup 0.8 / cutmix
+# 1.0. Label smoothing 0.1 is config.label_smoothing. batch_size counts the clips.
+FINETUNE_AUGMENTATION = dict(train_crop="random_resized", randaugment_layers=4,
+                             randaugment_magnitude=7.0, random_erasing=0.25, repeated_aug=2,
+                             mixup_alpha=0.8, cutmix_alpha=1.0, mix_switch_prob=0.5)
 # Training clips per epoch, for configs that count in epochs (Kinetics-400 as VideoMAE lists
 # it; the exact count depends on which videos are still online).
 EPOCH_SIZES = {"kinetics400": 240_436, "ssv2": 168_913}
@@ -151,7 +201,7 @@ def cpu_scale(c: ml_collections.ConfigDict) -> None:
   c.data.name = "synthetic_motion"
   c.data.num_classes = 8
   c.data.num_frames, c.data.frame_stride = 8, 2
-  c.data.min_resize, c.data.crop_size, c.data.flip = 36, 32, False
+  c.data.min_resize, c.data.crop_size, c.data.flip = 36, 32, "none"
   c.data.synthetic.num_train = 8192
   c.model.size, c.model.width, c.model.depth, c.model.num_heads = "Ti", 96, 4, 4
   c.model.patch_size = (2, 8, 8)
@@ -284,9 +334,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("eval_every_steps", config.eval_every_steps, "must be >= 0 (0: only at the end)")
   if not 0 <= config.label_smoothing < 1:
     _fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
-  if o.warmup_steps > config.total_steps:
+  if o.warmup_steps >= config.total_steps:  # the cosine needs at least one step
     _fail("optim.warmup_steps", o.warmup_steps,
-          f"must not exceed total_steps={config.total_steps}")
+          f"must be below total_steps={config.total_steps}")
   if o.lr <= 0:
     _fail("optim.lr", o.lr, "must be positive")
   if not 0 < o.layer_decay <= 1:
@@ -323,6 +373,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if config.batch_size % num_processes:
     _fail("batch_size", config.batch_size,
           f"must be divisible by the number of hosts ({num_processes})")
+  eval_batch = config.eval_batch_size or config.batch_size
+  if config.eval_batch_size < 0 or eval_batch % batch_devices or eval_batch % num_processes:
+    _fail("eval_batch_size", config.eval_batch_size,
+          f"must be 0 (batch_size) or a positive multiple of the {batch_devices} devices of the "
+          f"batch axes and of the {num_processes} hosts")
 
 
 # mesh.parallelism presets: (hosts, devices per host) -> mesh.shape over (data, fsdp, tensor).

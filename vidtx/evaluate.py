@@ -1,5 +1,10 @@
-"""Evaluation: one pass over the eval split; top-1/top-5 and loss (or, for pre-training, the
-reconstruction error) over the real examples."""
+"""Evaluation: one pass over the eval split, metrics over the real examples.
+
+Classifiers: loss, top-1 and top-5 of the single centre view (middle clip, centre crop) under
+plain names and, with V = eval_clips x eval_crops > 1 views per video, of the softmax averaged
+over the views under names ending in the views, e.g. top1_5x3. Pre-training models: the
+reconstruction error of the centre view. Records that failed to decode count in num_skipped.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,47 +13,84 @@ import optax
 from flax import nnx
 
 from vidtx import models, sharding
+from vidtx.data import dmvr
 from vidtx.models import masking
 
 
 def topk_correct(logits, labels, k: int):
-  """1.0 where the label is among the k highest logits."""
+  """1.0 where the label is among the k highest scores (logits or probabilities)."""
   k = min(k, logits.shape[-1])
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
   # Rank = how many classes score strictly higher; ties count in the label's favour.
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
-def make_eval_step(setup):
-  """jit: (state, batch) -> sums over the unmasked examples of the metrics, and their count.
+def views_name(data_config) -> str:
+  """The suffix of the multi-view metrics, e.g. "5x3" for 5 clips x 3 crops."""
+  return f"{data_config.eval_clips}x{data_config.eval_crops}"
 
-  Classifiers: loss, top-1 and top-5 (plus their own extras). Pre-training models: the
-  reconstruction error on masks drawn from a fixed key, so evaluations compare.
+
+def classification_metrics(logits, labels):
+  """Per-example loss, top1 and top5 of logits [b, classes]."""
+  logits = logits.astype(jnp.float32)
+  return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+          "top1": topk_correct(logits, labels, 1), "top5": topk_correct(logits, labels, 5)}
+
+
+def averaged_view_metrics(logits, labels, name: str):
+  """loss_<name>, top1_<name>, top5_<name> of the mean softmax of every video's views, from
+  logits [b, V, classes]; the loss is the mean softmax's negative log-probability of the label."""
+  probs = jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=1)
+  label_prob = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+  return {f"loss_{name}": -jnp.log(jnp.maximum(label_prob, jnp.finfo(jnp.float32).tiny)),
+          f"top1_{name}": topk_correct(probs, labels, 1),
+          f"top5_{name}": topk_correct(probs, labels, 5)}
+
+
+def make_eval_step(setup):
+  """jit: (state, batch) -> sums over the unmasked examples of the metrics, their count and the
+  number of skipped records.
+
+  batch["video"] is [b, T, S, S, 3], or [b, V, T, S, S, 3] with V > 1 views (vidtx.data.build);
+  the views run one after the other (a lax.map), so memory stays that of one view. Pre-training
+  models see only the centre view, masked from a fixed key so evaluations compare.
   `setup` is the `vidtx.train.Setup` of the run (config, graphdef, shardings, mesh).
   """
   config = setup.config
   classifies = models.classifies(config.model)
+  multi_view = dmvr.num_views(config.data) > 1
+  centre = dmvr.centre_view(config.data)
+
+  def run(state, video):
+    model, _ = nnx.merge(setup.graphdef, state)
+    key = None if classifies else jax.random.key(config.seed)
+    keep = masking.for_config(config.model, config.data, key, video.shape[0])
+    logits, aux = model(video, train=False, keep=keep)
+    return logits, {k: v for k, v in aux.items() if k != "loss"}
 
   def eval_step(state, batch):
-    model, _ = nnx.merge(setup.graphdef, state)
-    labels, mask = batch["label"], batch["mask"]
-    key = None if classifies else jax.random.key(config.seed)
-    keep = masking.for_config(config.model, config.data, key, labels.shape[0])
-    logits, aux = model(batch["video"], train=False, keep=keep)
-    per_example = {k: v for k, v in aux.items() if k != "loss"}
-    if logits is not None:
-      per_example.update(
-          loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
-          top1=topk_correct(logits, labels, 1), top5=topk_correct(logits, labels, 5))
+    labels, mask, video = batch["label"], batch["mask"], batch["video"]
+    if multi_view and classifies:
+      logits, aux = jax.lax.map(lambda view: run(state, view), jnp.swapaxes(video, 0, 1))
+      per_example = {k: v[centre] for k, v in aux.items()}
+      per_example.update(classification_metrics(logits[centre], labels))
+      per_example.update(averaged_view_metrics(jnp.swapaxes(logits, 0, 1), labels,
+                                               views_name(config.data)))
+    else:
+      logits, per_example = run(state, video[:, centre] if multi_view else video)
+      if logits is not None:
+        per_example.update(classification_metrics(logits, labels))
     sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
-    return {**sums, "count": jnp.sum(mask)}
+    skipped = jnp.sum(batch["skipped"]) if "skipped" in batch else jnp.float32(0)
+    return {**sums, "count": jnp.sum(mask), "num_skipped": skipped}
 
   return jax.jit(eval_step, in_shardings=(setup.state_shardings, setup.batch_sharding),
                  out_shardings=sharding.replicated(setup.mesh))
 
 
 def evaluate(eval_step, state, batches, batch_sharding) -> dict[str, float]:
-  """Runs `eval_step` over host-local `batches`; returns each metric's mean and the count."""
+  """Runs `eval_step` over host-local `batches`; returns each metric's mean over the examples,
+  num_examples and num_skipped (records that failed to decode)."""
   totals = None
   for batch in batches:
     sums = eval_step(state, sharding.to_global(batch, batch_sharding))
@@ -56,5 +98,9 @@ def evaluate(eval_step, state, batches, batch_sharding) -> dict[str, float]:
   if totals is None:
     raise ValueError("the evaluation split yielded no batches")
   totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
-  count = totals.pop("count")
-  return {**{k: v / count for k, v in totals.items()}, "num_examples": count}
+  count, skipped = totals.pop("count"), totals.pop("num_skipped")
+  if count == 0:
+    raise ValueError(f"no evaluation example decoded ({skipped:.0f} records skipped): check the "
+                     "eval split's data")
+  return {**{k: v / count for k, v in totals.items()}, "num_examples": count,
+          "num_skipped": skipped}

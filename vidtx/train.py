@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from vidtx import checkpoint, configuration, data, evaluate, memory, models, optim, sharding
+from vidtx.data import mixup
 from vidtx.models import layers, masking, vit
 
 
@@ -68,17 +69,22 @@ def make_train_step(setup: Setup):
   """
   config = setup.config
   k = config.grad_accum_steps
+  classifies = models.classifies(config.model)
   micro_sharding = jax.sharding.NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
 
   def loss_and_metrics(graphdef, params, rest, video, labels, key):
     keep = masking.for_config(config.model, config.data, jax.random.fold_in(key, 1),
                               labels.shape[0])
+    if classifies:  # mixup / cutmix (off by default) and label smoothing
+      d = config.data
+      video, targets = mixup.mix(jax.random.fold_in(key, 2), video, labels,
+                                 num_classes=d.num_classes, mixup_alpha=d.mixup_alpha,
+                                 cutmix_alpha=d.cutmix_alpha, switch_prob=d.mix_switch_prob,
+                                 label_smoothing=config.label_smoothing)
     logits, aux = nnx.merge(graphdef, params, rest)(video, train=True, key=key, keep=keep)
     loss = aux.pop("loss", 0.0)  # a model's own weighted loss terms, per example
     metrics = {k: v.mean() for k, v in aux.items()}
     if logits is not None:
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                    config.label_smoothing)
       ce = optax.softmax_cross_entropy(logits, targets)
       loss = loss + ce
       metrics.update(ce_loss=ce.mean(), top1=evaluate.topk_correct(logits, labels, 1).mean(),
@@ -188,13 +194,20 @@ def _format_duration(seconds: float) -> str:
 def _describe(metrics: dict[str, float]) -> str:
   """The headline numbers of a metrics dict, as a log line fragment."""
   names = {"top1": "top-1", "top5": "top-5", "loss": "loss", "recon_mse": "reconstruction MSE"}
-  return ", ".join(f"{label} {metrics[k]:.4f}" for k, label in names.items() if k in metrics)
+  parts = [f"{label} {metrics[k]:.4f}" for k, label in names.items() if k in metrics]
+  # Multi-view evaluation: top1_<clips>x<crops>, e.g. top1_5x3.
+  parts += [f"top-1 over {k.removeprefix('top1_')} views {v:.4f}" for k, v in metrics.items()
+            if k.startswith("top1_")]
+  for k in ("num_skipped", "skipped_records"):
+    if metrics.get(k):
+      parts.append(f"{metrics[k]:.0f} corrupt records skipped")
+  return ", ".join(parts)
 
 
 def _eval_batches(setup: Setup, data_dir: str):
   config = setup.config
-  return data.build(config.data, config.data.eval_split,
-                    batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+  batch_size = (config.eval_batch_size or config.batch_size) // jax.process_count()
+  return data.build(config.data, config.data.eval_split, batch_size=batch_size, seed=config.seed,
                     process_index=jax.process_index(), process_count=jax.process_count(),
                     data_dir=data_dir)
 
@@ -257,12 +270,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    _describe(metrics))
       return metrics
 
-    train_batches = _device_prefetch(
-        data.build(config.data, config.data.train_split,
-                   batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-                   start_batch=data_position, process_index=jax.process_index(),
-                   process_count=jax.process_count(), data_dir=data_dir),
-        setup.batch_sharding)
+    train_data = data.build(config.data, config.data.train_split,
+                            batch_size=config.batch_size // jax.process_count(),
+                            seed=config.seed, start_batch=data_position,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(), data_dir=data_dir)
+    train_batches = _device_prefetch(train_data, setup.batch_sharding)
 
     preemption = _Preemption()
     pending, last_log = [], (step, time.time())
@@ -284,6 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           now = time.time()
           steps_per_s = (step - last_log[0]) / (now - last_log[1])
           eta = (config.total_steps - step) / steps_per_s
+          # Records that failed to decode since this process started (this host's).
+          means["train/skipped_records"] = train_data.skipped
           writer.write_scalars(step, {**means, "train/lr": float(lr_schedule(step - 1)),
                                       "train/steps_per_s": steps_per_s})
           logging.info("step %d/%d: %s, %.2f steps/s, ETA %s", step, config.total_steps,

@@ -1,12 +1,14 @@
-"""Tests of the DMVR TFRecord pipeline: frame sampling, transforms, eval passes, train resume."""
+"""Tests of the DMVR TFRecord pipeline: sampling end to end, train augmentation, multi-view eval,
+corrupt records, repeated augmentation, train determinism and resume."""
+
+import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from vidtx import configuration, data
-from vidtx.data import dmvr
-from vidtx.data import synthetic
+from vidtx.data import dmvr, synthetic, transforms
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -33,138 +35,186 @@ def frame_indices(video, start=0):
   return np.round(pixels / 20).astype(int) - start
 
 
-def write_split(data_dir, split, shard_sizes, num_frames=12):
-  """Shards of gray clips whose labels are their global index 0..N-1 (unique ids)."""
-  label = 0
-  for k, n in enumerate(shard_sizes):
-    examples = []
-    for _ in range(n):
-      examples.append(synthetic.make_sequence_example(gray_clip(num_frames), label))
-      label += 1
-    synthetic.write_records(
-        str(data_dir / f"{split}-{k:05d}-of-{len(shard_sizes):05d}.tfrecord"), examples)
-  return label
-
-
-def process(cfg, record, key=None):
-  if key is not None:
-    key = tf.constant(key, tf.int64)
-  video, label = dmvr.process_example(cfg, record, key)
-  return video.numpy(), int(label)
-
-
 def record_of(frames, label=0):
   return synthetic.make_sequence_example(frames, label).SerializeToString()
 
 
-# --- frame sampling --------------------------------------------------------------------------
+GARBAGE = dmvr.make_example([b"not a jpeg"] * 12, 0)
 
 
-def test_train_indices_cover_the_valid_offsets_with_stride():
-  n, num_frames, stride = 20, 4, 3  # the window spans 10 frames: offsets 0..10
-  starts = set()
-  for i in range(300):
-    idx = dmvr.sample_indices(n, num_frames, stride, key=tf.constant([i, 7], tf.int64)).numpy()
-    np.testing.assert_array_equal(np.diff(idx), stride)
-    starts.add(int(idx[0]))
-  assert starts == set(range(11))
+def write_split(data_dir, split, shard_sizes, num_frames=12, corrupt=()):
+  """Shards of gray clips whose labels are their global index 0..N-1 (unique ids); the labels
+  in `corrupt` get a record whose frames do not decode (even) or that has no frames (odd)."""
+  label = 0
+  for k, n in enumerate(shard_sizes):
+    examples = []
+    for _ in range(n):
+      if label in corrupt:
+        frames = [b"not a jpeg"] * num_frames if label % 2 == 0 else []
+        examples.append(dmvr.make_example(frames, label))
+      else:
+        examples.append(synthetic.make_sequence_example(gray_clip(num_frames), label))
+      label += 1
+    dmvr.write_records(str(data_dir / dmvr.shard_name(split, k, len(shard_sizes))), examples)
+  return label
 
 
-def test_eval_indices_are_centred():
-  assert dmvr.sample_indices(20, 4, 3).numpy().tolist() == [5, 8, 11, 14]
-  assert dmvr.sample_indices(10, 4, 1).numpy().tolist() == [3, 4, 5, 6]
-  assert dmvr.sample_indices(11, 4, 1).numpy().tolist() == [3, 4, 5, 6]
-  assert dmvr.sample_indices(8, 8, 1).numpy().tolist() == list(range(8))
+def train_clips(cfg, record, key, flip_table=None):
+  video, label = dmvr.train_example(cfg, record, tf.constant(key, tf.int64), flip_table)
+  return video.numpy(), label.numpy()
 
 
-def test_short_video_loops():
-  key = tf.constant([1, 2], tf.int64)
-  for k in [None, key]:
-    assert dmvr.sample_indices(3, 5, 1, key=k).numpy().tolist() == [0, 1, 2, 0, 1]
-    assert dmvr.sample_indices(4, 3, 2, key=k).numpy().tolist() == [0, 2, 0]
+def eval_views(cfg, record):
+  video, label = dmvr.eval_example(cfg, record)
+  return video.numpy(), int(label)
+
+
+# --- sampling, end to end ----------------------------------------------------------------------
 
 
 def test_pipeline_returns_the_sampled_frames():
-  """End to end: the gray level of each output frame tells which stored frame it came from."""
+  """The gray level of each output frame tells which stored frame it came from."""
   record = record_of(gray_clip(12))
   cfg = make_config(num_frames=4, frame_stride=2)
-  video, _ = process(cfg, record)
-  assert frame_indices(video).tolist() == [2, 4, 6, 8]  # centred: offset (12 - 7) // 2
+  video, _ = eval_views(cfg, record)
+  assert video.shape == (1, 4, 32, 32, 3)
+  assert frame_indices(video[0]).tolist() == [2, 4, 6, 8]  # centred: offset (12 - 7) // 2
   starts = set()
-  for i in range(60):
-    idx = frame_indices(process(cfg, record, key=[i, 0])[0])
+  for i in range(30):
+    video, labels = train_clips(cfg, record, [i, 0])
+    assert video.shape == (1, 4, 32, 32, 3) and labels.tolist() == [0]
+    idx = frame_indices(video[0])
     np.testing.assert_array_equal(np.diff(idx), 2)
     starts.add(int(idx[0]))
   assert starts == set(range(6))  # offsets 0..12-7
-  video, _ = process(make_config(num_frames=5), record_of(gray_clip(3)))
-  assert frame_indices(video).tolist() == [0, 1, 2, 0, 1]
+  video, _ = eval_views(make_config(num_frames=5), record_of(gray_clip(3)))
+  assert frame_indices(video[0]).tolist() == [0, 1, 2, 0, 1]  # short: loops
+  segment = make_config(num_frames=4, sampler="segment")
+  assert frame_indices(eval_views(segment, record)[0][0]).tolist() == [1, 4, 7, 10]
+  # 3 frames in 4 segments: middles at 0.375, 1.125, 1.875, 2.625.
+  assert frame_indices(eval_views(segment, record_of(gray_clip(3)))[0][0]).tolist() == [0, 1, 1,
+                                                                                        2]
 
 
 def test_only_sampled_frames_are_decoded():
-  frames = [synthetic.make_sequence_example(gray_clip(1), 0).feature_lists
-            .feature_list["image/encoded"].feature[0].bytes_list.value[0]] * 10
-  frames = [f if 3 <= i <= 6 else b"not a jpeg" for i, f in enumerate(frames)]
-  ex = tf.train.SequenceExample()
-  ex.context.feature["clip/label/index"].int64_list.value.append(5)
-  for f in frames:
-    ex.feature_lists.feature_list["image/encoded"].feature.add().bytes_list.value.append(f)
+  good = synthetic.make_sequence_example(gray_clip(1), 0).feature_lists.feature_list[
+      dmvr.FRAMES_KEY].feature[0].bytes_list.value[0]
+  frames = [good if 3 <= i <= 6 else b"not a jpeg" for i in range(10)]
   # The eval window of 4 out of 10 frames is 3..6; decoding any other frame would fail.
-  video, label = process(make_config(num_frames=4), ex.SerializeToString())
-  assert video.shape == (4, 32, 32, 3) and label == 5
+  video, label = eval_views(make_config(num_frames=4), dmvr.make_example(frames, 5)
+                            .SerializeToString())
+  assert video.shape == (1, 4, 32, 32, 3) and label == 5
   with pytest.raises(tf.errors.InvalidArgumentError):
-    dmvr.decode_frames(tf.constant(frames))
-
-
-# --- transforms ------------------------------------------------------------------------------
+    transforms.decode_frames(tf.constant(frames))
 
 
 def test_normalisation_numbers():
   frames = np.zeros((4, 24, 24, 3), np.uint8) + np.array([200, 100, 50], np.uint8)
-  video, _ = process(make_config(), record_of(frames))
-  assert video.shape == (4, 32, 32, 3) and video.dtype == np.float32
+  video, _ = eval_views(make_config(), record_of(frames))
+  assert video.shape == (1, 4, 32, 32, 3) and video.dtype == np.float32
   want = (np.array([200, 100, 50]) / 255 - MEAN) / STD
   np.testing.assert_allclose(video, np.broadcast_to(want, video.shape), atol=2 / 255 / 0.224)
-  np.testing.assert_allclose(dmvr.normalize(tf.constant([[255.0, 0.0, 51.0]]), MEAN, STD),
-                             [[(1 - 0.485) / 0.229, -0.456 / 0.224, (0.2 - 0.406) / 0.225]],
-                             rtol=1e-6)
 
 
-def test_resize_short_side():
-  frames = tf.zeros([2, 24, 48, 3], tf.uint8)
-  assert dmvr.resize_short_side(frames, 36).shape == (2, 36, 72, 3)
-  assert dmvr.resize_short_side(tf.zeros([1, 50, 30, 3], tf.uint8), 36).shape == (1, 60, 36, 3)
-  same = np.random.default_rng(0).integers(0, 255, (2, 36, 40, 3), dtype=np.uint8)
-  out = dmvr.resize_short_side(tf.constant(same), 36)
-  assert out.dtype == tf.float32
-  np.testing.assert_array_equal(out.numpy(), same)  # already the right size: untouched
+# --- train augmentation --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flip", [False, True])
-def test_crop_and_flip_are_the_same_for_all_frames(flip):
-  # A textured still image, stored at the resize size so the crop is the only change.
-  texture = np.random.default_rng(0).integers(0, 255, (36, 36, 3), dtype=np.uint8)
-  record = record_of(np.stack([texture] * 6))
-  decoded = tf.io.decode_jpeg(synthetic.make_sequence_example(texture[None], 0).feature_lists
-                              .feature_list["image/encoded"].feature[0].bytes_list.value[0])
-  full = (decoded.numpy() / 255 - MEAN) / STD
+@pytest.fixture(scope="module")
+def texture():
+  """A textured still image stored at 36 x 36, and its decoded, normalised pixels."""
+  image = np.random.default_rng(0).integers(0, 255, (36, 36, 3), dtype=np.uint8)
+  decoded = tf.io.decode_jpeg(dmvr.encode_jpeg(image, synthetic.JPEG_QUALITY, full_chroma=True))
+  return image, (decoded.numpy() / 255 - MEAN) / STD
+
+
+@pytest.mark.parametrize("flip", ["none", "random"])
+def test_crop_and_flip_are_the_same_for_all_frames(texture, flip):
+  image, full = texture
+  record = record_of(np.stack([image] * 6))
   windows = {(t, l, f): (full[:, ::-1] if f else full)[t:t + 32, l:l + 32]
              for t in range(5) for l in range(5) for f in [False, True]}
   cfg = make_config(num_frames=4, flip=flip)
   seen = set()
   for i in range(16):
-    video, _ = process(cfg, record, key=[i, 3])
+    video = train_clips(cfg, record, [i, 3])[0][0]
     for frame in video[1:]:
       np.testing.assert_array_equal(frame, video[0])
     match = [k for k, w in windows.items() if np.allclose(video[0], w, atol=1e-5)]
     assert match, "the output is not a crop of the input"
     seen.add(match[0])
   assert len({m[:2] for m in seen}) > 3  # crops are random
-  assert {m[2] for m in seen} == ({False, True} if flip else {False})
-  centre, _ = process(cfg, record)
+  assert {m[2] for m in seen} == ({False, True} if flip == "random" else {False})
+  centre = eval_views(cfg, record)[0][0]
   np.testing.assert_allclose(centre[0], windows[(2, 2, False)], atol=1e-5)
 
 
-# --- eval passes -----------------------------------------------------------------------------
+def test_scale_jitter_draws_the_short_side():
+  """A horizontal ramp of 7 levels per pixel, 36 wide: resized to short side s, a crop's slope is
+  7 * 36 / s levels per pixel, which tells s."""
+  ramp = np.broadcast_to((7 * np.arange(36, dtype=np.uint8))[None, None, :, None], (4, 36, 36, 3))
+  record = record_of(ramp.copy())
+
+  def short_sides(cfg):
+    sides = []
+    for i in range(12):
+      video = train_clips(cfg, record, [i, 1])[0][0]
+      pixels = (video[..., 1] * STD[1] + MEAN[1]) * 255
+      slope = np.median(np.diff(pixels[0, 8:24], axis=-1))
+      sides.append(7 * 36 / slope)
+    return np.array(sides)
+
+  np.testing.assert_allclose(short_sides(make_config(min_resize=36)), 36, rtol=0.03)
+  sides = short_sides(make_config(min_resize=36, max_resize=72))
+  assert sides.min() > 35 and sides.max() < 74 and np.ptp(sides) > 12
+
+
+ALL_AUGMENTATIONS = dict(
+    num_frames=4, sampler="segment", train_crop="random_resized", flip="swap_labels",
+    randaugment_layers=4, randaugment_magnitude=9.0, color_jitter=0.4, random_erasing=1.0,
+    repeated_aug=2)
+
+
+def test_every_augmentation_keeps_identical_frames_identical(texture):
+  image, _ = texture
+  record = record_of(np.stack([image] * 7), label=0)
+  cfg = make_config(**ALL_AUGMENTATIONS)
+  table = transforms.flip_table(["push_left", "push_right"])
+  augment = tf.function(lambda key: dmvr.train_example(cfg, record, key, table))  # traced once
+  labels = set()
+  for i in range(6):
+    video, label = [x.numpy() for x in augment(tf.constant([i, 9], tf.int64))]
+    assert video.shape == (2, 4, 32, 32, 3) and np.isfinite(video).all()
+    for clip in video:
+      for frame in clip[1:]:
+        np.testing.assert_array_equal(frame, clip[0])
+    assert not np.allclose(video[0], video[1])  # the copies are augmented independently
+    labels.update(label.tolist())
+  assert labels == {0, 1}  # flips swap push_left <-> push_right
+
+
+# --- multi-view evaluation -----------------------------------------------------------------------
+
+
+def test_eval_views_are_clips_times_crops():
+  """Frame index in the red channel, column in the green one: each view tells its clip and crop."""
+  clip = np.zeros((20, 24, 40, 3), np.uint8)
+  clip[..., 0] = 10 * np.arange(20)[:, None, None]
+  clip[..., 1] = 6 * np.arange(40)[None, None, :]
+  cfg = make_config(num_frames=4, frame_stride=2, crop_size=16, eval_resize=24, eval_clips=3,
+                    eval_crops=3)
+  video, _ = eval_views(cfg, record_of(clip))
+  assert video.shape == (9, 4, 16, 16, 3)
+  red = (video[..., 0].mean(axis=(-1, -2)) * STD[0] + MEAN[0]) * 255 / 10
+  green = (video[..., 1].mean(axis=(1, 2, 3)) * STD[1] + MEAN[1]) * 255 / 6
+  # Clips start at 0, 6 and 13 (max start 20 - 7 = 13); crops at columns 0, 12 and 24.
+  starts = np.round(red[:, 0]).astype(int).reshape(3, 3)
+  np.testing.assert_array_equal(starts, [[0] * 3, [6] * 3, [13] * 3])
+  np.testing.assert_allclose(green.reshape(3, 3), [[7.5, 19.5, 31.5]] * 3, atol=0.6)
+  assert dmvr.centre_view(cfg) == 4
+  assert dmvr.centre_view(make_config(eval_clips=2, eval_crops=3)) == 1
+
+
+# --- datasets ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -183,12 +233,20 @@ def test_eval_covers_every_example_once_with_padding(id_dataset):
   for b in batches:
     assert b["video"].shape == (4, 4, 32, 32, 3) and b["video"].dtype == np.float32
     assert b["label"].dtype == np.int32 and b["mask"].dtype == np.float32
+    assert not b["skipped"].any()
   mask = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 21 + [0] * 3)
   labels = np.concatenate([b["label"] for b in batches])[:21]
   assert sorted(labels) == list(range(21))
   assert not batches[-1]["video"][1:].any()  # padding is zeros
   assert data.num_examples(cfg, "validation", id_dataset) == 21
+
+
+def test_multi_view_eval_batches(id_dataset):
+  cfg = make_config(eval_clips=2, eval_crops=3)
+  batches = list(data.build(cfg, "validation", batch_size=8, seed=0, data_dir=id_dataset))
+  assert [b["video"].shape for b in batches] == [(8, 6, 4, 32, 32, 3)] * 3
+  assert sum(b["mask"].sum() for b in batches) == 21
 
 
 def test_eval_two_hosts_cover_every_example_once(id_dataset):
@@ -219,7 +277,53 @@ def test_missing_data_dir_names_data_dir(tmp_path):
     data.build(make_config(), "validation", batch_size=2, seed=0)
 
 
-# --- train stream ----------------------------------------------------------------------------
+# --- corrupt records ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corrupt_dataset(tmp_path_factory):
+  """12 train and 12 validation records in 2 shards; labels 2 and 8 do not decode, 5 has no
+  frames."""
+  data_dir = tmp_path_factory.mktemp("corrupt")
+  for split in ("train", "validation"):
+    write_split(data_dir, split, [6, 6], corrupt=(2, 5, 8))
+  return str(data_dir)
+
+
+def test_corrupt_records_are_skipped_and_counted_in_training(corrupt_dataset):
+  stream = data.build(make_config(), "train", batch_size=4, seed=0, data_dir=corrupt_dataset)
+  batches = take(stream, 6)  # 3 batches per epoch: the 12 records twice
+  assert stream.skipped == 6
+  for b in batches:
+    assert b["video"].shape == (4, 4, 32, 32, 3) and len(b["label"]) == 4
+    assert not set(b["label"]) & {2, 5, 8}
+  for epoch in (batches[:3], batches[3:]):
+    # Every good record once; a skipped record's slot holds a copy of another clip.
+    labels = np.concatenate([b["label"] for b in epoch])
+    assert set(labels) == set(range(12)) - {2, 5, 8}
+  resumed = data.build(make_config(), "train", batch_size=4, seed=0, start_batch=4,
+                       data_dir=corrupt_dataset)
+  assert_same_batches(take(resumed, 2), batches[4:6])
+
+
+def test_corrupt_records_are_skipped_and_counted_in_evaluation(corrupt_dataset):
+  batches = list(data.build(make_config(), "validation", batch_size=5, seed=0,
+                            data_dir=corrupt_dataset))
+  assert len(batches) == 3  # 12 records in windows of 5
+  mask = np.concatenate([b["mask"] for b in batches])
+  skipped = np.concatenate([b["skipped"] for b in batches])
+  assert mask.sum() == 9 and skipped.sum() == 3 and not (mask * skipped).any()
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  assert sorted(labels) == sorted(set(range(12)) - {2, 5, 8})
+
+
+def test_a_batch_of_only_corrupt_records_is_an_error(tmp_path):
+  write_split(tmp_path, "train", [2], corrupt=(0, 1))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="All 2 records of a train batch"):
+    next(data.build(make_config(), "train", batch_size=2, seed=0, data_dir=str(tmp_path)))
+
+
+# --- train stream ------------------------------------------------------------------------------
 
 
 def take(iterator, n):
@@ -247,6 +351,7 @@ def fresh_batches(id_dataset):
 def test_train_epochs(fresh_batches):
   assert fresh_batches[0]["video"].shape == (4, 4, 32, 32, 3)
   assert fresh_batches[0]["label"].dtype == np.int32
+  assert set(fresh_batches[0]) == {"video", "label"}
   epochs = [np.concatenate([b["label"] for b in fresh_batches[e * 5:(e + 1) * 5]])
             for e in range(2)]
   for labels in epochs:
@@ -273,8 +378,24 @@ def test_resume_matches_skipping(id_dataset, fresh_batches, start):
   assert_same_batches(resumed, fresh_batches[start:start + 2])
 
 
+def test_repeated_augmentation(id_dataset):
+  """batch 4, repeated_aug 2: 2 records per batch, each as 2 consecutive, differently augmented
+  clips; an epoch is the 22 records once: 11 batches."""
+  cfg = make_config(repeated_aug=2, frame_stride=2)
+  batches = take(train_stream(id_dataset, cfg), 12)
+  for b in batches:
+    assert b["label"][0] == b["label"][1] and b["label"][2] == b["label"][3]
+    # The copies share their frames (sampled once): the same gray levels.
+    np.testing.assert_array_equal(frame_indices(b["video"][0]), frame_indices(b["video"][1]))
+  first_epoch = np.concatenate([b["label"][::2] for b in batches[:11]])
+  assert sorted(first_epoch) == list(range(22))
+  assert_same_batches(take(train_stream(id_dataset, cfg, start_batch=10), 2), batches[10:12])
+  with pytest.raises(ValueError, match="repeated_aug=3: must divide the batch of 4 clips"):
+    train_stream(id_dataset, make_config(repeated_aug=3))
+
+
 def test_train_two_hosts_differ_and_augmentation_is_seeded(id_dataset):
-  cfg = make_config(flip=True)
+  cfg = make_config(flip="random")
   a = take(train_stream(id_dataset, cfg, process_index=0, process_count=2), 2)
   b = take(train_stream(id_dataset, cfg, process_index=1, process_count=2), 2)
   # Host 0 reads shards 0 and 2 (labels 0-7, 15-21), host 1 shard 1 (labels 8-14).
@@ -283,13 +404,40 @@ def test_train_two_hosts_differ_and_augmentation_is_seeded(id_dataset):
   assert_same_batches(a, take(train_stream(id_dataset, cfg, process_index=0, process_count=2), 2))
 
 
+def test_swap_labels_reads_labels_json(id_dataset, tmp_path):
+  write_split(tmp_path, "train", [4], num_frames=4)
+  cfg = make_config(flip="swap_labels", num_classes=4)
+  with pytest.raises(FileNotFoundError, match="labels.json"):
+    train_stream(str(tmp_path), cfg)
+  with open(tmp_path / dmvr.LABELS, "w") as f:
+    json.dump(["left", "right", "up", "down"], f)
+  labels = np.concatenate([b["label"] for b in take(train_stream(str(tmp_path), cfg), 8)])
+  assert set(labels) == {0, 1, 2, 3}  # 0 and 1 swap when flipped
+  with pytest.raises(ValueError, match="num_classes=5: the dataset's labels.json names 4"):
+    train_stream(str(tmp_path), make_config(flip="swap_labels", num_classes=5))
+
+
 def test_batch_larger_than_host_data_is_an_error(id_dataset):
-  with pytest.raises(ValueError, match="only 22 training records, fewer than batch_size=32"):
+  with pytest.raises(ValueError, match="only 22 training records, fewer than the 32 of one"):
     train_stream(id_dataset, batch_size=32)
 
 
-def test_bad_config_values_are_named():
-  with pytest.raises(ValueError, match=r"min_resize=36: must be at least config.data.crop_size=40"):
-    data.build(make_config(crop_size=40), "train", batch_size=2, seed=0, data_dir="x")
-  with pytest.raises(ValueError, match=r"config.data.frame_stride=0: must be at least 1"):
-    data.build(make_config(frame_stride=0), "train", batch_size=2, seed=0, data_dir="x")
+@pytest.mark.parametrize("field, value, message", [
+    ("crop_size", 40, "min_resize=36: must be at least config.data.crop_size=40"),
+    ("frame_stride", 0, "frame_stride=0: must be at least 1"),
+    ("sampler", "uniform", "sampler='uniform': choose one of ('dense', 'segment')"),
+    ("flip", "yes", "flip='yes': choose one of ('none', 'random', 'swap_labels')"),
+    ("eval_crops", 2, "eval_crops=2: choose one of (1, 3)"),
+    ("crop_scale", (0.5, 0.1), "crop_scale=(0.5, 0.1): give (low, high)"),
+    ("randaugment_magnitude", 11.0, "randaugment_magnitude=11.0: must be in [0, 10]"),
+    ("random_erasing", 1.5, "random_erasing=1.5: is a probability"),
+    ("mixup_alpha", -1.0, "mixup_alpha=-1.0: must be >= 0"),
+    ("max_resize", 20, "max_resize=20: must be 0 (off) or at least"),
+    ("eval_resize", 16, "eval_resize=16: must be 0 (min_resize) or at least"),
+])
+def test_bad_config_values_are_named(field, value, message):
+  with pytest.raises(configuration.ConfigError, match="config.data." + message.replace(
+      "(", r"\(").replace(")", r"\)").replace("[", r"\[").replace(".", r"\.")):
+    data.build(make_config(**{field: value}), "train", batch_size=2, seed=0, data_dir="x")
+  with pytest.raises(configuration.ConfigError, match="frame_stride=2: the segment sampler"):
+    dmvr.check_config(make_config(sampler="segment", frame_stride=2))

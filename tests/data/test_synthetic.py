@@ -102,12 +102,14 @@ def test_write_dataset_round_trip(tmp_path):
   meta = synthetic.write_dataset(tmp_path, num_train=10, num_val=4, num_frames=6, size=24,
                                  seed=3, num_shards=3)
   names = sorted(os.listdir(tmp_path))
-  assert names == ["metadata.json", "train-00000-of-00003.tfrecord",
+  assert names == ["labels.json", "metadata.json", "train-00000-of-00003.tfrecord",
                    "train-00001-of-00003.tfrecord", "train-00002-of-00003.tfrecord",
                    "validation-00000-of-00003.tfrecord", "validation-00001-of-00003.tfrecord",
                    "validation-00002-of-00003.tfrecord"]  # and no temp files left behind
   with open(tmp_path / "metadata.json") as f:
     assert json.load(f) == meta
+  with open(tmp_path / "labels.json") as f:
+    assert json.load(f) == list(synthetic.CLASSES)  # index = label
   assert meta["classes"] == list(synthetic.CLASSES)
   assert meta["splits"] == {"train": 10, "validation": 4}
   assert meta["generation"]["seed"] == 3 and meta["generation"]["num_frames"] == 6

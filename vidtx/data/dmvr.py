@@ -8,27 +8,39 @@ metadata.json, {"splits": {"train": 1000, ...}, "shard_counts": {"train": {"trai
 
 The train stream is a deterministic function of (seed, process_index): it is made of epochs,
 every random choice uses stateless TF ops seeded from (seed, process_index, epoch, index), and
-`start_batch` resumes it exactly without decoding the skipped examples.
+`start_batch` resumes it exactly without decoding the skipped examples. Batch b is always made
+of the same run of records, so a record that fails to decode (corrupt JPEG, no frames) is
+dropped and counted without shifting the batches after it.
+
+This module reads records and composes the per-clip transforms of vidtx.data.transforms:
+`train_example` (sample, decode, augment, `repeated_aug` copies) and `eval_example` (the
+eval_clips x eval_crops views).
 """
 
+import io
 import json
 import math
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ logging quiet
 
 from absl import logging  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+from PIL import Image  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from vidtx.configuration import ConfigError  # pylint: disable=g-import-not-at-top
+from vidtx.data import transforms  # pylint: disable=g-import-not-at-top
 
 FRAMES_KEY = "image/encoded"
 LABEL_KEY = "clip/label/index"
 LABEL_STRING_KEY = "clip/label/string"
 METADATA = "metadata.json"
+LABELS = "labels.json"  # class names: a JSON list, index = label
 MAX_CYCLE_LENGTH = 16  # files read in parallel; fixed (never AUTOTUNE) so the order is fixed
 READ_BUFFER_BYTES = 256 << 10
+fold_in = tf.random.experimental.stateless_fold_in
 
 
 def _hide_accelerators_from_tf():
@@ -49,6 +61,62 @@ class DataNotFoundError(FileNotFoundError, ValueError):
 
 def shard_pattern(split):
   return f"{split}-*-of-*"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing shards (shared by the synthetic generator and the video converter).
+
+
+def shard_name(split, index, count):
+  return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def encode_jpeg(frame, quality, full_chroma=False):
+  """uint8 [H, W, 3] -> JPEG bytes; full_chroma keeps colour at full resolution (4:4:4)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(frame)).save(buf, format="JPEG", quality=quality,
+                                          subsampling=0 if full_chroma else 2)
+  return buf.getvalue()
+
+
+def make_example(jpeg_frames, label, label_string="", context=None):
+  """A DMVR-layout tf.train.SequenceExample; `context` adds features {key: int|float|str}."""
+  ex = tf.train.SequenceExample()
+  ex.context.feature[LABEL_KEY].int64_list.value.append(int(label))
+  ex.context.feature[LABEL_STRING_KEY].bytes_list.value.append(label_string.encode())
+  for key, value in (context or {}).items():
+    feature = ex.context.feature[key]
+    if isinstance(value, str):
+      feature.bytes_list.value.append(value.encode())
+    elif isinstance(value, float):
+      feature.float_list.value.append(value)
+    else:
+      feature.int64_list.value.append(int(value))
+  frame_list = ex.feature_lists.feature_list[FRAMES_KEY]
+  for data in jpeg_frames:
+    frame_list.feature.add().bytes_list.value.append(data)
+  return ex
+
+
+def write_records(path, examples):
+  """Writes serialisable examples to `path` atomically (temp name, then rename); returns the
+  number written. The temp name starts with "." so readers never glob a partial shard."""
+  directory, name = os.path.split(path)
+  tmp = os.path.join(directory, f".tmp-{socket.gethostname()}-{os.getpid()}-{name}")
+  count = 0
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for ex in examples:
+      writer.write(ex.SerializeToString())
+      count += 1
+  os.replace(tmp, path)
+  return count
+
+
+def remove_stale_shards(data_dir, split, keep):
+  """Removes shards of `split` not named in `keep` (left by a run with another shard count)."""
+  for path in tf.io.gfile.glob(os.path.join(data_dir, shard_pattern(split))):
+    if os.path.basename(path) not in keep:
+      os.remove(path)
 
 
 def list_files(data_dir, split):
@@ -124,7 +192,8 @@ def _host_counts(data_dir, split, files, process_count):
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-example processing (all functions are pure TF, usable inside tf.data maps).
+# Per-example processing (pure TF, usable inside tf.data maps; the transforms are in
+# vidtx.data.transforms).
 
 
 def parse_example(serialized):
@@ -136,94 +205,120 @@ def parse_example(serialized):
   return sequence[FRAMES_KEY], tf.cast(context[LABEL_KEY], tf.int32)
 
 
-def sample_indices(num_available, num_frames, stride, key=None):
-  """Indices of the `num_frames` frames to use out of `num_available`.
+def sample_frames(data_config, num_available, key=None, num_clips=1):
+  """Frame indices by config.data.sampler: train [T] with a key, else eval [num_clips, T]."""
+  cfg = data_config
+  if cfg.sampler == "segment":
+    return transforms.segment_indices(num_available, cfg.num_frames, key, num_clips)
+  return transforms.dense_indices(num_available, cfg.num_frames, cfg.frame_stride, key,
+                                  num_clips)
 
-  Train (key given): a window of stride `stride` with a start offset drawn uniformly from
-  [0, n - (num_frames - 1) * stride - 1]. Eval (key None): the centred window.
-  If the video is shorter than the window, the window starts at 0 and the indices loop
-  around (index mod n), e.g. n=3, 5 frames -> 0 1 2 0 1.
+
+# fold_in index of each augmentation under a clip's key, so each draws independently.
+_AUGMENTATIONS = ("crop", "resize", "flip", "randaugment", "color_jitter", "random_erasing")
+
+
+def augment(data_config, frames, label, key, flip_table=None):
+  """Train augmentation of decoded frames [T, H, W, 3] -> (float32 [T, S, S, 3], label).
+
+  Order: crop (and resize), flip, RandAugment, colour jitter, normalise, random erasing. The
+  label changes only when flip="swap_labels" mirrors a left/right class.
   """
-  num_available = tf.convert_to_tensor(num_available, tf.int32)
-  tf.debugging.assert_positive(num_available, message="A video has no frames.")
-  max_start = tf.maximum(num_available - ((num_frames - 1) * stride + 1), 0)
-  if key is None:
-    start = max_start // 2
+  cfg = data_config
+  sub = lambda name: fold_in(key, _AUGMENTATIONS.index(name))
+  if cfg.train_crop == "random_resized":
+    x = transforms.random_resized_crop(frames, cfg.crop_size, sub("crop"), cfg.crop_scale,
+                                       cfg.crop_ratio)
   else:
-    start = tf.random.stateless_uniform(
-        [], key, minval=0, maxval=max_start + 1, dtype=tf.int32, alg="philox")
-  return (start + tf.range(num_frames) * stride) % num_available
+    short = cfg.min_resize
+    if cfg.max_resize:  # scale jitter
+      short = tf.random.stateless_uniform([], sub("resize"), cfg.min_resize, cfg.max_resize + 1,
+                                          dtype=tf.int32, alg="philox")
+    x = transforms.random_crop(transforms.resize_short_side(frames, short), cfg.crop_size,
+                               sub("crop"))
+  if cfg.flip != "none":
+    x, label = transforms.random_flip(x, label, sub("flip"), flip_table)
+  if cfg.randaugment_layers:
+    x = transforms.randaugment(x, sub("randaugment"), cfg.randaugment_layers,
+                               cfg.randaugment_magnitude)
+  if cfg.color_jitter:
+    x = transforms.color_jitter(x, sub("color_jitter"), cfg.color_jitter)
+  x = transforms.normalize(x, cfg.mean, cfg.std)
+  if cfg.random_erasing:
+    x = transforms.random_erasing(x, sub("random_erasing"), cfg.random_erasing)
+  return x, label
 
 
-def decode_frames(encoded):
-  """Decodes JPEG frames [T] string -> uint8 [T, H, W, 3]."""
-  return tf.map_fn(lambda x: tf.io.decode_jpeg(x, channels=3), encoded,
-                   fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+def train_example(data_config, serialized, key, flip_table=None):
+  """One record -> `repeated_aug` augmented clips (video float32 [k, T, S, S, 3], label [k]).
 
-
-def resize_short_side(frames, size):
-  """Resizes [T, H, W, C] so min(H, W) == size (bilinear); returns float32."""
-  h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-  short = tf.minimum(h, w)
-
-  def resize():
-    # Integer rounding keeps the short side exactly `size`.
-    new_h, new_w = (h * size + short // 2) // short, (w * size + short // 2) // short
-    return tf.image.resize(frames, tf.stack([new_h, new_w]), method="bilinear")
-
-  return tf.cond(short == size, lambda: tf.cast(frames, tf.float32), resize)
-
-
-def center_crop(frames, size):
-  h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-  return tf.image.crop_to_bounding_box(frames, (h - size) // 2, (w - size) // 2, size, size)
-
-
-def random_crop(frames, size, key):
-  """The same random crop for every frame (the time axis is kept whole)."""
-  num_frames = frames.shape[0]
-  return tf.image.stateless_random_crop(frames, [num_frames, size, size, 3], seed=key)
-
-
-def random_flip(frames, key):
-  """Flips all frames of a clip horizontally together, with probability 1/2."""
-  flip = tf.random.stateless_uniform([], key, alg="philox") < 0.5
-  return tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-
-
-def normalize(frames, mean, std):
-  """(x / 255 - mean) / std per channel, float32."""
-  mean = tf.constant(mean, tf.float32)
-  std = tf.constant(std, tf.float32)
-  return (tf.cast(frames, tf.float32) / 255.0 - mean) / std
-
-
-def process_example(data_config, serialized, key=None):
-  """Parses one record into (video float32 [T, crop, crop, 3], label int32).
-
-  With `key` (a stateless seed [2]) it applies the train augmentation, else eval processing.
-  Only the sampled frames are decoded.
+  The frames are sampled (key fold_in 0) and decoded once; copy j augments them with its own
+  key (fold_in 1, then j), as VideoMAE's num_sample does. Only the sampled frames are decoded.
+  `flip_table` (transforms.flip_table) is needed for flip="swap_labels".
   """
   cfg = data_config
   encoded, label = parse_example(serialized)
-  train = key is not None
-  sub = (lambda i: tf.random.experimental.stateless_fold_in(key, i)) if train else None
-  indices = sample_indices(tf.shape(encoded)[0], cfg.num_frames, cfg.frame_stride,
-                           key=sub(0) if train else None)
-  frames = decode_frames(tf.gather(encoded, indices))
+  indices = sample_frames(cfg, tf.shape(encoded)[0], key=fold_in(key, 0))
+  frames = transforms.decode_frames(tf.gather(encoded, indices))
   frames.set_shape([cfg.num_frames, None, None, 3])
-  frames = resize_short_side(frames, cfg.min_resize)
-  if train:
-    frames = random_crop(frames, cfg.crop_size, sub(1))
-    if cfg.flip:
-      frames = random_flip(frames, sub(2))
-  else:
-    frames = center_crop(frames, cfg.crop_size)
-  return normalize(frames, cfg.mean, cfg.std), label
+  copies = [augment(cfg, frames, label, fold_in(fold_in(key, 1), j), flip_table)
+            for j in range(cfg.repeated_aug)]
+  return tf.stack([video for video, _ in copies]), tf.stack([label for _, label in copies])
+
+
+def num_views(data_config):
+  """Evaluation views per video: eval_clips x eval_crops."""
+  return data_config.eval_clips * data_config.eval_crops
+
+
+def centre_view(data_config):
+  """Index of the single-view reference among the views: the middle clip (the earlier of the
+  two middle ones for an even eval_clips), centre crop; for an odd eval_clips it equals the
+  eval_clips=1, eval_crops=1 view."""
+  cfg = data_config
+  return (cfg.eval_clips - 1) // 2 * cfg.eval_crops + (cfg.eval_crops - 1) // 2
+
+
+def eval_example(data_config, serialized):
+  """One record -> (video float32 [V, T, S, S, 3], label), V = num_views.
+
+  Views are clip-major: view k * eval_crops + c is clip k (sample_frames) and spatial crop c
+  (transforms.spatial_crops) of the frames resized to short side eval_resize (0: min_resize).
+  Frames shared by several clips are decoded once.
+  """
+  cfg = data_config
+  encoded, label = parse_example(serialized)
+  indices = sample_frames(cfg, tf.shape(encoded)[0], num_clips=cfg.eval_clips)
+  unique, position = tf.unique(tf.reshape(indices, [-1]))
+  frames = tf.gather(transforms.decode_frames(tf.gather(encoded, unique)), position)
+  frames = transforms.resize_short_side(frames, cfg.eval_resize or cfg.min_resize)
+  shape = tf.shape(frames)
+  clips = tf.reshape(frames, [cfg.eval_clips, cfg.num_frames, shape[1], shape[2], 3])
+  views = transforms.spatial_crops(clips, cfg.crop_size, cfg.eval_crops)  # [C, K, T, S, S, 3]
+  views = tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4, 5]),
+                     [num_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3])
+  return transforms.normalize(views, cfg.mean, cfg.std), label
+
+
+def load_class_names(data_dir):
+  """The class names of the dataset in `data_dir`, from its labels.json (index = label)."""
+  path = os.path.join(data_dir, LABELS)
+  if not tf.io.gfile.exists(path):
+    raise DataNotFoundError(
+        f"config.data.flip='swap_labels' needs the class names in {path} (a JSON list, index = "
+        "label) to find the left/right class pairs; write that file, or set config.data.flip "
+        "to 'random' or 'none'.")
+  with tf.io.gfile.GFile(path) as f:
+    names = json.load(f)
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise ValueError(f"{path} must hold a JSON list of class names (strings), index = label.")
+  return names
 
 
 # ---------------------------------------------------------------------------------------------
 # Datasets.
+
+PARALLEL_BATCHES = 4  # batches decoded at the same time (fixed, so the order is fixed)
 
 
 def _record_dataset(path):
@@ -244,24 +339,51 @@ def _options(ds):
   return ds.with_options(options)
 
 
+def _process_batches(windows, process, window_size):
+  """Turns every window of records into one batch of the records that process without error.
+
+  `windows` yields tuples of tensors [m, ...] (m <= window_size records, e.g. (serialized,) or
+  (keys, serialized)); `process` maps one record's tuple to a dict of tensors. A record whose
+  processing fails (JPEG frames that do not decode, no frames, no label) is dropped, so a
+  window gives a batch of n <= m examples, possibly n = 0, plus "records": m.
+  """
+  def process_window(*window):
+    processed = tf.data.Dataset.from_tensor_slices(window).map(
+        process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    empty = {k: tf.zeros([0, *spec.shape], spec.dtype)
+             for k, spec in processed.element_spec.items()}
+    batch = processed.batch(window_size).concatenate(
+        tf.data.Dataset.from_tensors(empty)).take(1)  # the empty batch when all failed
+    return batch.map(lambda b: {**b, "records": tf.shape(window[0])[0]})
+
+  return windows.interleave(process_window, cycle_length=PARALLEL_BATCHES, block_length=1,
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def train_dataset(data_config, files, num_records, *, batch_size, seed, start_batch=0,
-                  process_index=0):
+                  process_index=0, flip_table=None):
   """Infinite, deterministic stream of train batches for one host, starting at `start_batch`.
 
   Epoch e reshuffles the files and (in blocks of shuffle_buffer) the records with seeds from
-  (seed, process_index, e), then keeps the first `batches_per_epoch * batch_size` records.
+  (seed, process_index, e), then keeps the first `batches_per_epoch * records_per_batch`
+  records; batch b is made of a fixed run of batch_size / repeated_aug records, each giving
+  repeated_aug consecutive clips. An epoch is one pass over the records: repeated_aug x
+  num_records clips. A record that fails to decode is dropped and its slots are filled with
+  the batch's other clips (in order, repeating), so batch b stays batch b; each batch's
+  "skipped" counts its dropped records. A batch whose records all fail is an error.
   """
   cfg = data_config
-  batches_per_epoch = num_records // batch_size
+  records_per_batch = batch_size // cfg.repeated_aug
+  batches_per_epoch = num_records // records_per_batch
   if batches_per_epoch == 0:
     raise ValueError(
-        f"This host has only {num_records} training records, fewer than batch_size="
-        f"{batch_size}: lower the batch size or use a larger dataset.")
+        f"This host has only {num_records} training records, fewer than the "
+        f"{records_per_batch} of one batch (batch_size={batch_size} / config.data.repeated_aug="
+        f"{cfg.repeated_aug}): lower the batch size or use a larger dataset.")
   first_epoch, skip_batches = divmod(start_batch, batches_per_epoch)
   host_key = tf.constant([seed, process_index], tf.int64)
-  fold_in = tf.random.experimental.stateless_fold_in
 
-  def epoch_records(epoch):
+  def epoch_windows(epoch):
     key = fold_in(host_key, epoch)
     order = tf.random.experimental.stateless_shuffle(tf.constant(files), fold_in(key, 0))
     # A stateless block shuffle instead of Dataset.shuffle, whose result depends on TF's
@@ -269,73 +391,152 @@ def train_dataset(data_config, files, num_records, *, batch_size, seed, start_ba
     records = _read_records(order).batch(cfg.shuffle_buffer).enumerate().map(
         lambda i, block: tf.random.experimental.stateless_shuffle(
             block, fold_in(fold_in(key, 1), i))).unbatch()
-    records = records.take(batches_per_epoch * batch_size).enumerate()
+    records = records.take(batches_per_epoch * records_per_batch).enumerate()
     # Resuming: drop the already-consumed records of the first epoch before decoding them.
-    skip = tf.where(epoch == first_epoch, np.int64(skip_batches * batch_size), np.int64(0))
+    skip = tf.where(epoch == first_epoch, np.int64(skip_batches * records_per_batch),
+                    np.int64(0))
     return records.skip(skip).map(
-        lambda index, record: (fold_in(fold_in(key, 2), index), record))
+        lambda index, record: (fold_in(fold_in(key, 2), index), record)).batch(
+            records_per_batch)
 
   def process(key, record):
-    video, label = process_example(cfg, record, key)
+    video, label = train_example(cfg, record, key, flip_table)
     return {"video": video, "label": label}
 
-  ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_records)
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  # Every epoch holds a multiple of batch_size records, so batches never straddle epochs.
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return _options(ds)
+  def fill(batch):
+    clip = [cfg.num_frames, cfg.crop_size, cfg.crop_size, 3]
+    video, label = tf.reshape(batch["video"], [-1, *clip]), tf.reshape(batch["label"], [-1])
+    valid = tf.shape(label)[0]
+    check = tf.debugging.assert_positive(valid, message=(
+        f"All {records_per_batch} records of a train batch failed to decode: the data is "
+        "probably not DMVR-layout JPEG frames; try vidtx.data.dmvr.train_example on one record "
+        "to see the error."))
+    with tf.control_dependencies([check]):
+      take = tf.range(batch_size) % valid
+    return {"video": tf.gather(video, take), "label": tf.gather(label, take),
+            "skipped": batch["records"] - valid // cfg.repeated_aug}
+
+  windows = tf.data.Dataset.counter(first_epoch).flat_map(epoch_windows)
+  ds = _process_batches(windows, process, records_per_batch).map(fill)
+  return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(data_config, files, *, batch_size):
-  """One pass over the files' records in a fixed order; the last batch may be short."""
+  """One pass over the files' records in a fixed order, in windows of batch_size records:
+  {"video": [n, V, T, S, S, 3], "label": [n], "records": m}, the n <= m records of the window
+  that decode (the last window may be short)."""
   def process(record):
-    video, label = process_example(data_config, record)
+    video, label = eval_example(data_config, record)
     return {"video": video, "label": label}
 
-  ds = _read_records(files).map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+  windows = _read_records(files).batch(batch_size)
+  return _options(_process_batches(windows, process, batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+class TrainBatches:
+  """Iterator of host-local train batches {"video", "label"}; `skipped` counts the records that
+  failed to decode in the batches returned so far (since this iterator was built)."""
+
+  def __init__(self, ds):
+    self._batches = ds.as_numpy_iterator()
+    self.skipped = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._batches)
+    self.skipped += int(batch.pop("skipped"))
+    return batch
 
 
 def _padded_eval_batches(ds, data_config, batch_size, num_batches):
-  """Pads every batch to batch_size (mask 0) and adds empty batches up to num_batches."""
+  """Pads every batch to batch_size (mask 0), flags the window's failed records in "skipped",
+  drops the view axis for one view, and adds empty batches up to num_batches."""
+  cfg = data_config
+  clip = (cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
+  shape = clip if num_views(cfg) == 1 else (num_views(cfg), *clip)
+  slots = np.arange(batch_size)
   yielded = 0
   for batch in ds.as_numpy_iterator():
-    n = len(batch["label"])
+    n, records = len(batch["label"]), int(batch["records"])
     pad = [(0, batch_size - n)]
-    yield {"video": np.pad(batch["video"], pad + [(0, 0)] * 4),
+    video = batch["video"].reshape((n, *shape))
+    yield {"video": np.pad(video, pad + [(0, 0)] * len(shape)),
            "label": np.pad(batch["label"], pad),
-           "mask": (np.arange(batch_size) < n).astype(np.float32)}
+           "mask": (slots < n).astype(np.float32),
+           "skipped": ((slots >= n) & (slots < records)).astype(np.float32)}
     yielded += 1
-  cfg = data_config
   for _ in range(num_batches - yielded):
-    yield {"video": np.zeros((batch_size, cfg.num_frames, cfg.crop_size, cfg.crop_size, 3),
-                             np.float32),
+    yield {"video": np.zeros((batch_size, *shape), np.float32),
            "label": np.zeros((batch_size,), np.int32),
-           "mask": np.zeros((batch_size,), np.float32)}
+           "mask": np.zeros((batch_size,), np.float32),
+           "skipped": np.zeros((batch_size,), np.float32)}
+
+
+SAMPLERS = ("dense", "segment")
+TRAIN_CROPS = ("random", "random_resized")
+FLIPS = ("none", "random", "swap_labels")
+EVAL_CROPS = (1, 3)
 
 
 def check_config(data_config):
   """Data fields that cannot work; run at start by `configuration.validate` and by `build`."""
   cfg = data_config
-  for field in ("num_frames", "frame_stride", "crop_size", "shuffle_buffer"):
+
+  def fail(field, fix):
+    raise ConfigError(f"config.data.{field}={cfg[field]!r}: {fix}")
+
+  for field in ("num_frames", "frame_stride", "crop_size", "shuffle_buffer", "repeated_aug",
+                "eval_clips"):
     if cfg[field] < 1:
-      raise ConfigError(f"config.data.{field}={cfg[field]!r}: must be at least 1")
+      fail(field, "must be at least 1")
   if cfg.crop_size > cfg.min_resize:
-    raise ConfigError(f"config.data.min_resize={cfg.min_resize!r}: must be at least "
-                      f"config.data.crop_size={cfg.crop_size}")
+    fail("min_resize", f"must be at least config.data.crop_size={cfg.crop_size}")
+  if cfg.max_resize and cfg.max_resize < cfg.min_resize:
+    fail("max_resize", f"must be 0 (off) or at least config.data.min_resize={cfg.min_resize}")
+  if cfg.eval_resize and cfg.eval_resize < cfg.crop_size:
+    fail("eval_resize", f"must be 0 (min_resize) or at least config.data.crop_size="
+         f"{cfg.crop_size}")
   if len(cfg.mean) != 3 or len(cfg.std) != 3:
     raise ConfigError(f"config.data.mean={tuple(cfg.mean)!r}, std={tuple(cfg.std)!r}: "
                       "give 3 values each (RGB)")
+  for field, choices in (("sampler", SAMPLERS), ("train_crop", TRAIN_CROPS), ("flip", FLIPS),
+                         ("eval_crops", EVAL_CROPS)):
+    if cfg[field] not in choices:
+      fail(field, f"choose one of {choices}")
+  if cfg.sampler == "segment" and cfg.frame_stride != 1:
+    fail("frame_stride", "the segment sampler spreads the frames over the whole video and has "
+         "no stride: set it to 1")
+  for field, upper in (("crop_scale", 1.0), ("crop_ratio", None)):
+    lo, hi = cfg[field]
+    if not 0 < lo <= hi or (upper is not None and hi > upper):
+      fail(field, "give (low, high) with 0 < low <= high" + (f" <= {upper}" if upper else ""))
+  if not 0 <= cfg.randaugment_layers:
+    fail("randaugment_layers", "must be >= 0 (0: off)")
+  if not 0 <= cfg.randaugment_magnitude <= 10:
+    fail("randaugment_magnitude", "must be in [0, 10]")
+  if not 0 <= cfg.color_jitter <= 1:
+    fail("color_jitter", "must be in [0, 1] (0: off)")
+  for field in ("random_erasing", "mix_switch_prob"):
+    if not 0 <= cfg[field] <= 1:
+      fail(field, "is a probability: must be in [0, 1]")
+  for field in ("mixup_alpha", "cutmix_alpha"):
+    if cfg[field] < 0:
+      fail(field, "must be >= 0 (0: off)")
 
 
 def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=0,
           process_count=1, data_dir=None):
   """Iterator of host-local numpy batches of `split`.
 
-  split == data_config.train_split: infinite {"video": f32 [b, T, S, S, 3], "label": i32 [b]},
-  deterministic in (seed, process_index); the first batch is batch number `start_batch`.
-  Any other split: one pass, {"video", "label", "mask"}, padded with mask 0 to full batches;
-  every host yields the same number of batches.
+  split == data_config.train_split: an infinite `TrainBatches` of {"video": f32 [b, T, S, S, 3],
+  "label": i32 [b]}, deterministic in (seed, process_index); the first batch is batch number
+  `start_batch`; its `skipped` attribute counts the records that failed to decode.
+  Any other split: one pass, {"video", "label", "mask", "skipped"}, padded with mask 0 to full
+  batches; "video" is [b, T, S, S, 3], or [b, V, T, S, S, 3] for V = eval_clips x eval_crops
+  > 1 views (see eval_example); "skipped" is 1 in the slots of records that failed to decode.
+  Every host yields the same number of batches.
   `data_dir` defaults to config.data.data_dir (pass the value returned by `prepare`).
   """
   cfg = data_config
@@ -349,10 +550,21 @@ def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=
   files = list_files(data_dir, split)
   mine = host_files(files, process_index, process_count)
   if split == cfg.train_split:
+    if batch_size % cfg.repeated_aug:
+      raise ConfigError(f"config.data.repeated_aug={cfg.repeated_aug}: must divide the batch of "
+                        f"{batch_size} clips per host, which holds whole groups of copies")
+    flip_table = None
+    if cfg.flip == "swap_labels":
+      names = load_class_names(data_dir)
+      if len(names) != cfg.num_classes:
+        raise ConfigError(f"config.data.num_classes={cfg.num_classes}: the dataset's "
+                          f"{LABELS} names {len(names)} classes")
+      flip_table = transforms.flip_table(names)
     counts = _host_counts(data_dir, split, files, process_count)
     ds = train_dataset(cfg, mine, counts[process_index], batch_size=batch_size, seed=seed,
-                       start_batch=start_batch, process_index=process_index)
-    return ds.as_numpy_iterator()
+                       start_batch=start_batch, process_index=process_index,
+                       flip_table=flip_table)
+    return TrainBatches(ds)
   if start_batch:
     raise ValueError(f"start_batch={start_batch} is only supported for the train split, "
                      f"not {split!r}.")

@@ -6,7 +6,6 @@ so a model that ignores frame order is at chance within every pair.
 """
 
 import concurrent.futures
-import io
 import json
 import multiprocessing
 import os
@@ -14,10 +13,9 @@ import socket
 
 from absl import logging
 import numpy as np
-from PIL import Image
-import tensorflow as tf
 
 from vidtx.data import dmvr
+from vidtx.data.dmvr import write_records
 
 CLASSES = (
     "move_left", "move_right", "move_up", "move_down",
@@ -150,30 +148,9 @@ def clip_label(index):
 
 def make_sequence_example(frames, label, label_string=""):
   """Encodes uint8 frames [T, H, W, 3] as a DMVR-layout tf.train.SequenceExample."""
-  encoded = []
-  for frame in frames:
-    buf = io.BytesIO()
-    # No chroma subsampling: it would blur the colour edges of tiny objects.
-    Image.fromarray(np.asarray(frame)).save(buf, format="JPEG", quality=JPEG_QUALITY,
-                                            subsampling=0)
-    encoded.append(buf.getvalue())
-  ex = tf.train.SequenceExample()
-  ex.context.feature[dmvr.LABEL_KEY].int64_list.value.append(int(label))
-  ex.context.feature[dmvr.LABEL_STRING_KEY].bytes_list.value.append(label_string.encode())
-  frame_list = ex.feature_lists.feature_list[dmvr.FRAMES_KEY]
-  for data in encoded:
-    frame_list.feature.add().bytes_list.value.append(data)
-  return ex
-
-
-def write_records(path, examples):
-  """Writes serialisable examples to `path` atomically (temp name, then rename)."""
-  directory, name = os.path.split(path)
-  tmp = os.path.join(directory, f".tmp-{socket.gethostname()}-{os.getpid()}-{name}")
-  with tf.io.TFRecordWriter(tmp) as writer:
-    for ex in examples:
-      writer.write(ex.SerializeToString())
-  os.replace(tmp, path)
+  # Full-resolution chroma: subsampling would blur the colour edges of tiny objects.
+  return dmvr.make_example([dmvr.encode_jpeg(f, JPEG_QUALITY, full_chroma=True) for f in frames],
+                           label, label_string)
 
 
 def generation_params(*, num_train, num_val, num_frames=16, size=40, seed=0, num_shards=8):
@@ -200,8 +177,8 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
   jobs = []
   for split, count in (("train", num_train), ("validation", num_val)):
     shards = min(num_shards, count)
-    names = [f"{split}-{k:05d}-of-{shards:05d}.tfrecord" for k in range(shards)]
-    _remove_stale_shards(data_dir, split, keep=names)
+    names = [dmvr.shard_name(split, k, shards) for k in range(shards)]
+    dmvr.remove_stale_shards(data_dir, split, keep=names)
     bounds = np.linspace(0, count, shards + 1).astype(int)
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
       jobs.append((os.path.join(data_dir, name), SPLITS[split], int(lo), int(hi)))
@@ -218,6 +195,8 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
       future.result()  # re-raises a worker's error
       logging.info("Generated %d/%d shards", done, len(jobs))
 
+  with open(os.path.join(data_dir, dmvr.LABELS), "w") as f:  # class names, index = label
+    json.dump(list(CLASSES), f)
   # metadata.json marks the dataset as complete, so it goes last and atomically.
   tmp = os.path.join(data_dir, f".tmp-{socket.gethostname()}-{os.getpid()}-{METADATA}")
   with open(tmp, "w") as f:
@@ -233,13 +212,6 @@ def _write_shard(path, split_id, lo, hi, *, seed, num_frames, size):
           generate_clip((seed, split_id, i), clip_label(i), num_frames=num_frames, size=size),
           clip_label(i), CLASSES[clip_label(i)])
       for i in range(lo, hi)))
-
-
-def _remove_stale_shards(data_dir, split, keep):
-  """Removes shards of `split` from an interrupted run that used a different shard count."""
-  for path in tf.io.gfile.glob(os.path.join(data_dir, dmvr.shard_pattern(split))):
-    if os.path.basename(path) not in keep:
-      os.remove(path)
 
 
 def prepare(data_config, workdir):

@@ -25,7 +25,8 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from vidtx import configuration, models, train
+from vidtx import configuration, models, predict, train
+from vidtx.data import dmvr
 from vidtx.models import masking
 
 FORMATS = ("stablehlo", "saved_model")
@@ -88,8 +89,7 @@ def save_saved_model(model, config, path: str) -> None:
 
 def labels_of(config: ml_collections.ConfigDict, workdir: str) -> list[str] | None:
   """Class names from labels.json in the run's data directory, if it has one."""
-  data_dir = config.data.data_dir or os.path.join(workdir, "data", config.data.name)
-  path = os.path.join(data_dir, "labels.json")
+  path = os.path.join(predict.run_data_dir(config, workdir), dmvr.LABELS)
   if not os.path.isfile(path):
     return None
   with open(path) as f:

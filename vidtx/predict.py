@@ -1,0 +1,144 @@
+"""A video file in, top-k labels out, through exactly the evaluation preprocessing.
+
+  python -m vidtx.predict --workdir=RUN --video=clip.mp4 [--top_k=5]
+  python -m vidtx.predict --workdir=RUN --video=folder/ --output=predictions.csv
+
+The file is decoded and stored as the converter stores a training video (`vidtx.data.convert`:
+short side, frame rate and JPEG quality from the run's dataset metadata.json, else the
+converter's defaults), then goes through the evaluation parser (`dmvr.eval_example`: the same
+sampler, resize, crops and normalisation, `data.eval_clips` x `data.eval_crops` views) and the
+model; probabilities are the softmax averaged over the views, as multi-view evaluation does.
+Class names come from the dataset's labels.json. A folder gives one CSV row per video; videos
+that cannot be read get their error in the row and do not stop the others.
+"""
+
+import csv
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from vidtx import configuration, models, train
+from vidtx.data import convert, dmvr
+from vidtx.models import masking
+
+DEFAULT_CONVERSION = {"short_side": 256, "fps": 0.0, "jpeg_quality": 90}
+
+
+def run_data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the run read its data (the synthetic data is generated into the workdir)."""
+  return config.data.data_dir or os.path.join(workdir, "data", config.data.name)
+
+
+def _read_json(path):
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+class Predictor:
+  """The model of a trained run and the evaluation preprocessing of its config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    if not models.classifies(config.model):
+      raise ValueError(f"model.name={config.model.name!r} with classifier="
+                       f"{config.model.classifier!r} is a pre-training model and predicts no "
+                       "labels; use a fine-tuned run")
+    self.config = config
+    model, self.step = train.restore_model(config, workdir)
+    data_dir = run_data_dir(config, workdir)
+    self.labels = _read_json(os.path.join(data_dir, dmvr.LABELS))
+    metadata = _read_json(os.path.join(data_dir, dmvr.METADATA)) or {}
+    self.conversion = {**DEFAULT_CONVERSION, **metadata.get("settings", {})}
+    graphdef, params = nnx.split(model)
+    num_views = dmvr.num_views(config.data)
+
+    @jax.jit
+    def probabilities(params, views):
+      keep = masking.for_config(config.model, config.data, None, num_views)
+      logits, _ = nnx.merge(graphdef, params)(views, train=False, keep=keep)
+      return jax.nn.softmax(logits).mean(axis=0)
+
+    self._probabilities = lambda views: probabilities(params, views)
+
+  def views(self, path: str) -> np.ndarray:
+    """float32 [views, T, S, S, 3] of the video file, as evaluation would see it.
+    Raises convert.VideoError naming what is wrong with the file."""
+    frames, _ = convert.read_video(path, **self.conversion)
+    record = dmvr.make_example(frames, 0).SerializeToString()
+    views, _ = dmvr.eval_example(self.config.data, record)
+    return views.numpy()
+
+  def predict(self, path: str) -> np.ndarray:
+    """Class probabilities [classes] of the video file, averaged over its views."""
+    return np.asarray(self._probabilities(jnp.asarray(self.views(path))))
+
+  def name(self, index: int) -> str:
+    return self.labels[index] if self.labels else str(index)
+
+  def top_k(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(self.name(i), float(probabilities[i])) for i in order]
+
+
+def predict_folder(predictor: Predictor, folder: str, output, k: int) -> tuple[int, int]:
+  """Writes one CSV row per video file under `folder`: path, top-k labels and probabilities,
+  or the error. Returns (videos predicted, videos that failed)."""
+  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                 for name in names if name.lower().endswith(convert.VIDEO_EXTENSIONS))
+  writer = csv.writer(output)
+  writer.writerow(["path"] + [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "prob")]
+                  + ["error"])
+  failed = 0
+  for n, path in enumerate(paths, 1):
+    try:
+      best = predictor.top_k(predictor.predict(path), k)
+      writer.writerow([path] + [x for label, p in best for x in (label, f"{p:.6f}")] + [""])
+    except convert.VideoError as e:
+      failed += 1
+      writer.writerow([path] + [""] * (2 * k) + [str(e)])
+    logging.log_every_n_seconds(logging.INFO, "Predicted %d of %d videos (%d failed).", 10, n,
+                                len(paths), failed)
+  return len(paths) - failed, failed
+
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", None, "Config; default: the run's config.json.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Workdir of the trained run.", required=True)
+  flags.DEFINE_string("video", None, "A video file, or a folder of them.", required=True)
+  flags.DEFINE_integer("top_k", 5, "How many labels to show per video.")
+  flags.DEFINE_string("output", "", "CSV file for a folder's predictions; default: stdout.")
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  try:
+    config = f.config or configuration.from_workdir(f.workdir)
+    if not os.path.exists(f.video):
+      raise FileNotFoundError(f"--video={f.video!r} does not exist")
+    predictor = Predictor(config, f.workdir)
+    if os.path.isdir(f.video):
+      with (open(f.output, "w", newline="") if f.output else sys.stdout) as out:
+        done, failed = predict_folder(predictor, f.video, out, f.top_k)
+      logging.info("Predicted %d videos; %d could not be read (see the error column).", done,
+                   failed)
+    else:
+      for label, p in predictor.top_k(predictor.predict(f.video), f.top_k):
+        print(f"{p:8.4f}  {label}")
+  except (convert.VideoError, FileNotFoundError, configuration.ConfigError) as e:
+    sys.exit(f"error: {f.video}: {e}" if isinstance(e, convert.VideoError) else f"error: {e}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
