@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from test_train import ROOT
-from vidtx import checkpoint, configuration, data, predict, train
+from test_train import ROOT, untrained_run
+from vidtx import configuration, data, predict, train
 
 CLASSES = ("left", "right")
 
@@ -52,15 +52,7 @@ def run(tmp_path_factory):
       "data.min_resize": 40, "data.eval_clips": 2, "data.eval_crops": 3, "batch_size": 2,
       "optim.warmup_steps": 1, "total_steps": 2})
   workdir = str(tmp_path_factory.mktemp("run"))
-  setup = train.build(config)
-  with jax.set_mesh(setup.mesh):
-    state = train.init_state(setup)
-  ckpt = checkpoint.Checkpointer(workdir, keep=1)
-  ckpt.save(3, state, {"step": 3, "data_position": 3, "rng": [0, 0]})
-  ckpt.wait()
-  ckpt.close()
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json())
+  untrained_run(config, workdir, step=3)
   return workdir, config, videos
 
 

@@ -66,6 +66,20 @@ def final_params(workdir, data_dir, **overrides):
   return meta, jax.tree.map(np.asarray, jax.tree.leaves(state))
 
 
+def untrained_run(config, workdir, step):
+  """A workdir as training leaves it (config.json and a checkpoint at `step`), with the
+  model's initial weights."""
+  setup = train.build(config)
+  with jax.set_mesh(setup.mesh):
+    state = train.init_state(setup)
+  ckpt = checkpoint.Checkpointer(workdir, keep=1)
+  ckpt.save(step, state, {"step": step, "data_position": step, "rng": [0, 0]})
+  ckpt.wait()
+  ckpt.close()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+
 def scalars(workdir, tag):
   """{step: value} of a scalar that the run wrote to TensorBoard."""
   out = {}

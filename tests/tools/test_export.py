@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vidtx import checkpoint, configuration, train
+from test_train import untrained_run
+from vidtx import configuration, train
 from vidtx.tools import export
 
 # A tiny MAR classifier: the export must carry its fixed test-time mask too.
@@ -27,15 +28,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = configuration.base()
   config.update_from_flattened_dict(TINY_MAR)
-  setup = train.build(config)
-  with jax.set_mesh(setup.mesh):
-    state = train.init_state(setup)
-  ckpt = checkpoint.Checkpointer(workdir, keep=1)
-  ckpt.save(7, state, {"step": 7, "data_position": 7, "rng": [0, 0]})
-  ckpt.wait()
-  ckpt.close()
-  with open(f"{workdir}/config.json", "w") as f:
-    f.write(config.to_json(indent=2))
+  untrained_run(config, workdir, step=7)
   return workdir, config
 
 
