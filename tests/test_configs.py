@@ -17,6 +17,8 @@ VARIANTS = {
     "videomae_k400.py": ["B", "synthetic"],
     "mar_k400.py": [None, "vit_l", "ratio75", "synthetic"],
     "mar_ssv2.py": [None, "vit_l", "ratio75"],
+    "timesformer_k400.py": [None, "joint", "space_only", "hr", "large", "synthetic"],
+    "vivit_k400.py": [None, "model2", "model3", "model4", "large", "synthetic"],
 }
 
 
@@ -62,7 +64,9 @@ def test_pretraining_recipe_scales_lr_with_batch():
 @pytest.mark.parametrize("name, variant", [("demo.py", None), ("videomae_pretrain_k400.py",
                                                                "synthetic"),
                                            ("videomae_k400.py", "synthetic"),
-                                           ("mar_k400.py", "synthetic")])
+                                           ("mar_k400.py", "synthetic"),
+                                           ("timesformer_k400.py", "synthetic"),
+                                           ("vivit_k400.py", "synthetic")])
 def test_flops_tool_counts_the_cpu_configs(name, variant):
   """(The ViT-B ones are counted in tests/tools/test_flops.py.)"""
   c = load(name, variant)

@@ -19,8 +19,9 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0  # root of all randomness: init, drop path, data order and augmentation
 
   c.model = ml_collections.ConfigDict()
-  # Key of vidtx.models.MODELS: "vit" (classifier on all or masked tokens) or "mae" (masked
-  # video model: VideoMAE pre-training, or MAR with model.classifier="bridge").
+  # Key of vidtx.models.MODELS: "vit" (classifier on all or masked tokens), "mae" (masked
+  # video model: VideoMAE pre-training, or MAR with model.classifier="bridge"), "timesformer"
+  # or "vivit" (space-time transformers, see model.attention).
   c.model.name = "vit"
   c.model.size = "B"  # Ti / S / B / L / H: width, depth and heads of the standard ViT sizes
   c.model.width = 0  # > 0 overrides the size's width
@@ -28,9 +29,24 @@ def base() -> ml_collections.ConfigDict:
   c.model.num_heads = 0  # > 0 overrides the size's number of heads
   c.model.mlp_ratio = 4.0
   c.model.patch_size = (2, 16, 16)  # tubelet (t, h, w); must divide num_frames and crop_size
-  c.model.qkv_bias = True  # learned q and v biases (VideoMAE)
-  c.model.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"
-  c.model.pool = "mean"  # "mean" (+ fc_norm) or "cls"
+  # Learned q and v biases (VideoMAE); timesformer and vivit add a k bias, as their references.
+  c.model.qkv_bias = True
+  c.model.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"; model.name="vit" only
+  c.model.pool = "mean"  # "mean" (+ fc_norm) or "cls"; model.name="vit" only
+  # Space-time attention of the blocks (vidtx.models.layers.ATTENTIONS):
+  #   "joint": every token attends to every token (vit, mae; vivit model 1; timesformer
+  #     joint_space_time). The only one masking works with.
+  #   "divided": timesformer (its default): time (+ temporal_fc), then space.
+  #   "space_only": timesformer: each frame apart with its own CLS, averaged at the end.
+  #   "factorised_encoder": vivit model 2: a spatial ViT per time slice, then a temporal
+  #     transformer (model.temporal_depth blocks) over their CLS tokens.
+  #   "factorised_self": vivit model 3: space, then time, each with its own LN and residual.
+  #   "factorised_dot": vivit model 4: half the heads attend over time, half over space.
+  c.model.attention = "joint"
+  c.model.temporal_depth = 4  # vivit model 2: blocks of the temporal transformer (B 4, L 24)
+  # Recompute each block in the backward pass to save activation memory: "none"; "full" (keep
+  # only block inputs); "dots" (also keep the matmul outputs without batch dims).
+  c.model.remat = "none"
   c.model.drop_path = 0.0  # stochastic depth of the last block; linear from 0
   c.model.head_dropout = 0.0
   c.model.head_init_scale = 1.0  # scales the head's trunc-normal(0.02) init (VideoMAE: 0.001)
@@ -298,6 +314,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if m.bridge_width % m.bridge_heads:
       _fail("model.bridge_width", m.bridge_width,
             f"must be divisible by model.bridge_heads={m.bridge_heads}")
+  if m.attention not in models.ATTENTIONS[m.name]:
+    _fail("model.attention", m.attention,
+          f"model.name={m.name!r} takes one of {models.ATTENTIONS[m.name]}")
+  if m.name not in models.MASKABLE and m.masking != "none":
+    _fail("model.masking", m.masking, f"model.name={m.name!r} sees every token: set "
+          f"model.masking='none' (masking works with {models.MASKABLE})")
+  if m.attention == "factorised_dot" and heads % 2:
+    _fail("model.num_heads", heads, "attention='factorised_dot' gives half the heads to time "
+          "and half to space: use an even number")
+  if m.attention == "factorised_encoder" and m.temporal_depth < 1:
+    _fail("model.temporal_depth", m.temporal_depth, "the factorised encoder's temporal "
+          "transformer needs at least 1 block (ViViT-B: 4)")
+  if m.name == "timesformer" and (len(m.patch_size) != 3 or m.patch_size[0] != 1
+                                  or m.patch_size[1] != m.patch_size[2]):
+    _fail("model.patch_size", m.patch_size, "TimeSformer embeds each frame's square 2-D "
+          "patches: use (1, p, p), e.g. (1, 16, 16)")
+  if m.name == "timesformer" and config.optim.layer_decay < 1:
+    # Layer decay numbers the blocks under `encoder/`; TimeSformer keeps the reference's flat
+    # names, so every parameter would get the head's lr.
+    _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not "
+          "supported for model.name='timesformer': keep 1.0")
+  from vidtx.models import layers
+  if m.remat not in layers.REMAT:
+    _fail("model.remat", m.remat, f"choose one of {layers.REMAT}")
   try:
     jnp.dtype(m.dtype)
   except TypeError:

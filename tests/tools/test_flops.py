@@ -57,3 +57,18 @@ def test_cli_prints_json():
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["params"] == 595_496 and 0 < result["gmacs"] < 1
+
+
+@pytest.mark.parametrize("spec, params, paper_gmacs", [
+    # TimeSformer 8x224 divided: 121.6M with 400 classes (the paper's 121.4M has a 174-class
+    # head, see tests/models/test_timesformer.py); 0.59 TFLOPs for 3 views = 196 G per view.
+    ("timesformer_k400.py", 121_566_352, 196),
+    # ViViT-B/16x2 model 1 (455 G) and model 2, the factorised encoder (284 G).
+    ("vivit_k400.py:model1", 88_954_000, 455),
+    ("vivit_k400.py:model2", 115_062_928, 284),
+])
+def test_space_time_transformers_cost_what_the_papers_report(spec, params, paper_gmacs):
+  """The papers count multiply-adds (as fvcore), which our GMACs are."""
+  result = flops.count(configuration.load(f"{ROOT}/configs/{spec}"))
+  assert result["params"] == params
+  assert result["gmacs"] == pytest.approx(paper_gmacs, rel=0.015)

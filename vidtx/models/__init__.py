@@ -4,12 +4,23 @@ Every model is called as `model(video, train=, key=, keep=) -> (logits or None, 
 `vidtx.models.vit` for the contract.
 """
 
-from vidtx.models import mae, vit
+from vidtx.models import mae, timesformer, vit, vivit
 
 MODELS = {
     "vit": vit.build,
     "mae": mae.build,
+    "timesformer": timesformer.build,
+    "vivit": vivit.build,
 }
+# The values of config.model.attention each model takes.
+ATTENTIONS = {
+    "vit": ("joint",),
+    "mae": ("joint",),
+    "timesformer": timesformer.ATTENTIONS,
+    "vivit": vivit.ATTENTIONS,
+}
+# Models that take masked tokens (config.model.masking); the others see every token.
+MASKABLE = ("vit", "mae")
 
 
 def build(model_config, data_config, rngs):

@@ -1,6 +1,11 @@
-"""PyTorch VideoMAE-family weights -> our parameters, with nothing dropped or guessed.
+"""PyTorch weights -> our parameters, with nothing dropped or guessed.
 
-Three key layouts, detected from the names:
+TimeSformer (`TimeSformer`): HF `TimesformerForVideoClassification` (`timesformer.`) or the
+official facebookresearch/TimeSformer files (`model.blocks.{i}...`), both through the name
+tables TIMESFORMER_NAMES / TIMESFORMER_BLOCK_NAMES. ViViT model 1 (`ViViT`, attention="joint"):
+HF `VivitForVideoClassification` (`vivit.`), through VIVIT_HF_NAMES / VIVIT_HF_BLOCK_NAMES.
+
+The VideoMAE family has three key layouts, detected from the names:
 - "hf": HF transformers `VideoMAEForVideoClassification` / `VideoMAEForPreTraining`
   (`videomae.embeddings...`, `videomae.encoder.layer.{i}...`, `decoder.decoder_layers.{i}...`).
 - "videomae": the official MCG-NJU/VideoMAE `.pth` files (`modeling_finetune.py`: `patch_embed`,
@@ -30,7 +35,7 @@ import pickle
 import numpy as np
 from flax import nnx
 
-from vidtx.models import layers, mae, vit
+from vidtx.models import layers, mae, timesformer, vit, vivit
 
 # Wrappers of the state dict in released files: official VideoMAE ("model"/"module"), MAR and
 # SlowFast-style trainers ("model_state"), generic ("state_dict").
@@ -138,6 +143,11 @@ def detect_layout(keys) -> Layout:
     return videomae_layout("encoder.")
   if any(k.startswith("patch_embed.") or k.startswith("blocks.") for k in keys):
     return videomae_layout("")
+  for prefix, name in (("timesformer.", "timesformer"), ("model.blocks.", "timesformer"),
+                       ("vivit.", "vivit")):
+    if any(k.startswith(prefix) for k in keys):
+      raise ValueError(f"this looks like a {name} checkpoint (keys {prefix}...): convert it with "
+                       f"config.model.name='{name}'")
   raise ValueError(f"unrecognised checkpoint layout (keys e.g. {sorted(keys)[:5]}): expected "
                    "HF VideoMAE ('videomae.embeddings...'), official VideoMAE ('patch_embed...', "
                    "'blocks.0...' or 'encoder.blocks.0...') or MAR ('backbone.blocks.0...')")
@@ -366,6 +376,189 @@ def _mar_extras(reader, model, decoder):
   reader.consume("cls_head.mask_token")
 
 
+# ---- TimeSformer and ViViT: each a name table, read by one walker (`_from_table`) ----
+# Our parameter path -> checkpoint name. A block's attention maps to (q/k/v Linear(s), output
+# Linear): one fused qkv Linear or three (query, key, value), each with a bias.
+
+# facebookresearch/TimeSformer saves `VisionTransformer` as `model.` (its trainer's
+# "model_state"); HF is `TimesformerForVideoClassification`.
+TIMESFORMER_NAMES = {
+    "official": {
+        "patch_embed": "model.patch_embed.proj",
+        "cls_token": "model.cls_token",
+        "pos_embed": "model.pos_embed",
+        "time_embed": "model.time_embed",
+        "blocks": "model.blocks.{}",
+        "norm": "model.norm",
+        "head": "model.head",
+    },
+    "hf": {
+        "patch_embed": "timesformer.embeddings.patch_embeddings.projection",
+        "cls_token": "timesformer.embeddings.cls_token",
+        "pos_embed": "timesformer.embeddings.position_embeddings",
+        "time_embed": "timesformer.embeddings.time_embeddings",
+        "blocks": "timesformer.encoder.layer.{}",
+        "norm": "timesformer.layernorm",
+        "head": "classifier",
+    },
+}
+TIMESFORMER_BLOCK_NAMES = {
+    "official": {
+        "temporal/norm": "temporal_norm1",
+        "temporal/attn": ("temporal_attn.qkv", "temporal_attn.proj"),
+        "temporal/fc": "temporal_fc",
+        "norm1": "norm1",
+        "attn": ("attn.qkv", "attn.proj"),
+        "norm2": "norm2",
+        "mlp/fc1": "mlp.fc1",
+        "mlp/fc2": "mlp.fc2",
+    },
+    "hf": {
+        "temporal/norm": "temporal_layernorm",
+        "temporal/attn": ("temporal_attention.attention.qkv", "temporal_attention.output.dense"),
+        "temporal/fc": "temporal_dense",
+        "norm1": "layernorm_before",
+        "attn": ("attention.attention.qkv", "attention.output.dense"),
+        "norm2": "layernorm_after",
+        "mlp/fc1": "intermediate.dense",
+        "mlp/fc2": "output.dense",
+    },
+}
+
+# HF `VivitForVideoClassification`: ViViT model 1 (converted by HF from Scenic).
+VIVIT_HF_NAMES = {
+    "encoder/patch_embed": "vivit.embeddings.patch_embeddings.projection",
+    "encoder/cls_token": "vivit.embeddings.cls_token",
+    "encoder/pos_embed": "vivit.embeddings.position_embeddings",
+    "encoder/blocks": "vivit.encoder.layer.{}",
+    "norm": "vivit.layernorm",
+    "head": "classifier",
+}
+VIVIT_HF_BLOCK_NAMES = {
+    "norm1": "layernorm_before",
+    "attn": (("attention.attention.query", "attention.attention.key",
+              "attention.attention.value"), "attention.output.dense"),
+    "norm2": "layernorm_after",
+    "mlp/fc1": "intermediate.dense",
+    "mlp/fc2": "output.dense",
+}
+
+
+def _conv_patch_embed(reader, key, target, path):
+  """Conv3d weight [D, C, kt, kh, kw] -> kernel [kt, kh, kw, C, D]; for a 1 x kh x kw tubelet
+  the per-frame Conv2d weight [D, C, kh, kw] (TimeSformer)."""
+  kt, kh, kw, c, d = _shape(target["kernel"])
+  weight = reader.take(f"{key}.weight", (d, c, kh, kw) if kt == 1 else (d, c, kt, kh, kw),
+                       f"{path}/kernel")
+  if weight is not None:
+    weight = weight.reshape(d, c, kt, kh, kw).transpose(2, 3, 4, 1, 0)
+  return {"kernel": weight,
+          "bias": reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")}
+
+
+def _biased_qkv_attention(reader, keys, target, path):
+  """Attention with q, k and v biases from (qkv Linear name or (query, key, value) names,
+  output Linear name)."""
+  qkv_names, proj_key = keys
+  qkv_names = (qkv_names,) if isinstance(qkv_names, str) else qkv_names
+  qkv_shape = _shape(target["qkv"])
+  dim, _, heads, head_dim = qkv_shape
+  inner = heads * head_dim
+  rows = 3 * inner // len(qkv_names)
+  weights = [reader.take(f"{name}.weight", (rows, dim), f"{path}/qkv") for name in qkv_names]
+  out = {"qkv": None if any(w is None for w in weights) else _qkv_kernel(
+      np.concatenate(weights), qkv_shape)}
+  bias_names = [name for name in ("q_bias", "k_bias", "v_bias") if name in target]
+  if bias_names:  # qkv_bias=False models have none; the checkpoint's then stay unused
+    biases = [reader.take(f"{name}.bias", (rows,), *(f"{path}/{b}" for b in bias_names))
+              for name in qkv_names]
+    bias = None if any(b is None for b in biases) else np.concatenate(biases)
+    for i, name in enumerate(("q_bias", "k_bias", "v_bias")):
+      out[name] = None if bias is None else bias[i * inner:(i + 1) * inner]
+  proj = reader.take(f"{proj_key}.weight", (dim, inner), f"{path}/proj")
+  out["proj"] = None if proj is None else proj.T.reshape(_shape(target["proj"]))
+  out["proj_bias"] = reader.take(f"{proj_key}.bias", _shape(target["proj_bias"]),
+                                 f"{path}/proj_bias")
+  return out
+
+
+def _get(tree, path):
+  for part in path.split("/"):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
+
+
+def _put(tree, path, value):
+  *parents, leaf = path.split("/")
+  for part in parents:
+    tree = tree.setdefault(part, {})
+  tree[leaf] = value
+
+
+def _from_table(reader, names, block_names, target, path=""):
+  """Our params for `target` from a name table; parts the model lacks (a time embedding, the
+  temporal steps) are skipped, so a checkpoint that has them reports them unused."""
+  out = {}
+  for ours, theirs in names.items():
+    part, where = _get(target, ours), f"{path}{ours}"
+    if part is None:
+      continue
+    leaf = ours.rsplit("/", 1)[-1]
+    if leaf == "blocks":
+      value = {i: _from_table(reader, {k: _prefixed(theirs.format(i), v)
+                                       for k, v in block_names.items()},
+                              {}, part[i], f"{where}/{i}/") for i in part}
+    elif leaf == "patch_embed":
+      value = _conv_patch_embed(reader, theirs, part, where)
+    elif leaf == "cls_token":
+      value = reader.take(theirs, _shape(part), where)
+    elif leaf in ("pos_embed", "time_embed"):  # learned tables, saved as [1, N, D]
+      table = reader.take(theirs, (1, *_shape(part["embedding"])), f"{where}/embedding")
+      value = {"embedding": None if table is None else table[0]}
+    elif "qkv" in part:
+      value = _biased_qkv_attention(reader, theirs, part, where)
+    elif "scale" in part:
+      value = _norm(reader, theirs, part, where)
+    else:
+      value = _dense(reader, theirs, part, where)
+    _put(out, ours, value)
+  return out
+
+
+def _prefixed(prefix, names):
+  """Block-relative checkpoint names (a name or nested tuples of names) under `prefix`."""
+  if isinstance(names, str):
+    return f"{prefix}.{names}"
+  return tuple(_prefixed(prefix, name) for name in names)
+
+
+def _convert_timesformer(reader, target):
+  keys = reader.arrays
+  if any(k.startswith("timesformer.") for k in keys):
+    layout = "hf"
+  elif any(k.startswith("model.blocks.") for k in keys):
+    layout = "official"
+  else:
+    raise ValueError(f"unrecognised TimeSformer checkpoint (keys e.g. {sorted(keys)[:5]}): "
+                     "expected HF ('timesformer.embeddings...') or facebookresearch/TimeSformer "
+                     "('model.blocks.0...')")
+  return f"{layout} TimeSformer", _from_table(reader, TIMESFORMER_NAMES[layout],
+                                              TIMESFORMER_BLOCK_NAMES[layout], target)
+
+
+def _convert_vivit(reader, target, model):
+  keys = reader.arrays
+  if not any(k.startswith("vivit.") for k in keys):
+    raise ValueError(f"unrecognised ViViT checkpoint (keys e.g. {sorted(keys)[:5]}): expected "
+                     "HF ViViT ('vivit.embeddings...')")
+  if not isinstance(model, vivit.ViViT) or model.encoder.attention != "joint":
+    raise ValueError("HF ViViT checkpoints are model 1: convert them with "
+                     "config.model.attention='joint'")
+  return "hf ViViT", _from_table(reader, VIVIT_HF_NAMES, VIVIT_HF_BLOCK_NAMES, target)
+
+
 def _flatten(tree, prefix=""):
   flat = {}
   for key, value in tree.items():
@@ -385,16 +578,23 @@ def convert(state_dict, model: nnx.Module) -> dict:
   unfilled and every shape mismatch.
   """
   state_dict = strip_wrappers(state_dict)
-  layout = detect_layout(state_dict)
   reader = _Reader(state_dict)
   target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  if isinstance(model, vit.VideoViT):
-    out = _convert_vit(reader, layout, target, model)
-  elif isinstance(model, mae.MaskedVideoModel):
-    out = _convert_masked(reader, layout, target, model)
+  if isinstance(model, timesformer.TimeSformer):
+    layout_name, out = _convert_timesformer(reader, target)
+  elif isinstance(model, (vivit.ViViT, vivit.FactorisedEncoder)):
+    layout_name, out = _convert_vivit(reader, target, model)
+  elif isinstance(model, (vit.VideoViT, mae.MaskedVideoModel)):
+    layout = detect_layout(state_dict)
+    layout_name = layout.name
+    if isinstance(model, vit.VideoViT):
+      out = _convert_vit(reader, layout, target, model)
+    else:
+      out = _convert_masked(reader, layout, target, model)
   else:
     raise ValueError(f"cannot convert into a {type(model).__name__}: converters exist for "
-                     "VideoViT (config.model.name='vit') and MaskedVideoModel ('mae')")
+                     "VideoViT (config.model.name='vit'), MaskedVideoModel ('mae'), TimeSformer "
+                     "('timesformer') and ViViT ('vivit', model 1)")
 
   wanted, got = _flatten(target), _flatten(out)
   unfilled = [f"{name} {_shape(wanted[name])}: {'; '.join(_reasons(reader, name))}"
@@ -410,7 +610,7 @@ def convert(state_dict, model: nnx.Module) -> dict:
     problems.append(f"checkpoint keys not used ({len(unused)}):{_listed(unused)}")
   if problems:
     hint = _hint(model, unused)
-    raise ValueError(f"cannot convert this {layout.name} checkpoint into "
+    raise ValueError(f"cannot convert this {layout_name} checkpoint into "
                      f"{type(model).__name__}:\n  " + "\n  ".join(problems)
                      + (f"\nhint: {hint}" if hint else ""))
   extra = sorted(set(got) - set(wanted))
@@ -445,6 +645,8 @@ def _hint(model, unused) -> str:
             "config.init_from at the result, which copies the encoder by name")
   if any(".gamma_" in k for k in unused):
     return "the checkpoint uses layer scale (init_values > 0), which our blocks lack"
+  if isinstance(model, timesformer.TimeSformer) and any("temporal" in k for k in unused):
+    return "the checkpoint has divided space-time attention: config.model.attention='divided'"
   return ""
 
 

@@ -1,12 +1,18 @@
 """Shared transformer pieces; every video model composes these.
 
-Conventions: video is [B, T, H, W, C]; tokens are [B, N, D] in (t, h, w) order. Every
-parameter carries logical axis names (see `vidtx.sharding`) so that data, FSDP and tensor
-parallelism are a config change. Parameters are float32; computation runs in `dtype`;
-normalization and softmax run in float32.
+Conventions: video is [B, T, H, W, C]; tokens are [B, N, D] in (t, h, w) order unless a model
+documents otherwise (`TokenLayout`). Every parameter carries logical axis names (see
+`vidtx.sharding`) so that data, FSDP and tensor parallelism are a config change. Parameters are
+float32; computation runs in `dtype`; normalization and softmax run in float32.
+
+Space-time attention variants (`ATTENTIONS`) are one swappable piece of `Block`: which tokens
+each query sees (an `attend` rule over q, k, v) and whether a separate temporal step runs
+before or after the block's attention. A new factorisation is a new rule and one entry.
 """
 
+import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -73,28 +79,102 @@ def drop_path(x, rate: float, key):
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """Where a clip's tokens [B, N, ...] lie: an optional CLS token first, then a grid of
+  `frames` time steps x S spatial positions, time-major (n = t S + s, vidtx's order) or
+  space-major (n = s T + t, TimeSformer's)."""
+  frames: int
+  cls_token: bool = False
+  space_major: bool = False
+
+  def split(self, x):
+    """(CLS [B, 1, ...] or None, grid [B, T, S, ...]) of tokens [B, N, ...]."""
+    cls, x = (x[:, :1], x[:, 1:]) if self.cls_token else (None, x)
+    if self.space_major:
+      return cls, jnp.swapaxes(x.reshape(x.shape[0], -1, self.frames, *x.shape[2:]), 1, 2)
+    return cls, x.reshape(x.shape[0], self.frames, -1, *x.shape[2:])
+
+  def join(self, cls, grid):
+    """The inverse of `split`."""
+    if self.space_major:
+      grid = jnp.swapaxes(grid, 1, 2)
+    x = grid.reshape(grid.shape[0], -1, *grid.shape[3:])
+    return x if cls is None else jnp.concatenate([cls, x], axis=1)
+
+
+# Attend rules: (q, k, v [B, N, heads, head_dim], layout) -> [B, N, heads, head_dim]. They
+# decide which keys each query sees; the projections around them are the same for all.
+
+def attend_all(q, k, v, layout):
+  """Joint space-time attention: every token attends to every token."""
+  del layout
+  return jax.nn.dot_product_attention(q, k, v)
+
+
+def attend_within_frames(q, k, v, layout):
+  """Spatial attention: a token attends to the tokens of its own frame. A CLS token takes part
+  in every frame's attention and its output is the mean over the frames (TimeSformer)."""
+  (q_cls, q), (k_cls, k), (v_cls, v) = (layout.split(x) for x in (q, k, v))
+  b, t, s, h, e = q.shape
+
+  def per_frame(x, cls):  # [B * T, (1 +) S, heads, head_dim]
+    if cls is not None:
+      x = jnp.concatenate([jnp.broadcast_to(cls[:, None], (b, t, 1, h, e)), x], axis=2)
+    return x.reshape(b * t, -1, h, e)
+
+  out = jax.nn.dot_product_attention(per_frame(q, q_cls), per_frame(k, k_cls),
+                                     per_frame(v, v_cls)).reshape(b, t, -1, h, e)
+  if q_cls is None:
+    return layout.join(None, out)
+  return layout.join(out[:, :, 0].mean(axis=1, keepdims=True), out[:, :, 1:])
+
+
+def attend_within_positions(q, k, v, layout):
+  """Temporal attention: a token attends to the tokens at its spatial position in every frame.
+  The layout must have no CLS token (the temporal steps leave it out)."""
+  (_, q), (_, k), (_, v) = (layout.split(x) for x in (q, k, v))
+  b, t, s, h, e = q.shape
+  per_position = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * s, t, h, e)
+  out = jax.nn.dot_product_attention(per_position(q), per_position(k), per_position(v))
+  return layout.join(None, jnp.swapaxes(out.reshape(b, s, t, h, e), 1, 2))
+
+
+def attend_split_heads(q, k, v, layout):
+  """Factorised dot-product attention (ViViT model 4): the first half of the heads attend over
+  time, the second half within frames; the output projection then mixes both."""
+  half = q.shape[2] // 2
+  time = attend_within_positions(q[:, :, :half], k[:, :, :half], v[:, :, :half], layout)
+  space = attend_within_frames(q[:, :, half:], k[:, :, half:], v[:, :, half:], layout)
+  return jnp.concatenate([time, space], axis=2)
+
+
 class Attention(nnx.Module):
-  """Multi-head self-attention over the token axis.
+  """Multi-head self-attention; `attend` (with the token `layout`) picks which tokens each
+  query sees, all tokens by default.
 
   The qkv kernel is [D, 3, heads, head_dim] so tensor parallelism splits whole heads. With
-  `qkv_bias`, q and v get learned biases and k none, as in VideoMAE (a k bias cancels in the
-  softmax anyway).
+  `qkv_bias`, q and v get learned biases, and k one too only with `k_bias`: VideoMAE has none,
+  ViT-style references (TimeSformer, ViViT) have one. A k bias adds the same q . b_k to all of
+  a query's logits, which the softmax cancels; it is kept so those checkpoints load exactly.
   """
 
-  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True,
+  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, k_bias: bool = False,
+               attend: Callable = attend_all, layout: TokenLayout | None = None,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
     self.num_heads, self.head_dim, self.dtype = num_heads, dim // num_heads, dtype
+    self.attend, self.layout = attend, layout
     shape = (dim, 3, num_heads, self.head_dim)
     # Xavier over the fused [D, 3D] matrix, as the references initialise it.
     qkv_init = lambda key, shape, dtype: xavier(key, (dim, 3 * dim), dtype).reshape(shape)
     self.qkv = param(rngs, qkv_init, shape, ("embed", None, "heads", "head_dim"))
-    if qkv_bias:  # 1-D like every bias, so weight decay skips them by rank
-      self.q_bias = param(rngs, zeros, (dim,), ("heads",))
-      self.v_bias = param(rngs, zeros, (dim,), ("heads",))
-    else:
-      self.q_bias = self.v_bias = None
+    # 1-D like every bias, so weight decay skips them by rank.
+    bias = lambda: param(rngs, zeros, (dim,), ("heads",))
+    self.q_bias = bias() if qkv_bias else None
+    self.k_bias = bias() if qkv_bias and k_bias else None
+    self.v_bias = bias() if qkv_bias else None
     proj_init = lambda key, shape, dtype: xavier(key, (dim, dim), dtype).reshape(shape)
     self.proj = param(rngs, proj_init, (num_heads, self.head_dim, dim),
                       ("heads", "head_dim", "embed"))
@@ -102,38 +182,139 @@ class Attention(nnx.Module):
 
   def __call__(self, x):
     qkv = jnp.einsum("bnd,dkhe->kbnhe", x.astype(self.dtype), self.qkv[...].astype(self.dtype))
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    if self.q_bias is not None:
-      q = q + self.q_bias[...].astype(self.dtype).reshape(self.num_heads, self.head_dim)
-      v = v + self.v_bias[...].astype(self.dtype).reshape(self.num_heads, self.head_dim)
-    out = jax.nn.dot_product_attention(q, k, v)
+    q, k, v = (self._add_bias(y, b) for y, b in zip(qkv, (self.q_bias, self.k_bias, self.v_bias)))
+    out = self.attend(q, k, v, self.layout)
     out = jnp.einsum("bnhe,hed->bnd", out, self.proj[...].astype(self.dtype))
     return out + self.proj_bias[...].astype(self.dtype)
 
+  def _add_bias(self, y, bias):
+    if bias is None:
+      return y
+    return y + bias[...].astype(self.dtype).reshape(self.num_heads, self.head_dim)
+
 
 class Mlp(nnx.Module):
-  def __init__(self, dim: int, hidden: int, *, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+  """Linear -> GELU -> Linear. `approximate_gelu`: the tanh approximation (Scenic's ViViT and
+  HF's "gelu_fast") instead of the exact erf form."""
+
+  def __init__(self, dim: int, hidden: int, *, approximate_gelu: bool = False,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    self.approximate_gelu = approximate_gelu
     self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu))
+
+
+class TemporalAttention(nnx.Module):
+  """The time step of a factorised block: x + [fc](DropPath(Attn(LN x))), each token attending
+  to its spatial position's tokens in every frame. A CLS token is left out and passes
+  unchanged. TimeSformer adds `fc`, a Linear initialised to zero, so that a block copied from an
+  image model starts as that model; its drop path comes before the fc, as in the reference."""
+
+  def __init__(self, dim: int, num_heads: int, layout: TokenLayout, *, fc: bool,
+               qkv_bias: bool = True, k_bias: bool = False, dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.cls_token = layout.cls_token
+    self.norm = LayerNorm(dim, rngs=rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias,
+                          attend=attend_within_positions,
+                          layout=dataclasses.replace(layout, cls_token=False), dtype=dtype,
+                          rngs=rngs)
+    self.fc = Dense(dim, dim, ("embed", None), kernel_init=zeros, dtype=dtype,
+                    rngs=rngs) if fc else None
+
+  def __call__(self, x, rate: float, key):
+    cls, x = (x[:, :1], x[:, 1:]) if self.cls_token else (None, x)
+    residual = drop_path(self.attn(self.norm(x)), rate, key)
+    x = x + (residual if self.fc is None else self.fc(residual))
+    return x if cls is None else jnp.concatenate([cls, x], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceTimeAttention:
+  """A space-time attention variant of `Block`: the `attend` rule of its attention, and an
+  optional temporal step (`TemporalAttention`) "before" or "after" that attention."""
+  attend: Callable
+  temporal: str = ""
+  temporal_fc: bool = False
+
+
+# config.model.attention -> variant. "space_only" and "factorised_encoder" are not block
+# variants: those models run "joint" blocks over frames or time slices apart (timesformer.py,
+# vivit.py).
+ATTENTIONS = {
+    "joint": SpaceTimeAttention(attend_all),
+    # TimeSformer: time (+ temporal_fc), then space with the CLS token averaged over frames.
+    "divided": SpaceTimeAttention(attend_within_frames, temporal="before", temporal_fc=True),
+    # ViViT model 3: space, then time, each with its own LN and residual (the paper's order;
+    # Scenic's block defaults to time first).
+    "factorised_self": SpaceTimeAttention(attend_within_frames, temporal="after"),
+    # ViViT model 4: one attention, half its heads over time, half over space.
+    "factorised_dot": SpaceTimeAttention(attend_split_heads),
+}
+
+# config.model.remat -> what a block keeps for the backward pass ("none": everything, no
+# recomputation). "full" keeps only its input and recomputes the rest; "dots" also keeps the
+# outputs of matmuls without batch dimensions (qkv, projections, MLP) and recomputes attention
+# scores and element-wise work.
+REMAT = ("none", "full", "dots")
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Block(nnx.Module):
-  """Pre-LN transformer block: x + DropPath(Attn(LN x)); x + DropPath(MLP(LN x))."""
+  """Pre-LN transformer block: x + DropPath(Attn(LN1 x)); x + DropPath(MLP(LN2 x)).
 
-  def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               drop_path: float = 0.0, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    self.drop_path = drop_path
+  `attention` (a key of ATTENTIONS) makes it a space-time variant over tokens laid out as
+  `layout`: the attention's attend rule, and a temporal step before or after it. `remat`
+  (one of REMAT) recomputes the block in the backward pass to save memory.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, attention: str = "joint",
+               layout: TokenLayout | None = None, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+               k_bias: bool = False, approximate_gelu: bool = False, drop_path: float = 0.0,
+               remat: str = "none", dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if attention not in ATTENTIONS:
+      raise ValueError(f"attention {attention!r} is unknown; choose one of {sorted(ATTENTIONS)}")
+    if remat not in REMAT:
+      raise ValueError(f"remat {remat!r} is unknown; choose one of {REMAT}")
+    variant = ATTENTIONS[attention]
+    if variant.attend is not attend_all and layout is None:
+      raise ValueError(f"attention {attention!r} needs the token layout")
+    if variant.attend is attend_split_heads and num_heads % 2:
+      raise ValueError(f"attention 'factorised_dot' splits the heads between time and space: "
+                       f"num_heads={num_heads} must be even")
+    self.drop_path, self.remat = drop_path, remat
+    self.temporal_first = variant.temporal == "before"
+    if variant.temporal:
+      self.temporal = TemporalAttention(dim, num_heads, layout, fc=variant.temporal_fc,
+                                        qkv_bias=qkv_bias, k_bias=k_bias, dtype=dtype, rngs=rngs)
+    else:
+      self.temporal = None
     self.norm1 = LayerNorm(dim, rngs=rngs)
-    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias,
+                          attend=variant.attend, layout=layout, dtype=dtype, rngs=rngs)
     self.norm2 = LayerNorm(dim, rngs=rngs)
-    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate_gelu=approximate_gelu, dtype=dtype,
+                   rngs=rngs)
 
   def __call__(self, x, key=None):
+    if self.remat == "none":
+      return self._forward(x, key)
+    return nnx.remat(Block._forward, policy=REMAT_POLICIES[self.remat])(self, x, key)
+
+  def _forward(self, x, key):
     k1, k2 = jax.random.split(key) if key is not None else (None, None)
+    k_time = jax.random.fold_in(key, 2) if key is not None else None
+    if self.temporal is not None and self.temporal_first:
+      x = self.temporal(x, self.drop_path, k_time)
     x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, k1)
+    if self.temporal is not None and not self.temporal_first:
+      x = self.temporal(x, self.drop_path, k_time)
     return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, k2)
 
 

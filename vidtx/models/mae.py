@@ -56,9 +56,9 @@ def _gather(x, indices):
 class Decoder(nnx.Module):
   """Pre-LN blocks -> LN -> Linear to a tubelet's pixels."""
 
-  def __init__(self, width: int, depth: int, num_heads: int, out_dim: int, *, dtype,
+  def __init__(self, width: int, depth: int, num_heads: int, out_dim: int, *, remat: str, dtype,
                rngs: nnx.Rngs):
-    self.blocks = nnx.List([layers.Block(width, num_heads, dtype=dtype, rngs=rngs)
+    self.blocks = nnx.List([layers.Block(width, num_heads, remat=remat, dtype=dtype, rngs=rngs)
                             for _ in range(depth)])
     self.norm = layers.LayerNorm(width, rngs=rngs)
     self.head = layers.Dense(width, out_dim, ("embed", None), dtype=dtype, rngs=rngs)
@@ -69,11 +69,11 @@ class BridgingClassifier(nnx.Module):
   token mean -> LN -> dropout -> Linear. Xavier-uniform init throughout."""
 
   def __init__(self, in_dim: int, width: int, depth: int, num_heads: int, num_classes: int, *,
-               dropout: float, dtype, rngs: nnx.Rngs):
+               dropout: float, remat: str, dtype, rngs: nnx.Rngs):
     self.dropout = dropout
     self.proj = layers.Dense(in_dim, width, ("embed", None), use_bias=False, dtype=dtype,
                              rngs=rngs)
-    self.blocks = nnx.List([layers.Block(width, num_heads, dtype=dtype, rngs=rngs)
+    self.blocks = nnx.List([layers.Block(width, num_heads, remat=remat, dtype=dtype, rngs=rngs)
                             for _ in range(depth)])
     self.norm = layers.LayerNorm(width, rngs=rngs)
     self.head = layers.Dense(width, num_classes, ("embed", "classes"), rngs=rngs)
@@ -94,8 +94,8 @@ class MaskedVideoModel(nnx.Module):
                decoder_width: int = 384, decoder_depth: int = 4, decoder_heads: int = 6,
                classifier: str = "none", bridge_width: int = 512, bridge_depth: int = 2,
                bridge_heads: int = 4, head_dropout: float = 0.0, recon_weight: float = 1.0,
-               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), remat: str = "none",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     if classifier not in CLASSIFIERS:
       raise ValueError(f"config.model.classifier={classifier!r}: use one of {CLASSIFIERS}")
     self.patch_size, self.mean, self.std = tuple(patch_size), tuple(mean), tuple(std)
@@ -103,7 +103,8 @@ class MaskedVideoModel(nnx.Module):
     self.encoder = vit.Encoder(num_frames=num_frames, image_size=image_size,
                                patch_size=patch_size, width=width, depth=depth,
                                num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                               pos_embed="sincos", drop_path=drop_path, dtype=dtype, rngs=rngs)
+                               pos_embed="sincos", drop_path=drop_path, remat=remat,
+                               dtype=dtype, rngs=rngs)
     self.norm = layers.LayerNorm(width, rngs=rngs)
     self.encoder_to_decoder = layers.Dense(width, decoder_width, ("embed", None), use_bias=False,
                                            dtype=dtype, rngs=rngs)
@@ -112,11 +113,11 @@ class MaskedVideoModel(nnx.Module):
     self.decoder_pos_embed = layers.SinCosPosEmbed(self.encoder.num_patches, decoder_width)
     self.decoder = Decoder(decoder_width, decoder_depth, decoder_heads,
                            3 * self.patch_size[0] * self.patch_size[1] * self.patch_size[2],
-                           dtype=dtype, rngs=rngs)
+                           remat=remat, dtype=dtype, rngs=rngs)
     if classifier == "bridge":
       self.classifier = BridgingClassifier(width, bridge_width, bridge_depth, bridge_heads,
-                                           num_classes, dropout=head_dropout, dtype=dtype,
-                                           rngs=rngs)
+                                           num_classes, dropout=head_dropout, remat=remat,
+                                           dtype=dtype, rngs=rngs)
     else:
       self.classifier = None
 

@@ -37,12 +37,16 @@ class Encoder(nnx.Module):
   """Tubelet embedding + position embedding (+ CLS token) + pre-LN blocks, no final norm.
 
   Shared by every ViT-family model, so one pre-trained encoder moves between them by name.
+  `attention` is the blocks' space-time variant (`layers.ATTENTIONS`) over the (t, h, w) tokens;
+  `k_bias`, `approximate_gelu` and `remat` are passed to the blocks (`layers.Block`).
   """
 
   def __init__(self, *, num_frames: int, image_size: int, patch_size=(2, 16, 16),
                width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-               qkv_bias: bool = True, pos_embed: str = "sincos", cls_token: bool = False,
-               drop_path: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               qkv_bias: bool = True, k_bias: bool = False, approximate_gelu: bool = False,
+               pos_embed: str = "sincos", cls_token: bool = False, attention: str = "joint",
+               drop_path: float = 0.0, remat: str = "none", dtype=jnp.float32, rngs: nnx.Rngs):
+    self.attention = attention
     self.patch_embed = layers.TubeletEmbed(patch_size, 3, width, dtype=dtype, rngs=rngs)
     self.grid = self.patch_embed.grid((1, num_frames, image_size, image_size, 3))
     self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
@@ -57,9 +61,11 @@ class Encoder(nnx.Module):
       self.pos_embed = layers.LearnedPosEmbed(num_positions, width, rngs=rngs)
     else:
       raise ValueError(f"config.model.pos_embed={pos_embed!r}: use 'sincos' or 'learned'")
+    layout = layers.TokenLayout(frames=self.grid[0], cls_token=cls_token)
     self.blocks = nnx.List([
-        layers.Block(width, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate,
-                     dtype=dtype, rngs=rngs)
+        layers.Block(width, num_heads, attention=attention, layout=layout, mlp_ratio=mlp_ratio,
+                     qkv_bias=qkv_bias, k_bias=k_bias, approximate_gelu=approximate_gelu,
+                     drop_path=rate, remat=remat, dtype=dtype, rngs=rngs)
         for rate in layers.drop_path_rates(drop_path, depth)
     ])
 
@@ -69,6 +75,9 @@ class Encoder(nnx.Module):
     `keep` [B, K]: indices of the visible tubelet tokens (`vidtx.models.masking`); only those
     are embedded and encoded, each with its own position embedding. `key` drives drop path.
     """
+    if keep is not None and self.attention != "joint":
+      raise ValueError(f"attention {self.attention!r} needs every token of the grid; masking "
+                       "(config.model.masking) works with attention='joint' only")
     x = self.patch_embed(video, keep)  # masked tubelets are never projected
     pos = self.pos_embed.table().astype(x.dtype)
     if self.cls_token is not None:  # row 0 of the table is the CLS token's
@@ -96,14 +105,15 @@ class VideoViT(nnx.Module):
                patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
                mlp_ratio: float = 4.0, qkv_bias: bool = True, pos_embed: str = "sincos",
                pool: str = "mean", drop_path: float = 0.0, head_dropout: float = 0.0,
-               head_init_scale: float = 1.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if pool not in ("mean", "cls"):
       raise ValueError(f"config.model.pool={pool!r}: use 'mean' or 'cls'")
     self.pool, self.head_dropout = pool, head_dropout
     self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                            width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            qkv_bias=qkv_bias, pos_embed=pos_embed, cls_token=pool == "cls",
-                           drop_path=drop_path, dtype=dtype, rngs=rngs)
+                           drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs)
     # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
     self.norm = layers.LayerNorm(width, rngs=rngs)
     head_init = lambda key, shape, dtype: layers.trunc_normal(key, shape, dtype) * head_init_scale
@@ -128,7 +138,8 @@ def encoder_args(model_config: ml_collections.ConfigDict,
   return dict(num_frames=data_config.num_frames, image_size=data_config.crop_size,
               patch_size=tuple(model_config.patch_size), width=width, depth=depth,
               num_heads=heads, mlp_ratio=model_config.mlp_ratio, qkv_bias=model_config.qkv_bias,
-              drop_path=model_config.drop_path, dtype=jnp.dtype(model_config.dtype))
+              drop_path=model_config.drop_path, remat=model_config.remat,
+              dtype=jnp.dtype(model_config.dtype))
 
 
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,

@@ -48,8 +48,9 @@ def main(argv):
   if flags.FLAGS.json:
     print(json.dumps(result))
   else:
-    print(f"model {c.model.name} ({c.model.size}), {c.data.num_frames}x{c.data.crop_size}^2, "
-          f"masking {c.model.masking} {c.model.mask_ratio}")
+    print(f"model {c.model.name} ({c.model.size}, attention {c.model.attention}), "
+          f"{c.data.num_frames}x{c.data.crop_size}^2, masking {c.model.masking} "
+          f"{c.model.mask_ratio}")
     print(f"parameters      {result['params']:,} ({result['params'] / 1e6:.1f}M)")
     print(f"GMACs per view  {result['gmacs']:.4g}  (compiled XLA cost analysis)")
 
