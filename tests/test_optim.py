@@ -62,3 +62,49 @@ def test_layer_decay_scales_each_layers_update():
   assert ratio(lambda s: s["encoder"]["blocks"][1]["mlp"]["fc1"]["bias"][...]) == pytest.approx(0.5)
   assert ratio(lambda s: s["head"]["kernel"][...]) == pytest.approx(1.0)
   assert ratio(lambda s: s["norm"]["scale"][...]) == pytest.approx(1.0)
+
+
+def _tiny_vit():
+  return vit.VideoViT(num_classes=3, num_frames=2, image_size=16, patch_size=(2, 8, 8), width=16,
+                      depth=2, num_heads=2, rngs=nnx.Rngs(0))
+
+
+def test_lr_scales_scale_matching_groups_and_frozen_params_get_no_update_or_state():
+  params = nnx.state(_tiny_vit(), nnx.Param)
+  grads = jax.tree.map(np.ones_like, params)
+  o = configuration.base().optim
+  o.warmup_steps, o.weight_decay, o.lr = 0, 0.0, 1e-3
+  plain = optim.build(o, total_steps=10)
+  ref, _ = plain.update(grads, plain.init(params), params)
+  # The first matching pattern wins: block 1 gets 0.5, the rest of the encoder 0.1.
+  o.lr_scales = ((r"^encoder/blocks/1/", 0.5), (r"^encoder/", 0.1))
+  o.frozen = (r"^head/",)
+  tx = optim.build(o, total_steps=10)
+  state = tx.init(params)
+  out, _ = tx.update(grads, state, params)
+  first = lambda tree, get: float(np.asarray(get(tree)).ravel()[0])
+  ratio = lambda get: first(out, get) / first(ref, get)
+  assert ratio(lambda s: s["encoder"]["blocks"][1]["attn"]["qkv"][...]) == pytest.approx(0.5)
+  assert ratio(lambda s: s["encoder"]["blocks"][0]["attn"]["qkv"][...]) == pytest.approx(0.1)
+  assert ratio(lambda s: s["encoder"]["patch_embed"]["kernel"][...]) == pytest.approx(0.1)
+  assert ratio(lambda s: s["norm"]["scale"][...]) == pytest.approx(1.0)
+  assert not np.any(out["head"]["kernel"][...]) and not np.any(out["head"]["bias"][...])
+  # Adam keeps two moments per trained value and none for the frozen head.
+  count = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))
+  head = count(params["head"])
+  assert count(state) - count(plain.init(params)) == pytest.approx(-2 * head, abs=8)
+
+
+def test_a_group_pattern_that_matches_nothing_is_an_error():
+  params = nnx.state(_tiny_vit(), nnx.Param)
+  o = configuration.base().optim
+  o.frozen, o.warmup_steps = ("^backbone/",), 0
+  with pytest.raises(ValueError, match=r"optim.frozen: '\^backbone/' matches no parameter"):
+    optim.build(o, total_steps=10).init(params)
+  c = configuration.base()
+  c.optim.lr_scales = (("^encoder/", -1.0),)
+  with pytest.raises(configuration.ConfigError, match="optim.lr_scales"):
+    configuration.validate(c, num_devices=1, num_processes=1)
+  c.optim.lr_scales, c.optim.frozen = (), ("encoder/(",)
+  with pytest.raises(configuration.ConfigError, match="optim.frozen.*not a regular expression"):
+    configuration.validate(c, num_devices=1, num_processes=1)

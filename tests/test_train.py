@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from flax import nnx
 
 from vidtx import checkpoint, configuration, train
 
@@ -121,6 +122,23 @@ def test_masked_training_runs_and_evaluates_on_the_test_mask(data_dir, tmp_path,
   assert np.isfinite(metrics["loss"]) and metrics["num_examples"] == 40
   # Traced keyed for the memory estimate and the train step, with the fixed mask for eval.
   assert seen == [False, False, True]
+
+
+def test_frozen_parameters_stay_as_initialised_through_training(data_dir, tmp_path):
+  overrides = {"optim.frozen": ("^encoder/patch_embed/",), "optim.warmup_steps": 1}
+  config = tiny_config(data_dir, total_steps=2, checkpoint_every_steps=2, **overrides)
+  train.train_and_evaluate(config, str(tmp_path))
+  setup = train.build(config)
+  with jax.set_mesh(setup.mesh):
+    initial = nnx.state(nnx.merge(setup.graphdef, train.init_state(setup))[0], nnx.Param)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  state, _ = ckpt.restore(setup.abstract_state)
+  ckpt.close()
+  trained = nnx.state(nnx.merge(setup.graphdef, state)[0], nnx.Param)
+  patch = lambda s: np.asarray(s["encoder"]["patch_embed"]["kernel"][...])
+  qkv = lambda s: np.asarray(s["encoder"]["blocks"][0]["attn"]["qkv"][...])
+  np.testing.assert_array_equal(patch(trained), patch(initial))
+  assert not np.allclose(qkv(trained), qkv(initial))
 
 
 def test_mixup_cutmix_and_label_smoothing_reach_the_train_step(data_dir, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -155,6 +156,14 @@ def base() -> ml_collections.ConfigDict:
   # Layer-wise lr decay (BEiT/VideoMAE): lr x decay^(L + 1 - i) with i = 0 for the embeddings,
   # i = n + 1 for encoder block n and L + 1 for everything after the encoder. 1.0: off.
   c.optim.layer_decay = 1.0
+  # Parameter groups, by regular expressions searched in a parameter's path (names joined by
+  # "/", e.g. "encoder/blocks/3/attn/qkv", "head/kernel"; see vidtx.optim.param_path). A
+  # pattern that matches no parameter stops the run at start.
+  # lr_scales: (pattern, scale) pairs; the first match multiplies that parameter's lr (and its
+  # weight decay), e.g. (("^backbone/", 0.1),) trains a pre-trained backbone at a tenth of the lr.
+  c.optim.lr_scales = ()
+  # frozen: patterns of parameters that are never updated and get no optimizer state.
+  c.optim.frozen = ()
 
   c.mesh = ml_collections.ConfigDict()
   # Device mesh. One -1 takes the remaining devices. data: pure data parallel; fsdp: params and
@@ -381,6 +390,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("optim.lr", o.lr, "must be positive")
   if not 0 < o.layer_decay <= 1:
     _fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
+  for entry in o.lr_scales:
+    if (not isinstance(entry, (tuple, list)) or len(entry) != 2
+        or not isinstance(entry[1], (int, float)) or entry[1] < 0):
+      _fail("optim.lr_scales", o.lr_scales, "give (pattern, scale) pairs with scale >= 0, "
+            "e.g. (('^backbone/', 0.1),)")
+  for field, patterns in (("optim.lr_scales", [e[0] for e in o.lr_scales]),
+                          ("optim.frozen", o.frozen)):
+    for pattern in patterns:
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        _fail(field, pattern, f"not a regular expression ({e})")
 
   mesh = config.mesh
   if len(mesh.axes) != len(mesh.shape):

@@ -1,5 +1,11 @@
 """Optimizer: AdamW with linear warm-up and cosine decay, weight decay on matrices only,
-optional layer-wise lr decay."""
+optional layer-wise lr decay, per-group lr scales and frozen parameters.
+
+Parameter groups are picked by regular expressions over a parameter's path, its names joined
+by "/" as `param_path` writes them, e.g. "encoder/blocks/3/attn/qkv" or "head/kernel".
+"""
+
+import re
 
 import jax
 import ml_collections
@@ -19,6 +25,41 @@ def decay_mask(params):
     names = {str(getattr(k, "key", k)) for k in path}
     return x.ndim >= 2 and not names & {"pos_embed", "cls_token"}
   return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def param_path(path) -> str:
+  """"encoder/blocks/3/attn/qkv" for a tree path into the parameters."""
+  names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+  return "/".join(names[:-1] if names and names[-1] == "value" else names)
+
+
+def _labels(patterns, params, field: str, label, default):
+  """A tree of `label(i)` for the first pattern i that matches each parameter's path, else
+  `default`. A pattern that matches nothing is an error: it is almost always a typo."""
+  paths = {}
+  jax.tree_util.tree_map_with_path(lambda p, x: paths.setdefault(param_path(p), None), params)
+  for pattern in patterns:
+    if not any(re.search(pattern, p) for p in paths):
+      raise ValueError(f"config.optim.{field}: {pattern!r} matches no parameter; paths look "
+                       f"like {sorted(paths)[:3]}")
+
+  def pick(path, x):
+    del x
+    p = param_path(path)
+    return next((label(i) for i, pattern in enumerate(patterns) if re.search(pattern, p)),
+                default)
+  return jax.tree_util.tree_map_with_path(pick, params)
+
+
+def scale_by_lr_scales(lr_scales) -> optax.GradientTransformation:
+  """Multiplies each update by the scale of the first (pattern, scale) in `lr_scales` that
+  matches its parameter's path; 1 where none does. Weight decay is scaled too, as with lr."""
+  def update(updates, state, params=None):
+    del params
+    scales = _labels([p for p, _ in lr_scales], updates, "lr_scales",
+                     lambda i: float(lr_scales[i][1]), 1.0)
+    return jax.tree.map(lambda u, s: u * s, updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def layer_id(path, depth: int) -> int:
@@ -50,4 +91,11 @@ def build(optim_config: ml_collections.ConfigDict, total_steps: int, depth: int 
                            weight_decay=o.weight_decay, mask=decay_mask))
   if o.layer_decay < 1:
     parts.append(scale_by_layer_decay(o.layer_decay, depth))
-  return optax.chain(*parts)
+  if o.lr_scales:
+    parts.append(scale_by_lr_scales(tuple(o.lr_scales)))
+  tx = optax.chain(*parts)
+  if not o.frozen:
+    return tx
+  # Frozen parameters get no optimizer state at all (no Adam moments), and a zero update.
+  labels = lambda params: _labels(tuple(o.frozen), params, "frozen", lambda i: "frozen", "train")
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -11,6 +11,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -33,8 +34,11 @@ def state_shardings(state, mesh: jax.sharding.Mesh, mesh_config: ml_collections.
   """NamedShardings for an nnx.State (concrete or abstract) from its logical axis names."""
   with nnx.logical_axis_rules(rules(mesh_config)):
     specs = nnx.get_partition_spec(state)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  # Frozen parameters' optimizer state is an empty optax.MaskedNode: it stays one, so the
+  # shardings have exactly the state's leaves.
+  empty = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda leaf, spec: leaf if empty(leaf) else NamedSharding(mesh, spec),
+                      state, specs, is_leaf=empty)
 
 
 def check_divisible(abstract_state, shardings) -> None:
