@@ -30,8 +30,8 @@ def _saved_activation_bytes(setup) -> int:
   """Bytes autodiff keeps for the backward pass of one micro-batch (all devices together).
 
   The residuals of `jax.vjp` also include the parameters the backward pass reads (and their
-  compute-dtype copies); one residual per parameter shape is not counted, as the parameters
-  are counted on their own.
+  compute-dtype copies, maybe reshaped); one residual per parameter size is not counted, as the
+  parameters are counted on their own.
   """
   config = setup.config
   batch = config.batch_size // config.grad_accum_steps
@@ -52,11 +52,11 @@ def _saved_activation_bytes(setup) -> int:
     return params, jax.vjp(forward, params)[1]
 
   params, residuals = jax.eval_shape(backward_residuals, setup.abstract_state, video)
-  unclaimed = collections.Counter(tuple(p.shape) for p in jax.tree.leaves(params))
+  unclaimed = collections.Counter(math.prod(p.shape) for p in jax.tree.leaves(params))
   total = 0
   for r in jax.tree.leaves(residuals):
-    if unclaimed[tuple(r.shape)]:
-      unclaimed[tuple(r.shape)] -= 1
+    if unclaimed[math.prod(r.shape)]:
+      unclaimed[math.prod(r.shape)] -= 1
     else:
       total += math.prod(r.shape) * jnp.dtype(r.dtype).itemsize
   return total
