@@ -44,6 +44,21 @@ def _read_json(path):
     return json.load(f)
 
 
+def conversion_settings(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """How the run's dataset stored its videos (metadata.json), else the converter's defaults."""
+  metadata = _read_json(os.path.join(run_data_dir(config, workdir), dmvr.METADATA)) or {}
+  return {**DEFAULT_CONVERSION, **metadata.get("settings", {})}
+
+
+def file_views(config: ml_collections.ConfigDict, conversion: dict, path: str) -> np.ndarray:
+  """float32 [views, T, S, S, 3] of the video file, as evaluation would see it.
+  Raises convert.VideoError naming what is wrong with the file."""
+  frames, _ = convert.read_video(path, **conversion)
+  record = dmvr.make_example(frames, 0).SerializeToString()
+  views, _ = dmvr.eval_example(config.data, record)
+  return views.numpy()
+
+
 class Predictor:
   """The model of a trained run and the evaluation preprocessing of its config."""
 
@@ -54,10 +69,8 @@ class Predictor:
                        "labels; use a fine-tuned run")
     self.config = config
     model, self.step = train.restore_model(config, workdir)
-    data_dir = run_data_dir(config, workdir)
-    self.labels = _read_json(os.path.join(data_dir, dmvr.LABELS))
-    metadata = _read_json(os.path.join(data_dir, dmvr.METADATA)) or {}
-    self.conversion = {**DEFAULT_CONVERSION, **metadata.get("settings", {})}
+    self.labels = _read_json(os.path.join(run_data_dir(config, workdir), dmvr.LABELS))
+    self.conversion = conversion_settings(config, workdir)
     graphdef, params = nnx.split(model)
     num_views = dmvr.num_views(config.data)
 
@@ -70,12 +83,7 @@ class Predictor:
     self._probabilities = lambda views: probabilities(params, views)
 
   def views(self, path: str) -> np.ndarray:
-    """float32 [views, T, S, S, 3] of the video file, as evaluation would see it.
-    Raises convert.VideoError naming what is wrong with the file."""
-    frames, _ = convert.read_video(path, **self.conversion)
-    record = dmvr.make_example(frames, 0).SerializeToString()
-    views, _ = dmvr.eval_example(self.config.data, record)
-    return views.numpy()
+    return file_views(self.config, self.conversion, path)
 
   def predict(self, path: str) -> np.ndarray:
     """Class probabilities [classes] of the video file, averaged over its views."""
