@@ -100,3 +100,27 @@ def test_configs_are_locked_against_unknown_fields():
   c.lock()
   with pytest.raises(AttributeError, match="learning_rate"):
     c.optim.learning_rate = 0.1
+
+
+def test_dataset_names_are_checked_and_kinetics600_has_600_classes():
+  c = configuration.base()
+  c.data.name = "kinetics700"
+  with pytest.raises(configuration.ConfigError, match="data.name='kinetics700'.*custom"):
+    configuration.validate(c, num_devices=1, num_processes=1)
+  configuration.use_dataset(c, "kinetics600")
+  assert (c.data.num_classes, c.data.frame_stride, c.data.eval_clips) == (600, 4, 5)
+
+
+def test_a_label_map_of_another_size_than_num_classes_is_an_error(tmp_path):
+  import json
+  from vidtx import data
+  from vidtx.data import dmvr
+  for split in ("train", "validation"):
+    dmvr.write_records(str(tmp_path / dmvr.shard_name(split, 0, 1)), [])
+  (tmp_path / dmvr.LABELS).write_text(json.dumps(["a", "b", "c"]))
+  c = configuration.base()
+  c.data.update({"name": "custom", "data_dir": str(tmp_path), "num_classes": 5})
+  with pytest.raises(configuration.ConfigError, match="num_classes=5.*names 3 classes.*=3"):
+    data.prepare(c.data, "")
+  c.data.num_classes = 3
+  assert data.prepare(c.data, "") == str(tmp_path)

@@ -67,7 +67,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.recon_weight = 1.0  # lambda: weight of the reconstruction MSE (MAR: 0.01 K400, 0.1 SSv2)
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic_motion"  # "synthetic_motion" is generated; others read from data_dir
+  # "synthetic_motion" is generated; the others are DMVR TFRecord shards in data_dir, written by
+  # vidtx.data.convert: "kinetics400", "kinetics600", "ssv2" (their standard settings are in
+  # DATASETS) or "custom" (your own videos). num_classes must match the labels.json there.
+  c.data.name = "synthetic_motion"
   c.data.data_dir = ""  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
   c.data.num_classes = 8
   c.data.num_frames = 8  # frames sampled per clip
@@ -194,6 +197,9 @@ DATASETS = {
     "kinetics400": dict(num_classes=400, num_frames=16, frame_stride=4, min_resize=256,
                         crop_size=224, flip="random", eval_clips=5, eval_crops=3,
                         eval_resize=224),
+    "kinetics600": dict(num_classes=600, num_frames=16, frame_stride=4, min_resize=256,
+                        crop_size=224, flip="random", eval_clips=5, eval_crops=3,
+                        eval_resize=224),
     # Segment sampling, as VideoMAE and MAR fine-tune on SSv2 (VideoMAE pre-trains with 16
     # frames 2 apart). Flips relabel the left/right pairs (e.g. "Pushing something from left to
     # right"). Test: 2 clips x 3 crops at short side 224.
@@ -210,6 +216,8 @@ FINETUNE_AUGMENTATION = dict(train_crop="random_resized", randaugment_layers=4,
 # Training clips per epoch, for configs that count in epochs (Kinetics-400 as VideoMAE lists
 # it; the exact count depends on which videos are still online).
 EPOCH_SIZES = {"kinetics400": 240_436, "ssv2": 168_913}
+# Every value of config.data.name.
+DATASET_NAMES = ("synthetic_motion", *DATASETS, "custom")
 
 
 def use_dataset(c: ml_collections.ConfigDict, name: str) -> None:
@@ -360,6 +368,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if d.crop_size % ph or d.crop_size % pw:
     _fail("data.crop_size", d.crop_size,
           f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
+  if d.name not in DATASET_NAMES:
+    _fail("data.name", d.name, f"choose one of {DATASET_NAMES} ('custom': your own videos "
+          "converted with vidtx.data.convert into data.data_dir)")
   from vidtx.data import dmvr
   dmvr.check_config(d)
   from vidtx.models import masking

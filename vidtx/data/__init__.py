@@ -1,8 +1,12 @@
 """Video data: the synthetic motion dataset and the DMVR TFRecord input pipeline."""
 
 # dmvr is imported first: it configures TensorFlow (quiet logs, no GPU) before anything uses it.
+import os
+
 from vidtx.data import dmvr
 from vidtx.data import synthetic
+from vidtx.configuration import ConfigError
+import tensorflow as tf  # after dmvr, which configures it
 from vidtx.data.dmvr import build, DataNotFoundError, num_examples
 
 SYNTHETIC = "synthetic_motion"
@@ -29,7 +33,21 @@ def prepare(data_config, workdir):
       dmvr.list_files(data_config.data_dir, split)  # raises naming the missing files
   except DataNotFoundError as e:
     raise DataNotFoundError(f"Dataset {data_config.name!r} is not prepared: {e} {how}") from None
+  _check_num_classes(data_config)
   return data_config.data_dir
+
+
+def _check_num_classes(data_config):
+  """The converter's labels.json, when there, must have config.data.num_classes names: a head
+  of another size would train on wrong or missing classes without an error."""
+  if not tf.io.gfile.exists(os.path.join(data_config.data_dir, dmvr.LABELS)):
+    return
+  names = dmvr.load_class_names(data_config.data_dir)
+  if len(names) != data_config.num_classes:
+    raise ConfigError(
+        f"config.data.num_classes={data_config.num_classes}, but {data_config.data_dir}/"
+        f"{dmvr.LABELS} names {len(names)} classes: set --config.data.num_classes="
+        f"{len(names)}")
 
 
 __all__ = ["build", "prepare", "num_examples", "DataNotFoundError", "SYNTHETIC"]
