@@ -20,6 +20,7 @@ setup(
         "pillow>=10.0",
         "tensorboard>=2.21,<2.22",  # clu's summary writer; tensorflow-cpu no longer pulls it
         "tensorflow-cpu>=2.21,<2.22",  # tf.data input pipelines only
+        "tensorflow-datasets>=4.9.10,<5",  # data.name="tfds:<name>"
     ],
     extras_require={
         # The notebooks are executed by tests/test_notebooks.py.

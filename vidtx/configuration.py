@@ -70,7 +70,10 @@ def base() -> ml_collections.ConfigDict:
   # "synthetic_motion" is generated; the others are DMVR TFRecord shards in data_dir, written by
   # vidtx.data.convert: "kinetics400", "kinetics600", "ssv2" (their standard settings are in
   # DATASETS) or "custom" (your own videos). num_classes must match the labels.json there.
+  # "tfds:<name>" reads a prepared TFDS video dataset (data_dir: its TFDS data_dir, "" for the
+  # default) through the same samplers and transforms.
   c.data.name = "synthetic_motion"
+  c.data.tfds_features = ("video", "label")  # "tfds:" datasets: video and ClassLabel features
   c.data.data_dir = ""  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
   c.data.num_classes = 8
   c.data.num_frames = 8  # frames sampled per clip
@@ -368,9 +371,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if d.crop_size % ph or d.crop_size % pw:
     _fail("data.crop_size", d.crop_size,
           f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
-  if d.name not in DATASET_NAMES:
+  if d.name not in DATASET_NAMES and not d.name.startswith("tfds:"):
     _fail("data.name", d.name, f"choose one of {DATASET_NAMES} ('custom': your own videos "
-          "converted with vidtx.data.convert into data.data_dir)")
+          "converted with vidtx.data.convert into data.data_dir) or 'tfds:<name>'")
   from vidtx.data import dmvr
   dmvr.check_config(d)
   from vidtx.models import masking

@@ -16,11 +16,21 @@ def prepare(data_config, workdir):
   """Makes sure the dataset exists and returns its directory (pass it to `build`).
 
   synthetic_motion is generated on first use into config.data.data_dir, or into
-  <workdir>/data/synthetic_motion when that is "". Other datasets must already be in
+  <workdir>/data/synthetic_motion when that is "". "tfds:<name>" must be prepared in TFDS's
+  data_dir (config.data.data_dir; "" is TFDS's default). Other datasets must already be in
   config.data.data_dir; a DataNotFoundError says what is missing.
   """
   if data_config.name == SYNTHETIC:
     return synthetic.prepare(data_config, workdir)
+  if dmvr.is_tfds(data_config):
+    for split in (data_config.train_split, data_config.eval_split):
+      dmvr.split_files(data_config, data_config.data_dir, split)  # raises saying how to prepare
+    classes = dmvr.tfds_num_classes(data_config, data_config.data_dir)
+    if classes != data_config.num_classes:
+      raise ConfigError(f"config.data.num_classes={data_config.num_classes}, but "
+                        f"{data_config.name!r} has {classes} classes: set "
+                        f"--config.data.num_classes={classes}")
+    return data_config.data_dir
   how = (f"Prepare {data_config.name!r} as DMVR TFRecord shards (README, section Data) and pass "
          "--config.data.data_dir=<their directory>; or try this config on the built-in data "
          f"with --config.data.name={SYNTHETIC}.")

@@ -221,6 +221,9 @@ def check_split(data_config, split, *, num_examples=8, full=True, out=print):
 
 def check(data_config, splits=None, *, num_examples=8, full=True, out=print):
   """Checks `splits` (default: the train and eval splits); returns {split: records read}."""
+  if dmvr.is_tfds(data_config):
+    raise CheckError(f"config.data.name={data_config.name!r}: this checks DMVR shards written by "
+                     "vidtx.data.convert; TFDS datasets are checked by TFDS when they are built")
   if not data_config.data_dir:
     raise CheckError("config.data.data_dir is empty: pass --config.data.data_dir=<the "
                      "converter's --output_dir>")

@@ -143,6 +143,78 @@ def host_files(files, process_index, process_count):
   return mine
 
 
+TFDS_PREFIX = "tfds:"  # config.data.name "tfds:<name>" reads a TFDS video dataset
+
+
+def is_tfds(data_config) -> bool:
+  return data_config.name.startswith(TFDS_PREFIX)
+
+
+_BUILDERS = {}
+
+
+def tfds_builder(data_config, data_dir):
+  """The prepared TFDS builder of data.name "tfds:<name>" in `data_dir` ("" for TFDS's default
+  directory). Raises DataNotFoundError saying how to prepare it."""
+  name = data_config.name[len(TFDS_PREFIX):]
+  if (name, data_dir) not in _BUILDERS:
+    import tensorflow_datasets as tfds  # only TFDS datasets need it
+    how = (f"Prepare it with `tfds build {name} --data_dir=<dir>` (or the dataset's "
+           "instructions for manual downloads) and pass --config.data.data_dir=<dir>.")
+    try:
+      builder = tfds.builder(name, data_dir=data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise DataNotFoundError(f"config.data.name={data_config.name!r}: {e}") from None
+    if not builder.is_prepared():
+      raise DataNotFoundError(f"config.data.name={data_config.name!r} is not prepared in "
+                              f"{builder.data_dir}. {how}")
+    _BUILDERS[name, data_dir] = builder
+  return _BUILDERS[name, data_dir]
+
+
+def _tfds_split(data_config, data_dir, split):
+  splits = tfds_builder(data_config, data_dir).info.splits
+  if split not in splits:
+    raise DataNotFoundError(f"config.data.name={data_config.name!r} has no split {split!r}; "
+                            f"it has {sorted(splits.keys())} (config.data.train_split, "
+                            "eval_split)")
+  return splits[split]
+
+
+def split_files(data_config, data_dir, split):
+  """The split's record files: DMVR shards, or a TFDS dataset's TFRecord files."""
+  if is_tfds(data_config):
+    return [os.fspath(p) for p in _tfds_split(data_config, data_dir, split).filepaths]
+  return list_files(data_dir, split)
+
+
+def record_parser(data_config):
+  """serialized record -> (encoded frames [n] string, label int32): a DMVR SequenceExample, or
+  a TFDS example (its video feature's frames left encoded, so only sampled frames decode)."""
+  if not is_tfds(data_config):
+    return parse_example
+  import tensorflow_datasets as tfds
+  video_key, label_key = data_config.tfds_features
+  features = tfds_builder(data_config, data_config.data_dir).info.features
+
+  def parse(serialized):
+    example = features.deserialize_example(
+        serialized, decoders={video_key: tfds.decode.SkipDecoding()})
+    return example[video_key], tf.cast(example[label_key], tf.int32)
+  return parse
+
+
+def tfds_num_classes(data_config, data_dir):
+  """Classes of the TFDS dataset's label feature (a ClassLabel)."""
+  _, label_key = data_config.tfds_features
+  features = tfds_builder(data_config, data_dir).info.features
+  if label_key not in features or not hasattr(features[label_key], "num_classes"):
+    raise ConfigError(f"config.data.tfds_features={tuple(data_config.tfds_features)!r}: "
+                      f"{label_key!r} is not a ClassLabel feature of {data_config.name!r}; its "
+                      f"features are {list(features.keys())}")
+  return features[label_key].num_classes
+
+
 def _load_metadata(data_dir):
   path = os.path.join(data_dir, METADATA)
   if not tf.io.gfile.exists(path):
@@ -175,14 +247,19 @@ def _file_counts(data_dir, files):
 
 def num_examples(data_config, split, data_dir):
   """Total number of examples in `split` (all hosts together)."""
+  if is_tfds(data_config):
+    return _tfds_split(data_config, data_dir, split).num_examples
   count = _load_metadata(data_dir).get("splits", {}).get(split)
   if count is not None:
     return int(count)
   return sum(_file_counts(data_dir, list_files(data_dir, split)))
 
 
-def _host_counts(data_dir, split, files, process_count):
+def _host_counts(data_config, data_dir, split, files, process_count):
   """Number of records of every host; a single host may use the metadata split count."""
+  if is_tfds(data_config):
+    counts = _tfds_split(data_config, data_dir, split).shard_lengths
+    return [sum(counts[p::process_count]) for p in range(process_count)]
   if process_count == 1:
     count = _load_metadata(data_dir).get("splits", {}).get(split)
     if count is not None:
@@ -257,7 +334,7 @@ def train_example(data_config, serialized, key, flip_table=None):
   `flip_table` (transforms.flip_table) is needed for flip="swap_labels".
   """
   cfg = data_config
-  encoded, label = parse_example(serialized)
+  encoded, label = record_parser(cfg)(serialized)
   indices = sample_frames(cfg, tf.shape(encoded)[0], key=fold_in(key, 0))
   frames = transforms.decode_frames(tf.gather(encoded, indices))
   frames.set_shape([cfg.num_frames, None, None, 3])
@@ -287,7 +364,7 @@ def eval_example(data_config, serialized):
   Frames shared by several clips are decoded once.
   """
   cfg = data_config
-  encoded, label = parse_example(serialized)
+  encoded, label = record_parser(cfg)(serialized)
   indices = sample_frames(cfg, tf.shape(encoded)[0], num_clips=cfg.eval_clips)
   unique, position = tf.unique(tf.reshape(indices, [-1]))
   frames = tf.gather(transforms.decode_frames(tf.gather(encoded, unique)), position)
@@ -542,12 +619,14 @@ def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=
   cfg = data_config
   check_config(cfg)
   data_dir = data_dir or cfg.data_dir
-  if not data_dir:
-    raise ValueError("config.data.data_dir is empty: pass data_dir=prepare(config.data, workdir) "
-                     "to build().")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, {process_count}).")
-  files = list_files(data_dir, split)
+  if is_tfds(cfg):
+    data_dir = cfg.data_dir  # "" is TFDS's default directory
+  elif not data_dir:
+    raise ValueError("config.data.data_dir is empty: pass data_dir=prepare(config.data, workdir) "
+                     "to build().")
+  files = split_files(cfg, data_dir, split)
   mine = host_files(files, process_index, process_count)
   if split == cfg.train_split:
     if batch_size % cfg.repeated_aug:
@@ -560,7 +639,7 @@ def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=
         raise ConfigError(f"config.data.num_classes={cfg.num_classes}: the dataset's "
                           f"{LABELS} names {len(names)} classes")
       flip_table = transforms.flip_table(names)
-    counts = _host_counts(data_dir, split, files, process_count)
+    counts = _host_counts(cfg, data_dir, split, files, process_count)
     ds = train_dataset(cfg, mine, counts[process_index], batch_size=batch_size, seed=seed,
                        start_batch=start_batch, process_index=process_index,
                        flip_table=flip_table)
@@ -572,6 +651,7 @@ def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=
   # extra all-padding batches (a single host needs no counting).
   num_batches = 0
   if process_count > 1:
-    num_batches = math.ceil(max(_host_counts(data_dir, split, files, process_count)) / batch_size)
+    num_batches = math.ceil(
+        max(_host_counts(cfg, data_dir, split, files, process_count)) / batch_size)
   return _padded_eval_batches(eval_dataset(cfg, mine, batch_size=batch_size), cfg, batch_size,
                               num_batches)

@@ -84,9 +84,9 @@ def segment_indices(num_available, num_frames, key=None, num_clips=1):
 
 
 def decode_frames(encoded):
-  """Decodes JPEG frames [T] string -> uint8 [T, H, W, 3]."""
-  return tf.map_fn(lambda x: tf.io.decode_jpeg(x, channels=3), encoded,
-                   fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+  """Decodes JPEG (DMVR) or PNG (TFDS video) frames [T] string -> uint8 [T, H, W, 3]."""
+  return tf.map_fn(lambda x: tf.io.decode_image(x, channels=3, expand_animations=False),
+                   encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
 def resize_short_side(frames, size):

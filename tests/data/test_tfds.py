@@ -1,0 +1,95 @@
+"""TFDS video datasets ("tfds:<name>") through the same samplers, transforms and batching."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vidtx import configuration, data
+from vidtx.data import dmvr
+
+NAME = "vidtx_test_videos"
+
+
+class VidtxTestVideos(tfds.core.GeneratorBasedBuilder):
+  """Random videos of 5-10 frames, 24x32, three classes; registered as "vidtx_test_videos"."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "video": tfds.features.Video((None, 24, 32, 3)),
+        "label": tfds.features.ClassLabel(names=["a", "b", "c"])}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(8, 0), "validation": self._generate_examples(3, 1)}
+
+  def _generate_examples(self, count, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+      yield i, {"video": rng.integers(0, 256, (5 + i % 6, 24, 32, 3), dtype=np.uint8),
+                "label": i % 3}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  VidtxTestVideos(data_dir=path).download_and_prepare()
+  return path
+
+
+def data_config(data_dir, **overrides):
+  c = configuration.base()
+  c.data.update({"name": f"tfds:{NAME}", "data_dir": data_dir, "num_classes": 3,
+                 "num_frames": 4, "min_resize": 24, "crop_size": 16, "flip": "random",
+                 "eval_clips": 2, "eval_crops": 3, **overrides})
+  configuration.validate(c, num_devices=1, num_processes=1)
+  return c.data
+
+
+def test_train_and_multi_view_eval_batches(tfds_dir):
+  cfg = data_config(tfds_dir)
+  assert data.prepare(cfg, "") == tfds_dir
+  assert data.num_examples(cfg, "train", tfds_dir) == 8
+  batches = data.build(cfg, "train", batch_size=4, seed=0)
+  for _ in range(3):  # more than one epoch of 2 batches
+    batch = next(batches)
+    assert batch["video"].shape == (4, 4, 16, 16, 3) and batch["video"].dtype == np.float32
+    assert set(batch["label"]) <= {0, 1, 2}
+  assert batches.skipped == 0
+  evals = list(data.build(cfg, "validation", batch_size=2, seed=0))
+  assert [b["video"].shape for b in evals] == [(2, 6, 4, 16, 16, 3)] * 2
+  assert sorted(np.concatenate([b["label"][b["mask"] > 0] for b in evals])) == [0, 1, 2]
+
+
+def test_a_tfds_record_gives_the_clip_its_frames_give_as_a_dmvr_record(tfds_dir):
+  cfg = data_config(tfds_dir, randaugment_layers=2, random_erasing=0.5)
+  path = dmvr.split_files(cfg, tfds_dir, "train")[0]
+  record = next(iter(tf.data.TFRecordDataset(path)))
+  frames, label = dmvr.record_parser(cfg)(record)
+  as_dmvr = dmvr.make_example(frames.numpy().tolist(), int(label)).SerializeToString()
+  dmvr_cfg = data_config(tfds_dir, randaugment_layers=2, random_erasing=0.5)
+  dmvr_cfg.name = "custom"
+  key = tf.constant([3, 4], tf.int64)
+  ours = dmvr.train_example(cfg, record, key)
+  theirs = dmvr.train_example(dmvr_cfg, as_dmvr, key)
+  np.testing.assert_array_equal(ours[0], theirs[0])
+  assert int(ours[1][0]) == int(label)
+  np.testing.assert_array_equal(dmvr.eval_example(cfg, record)[0],
+                                dmvr.eval_example(dmvr_cfg, as_dmvr)[0])
+
+
+def test_missing_datasets_splits_and_wrong_class_counts_are_clear_errors(tfds_dir, tmp_path):
+  from vidtx.data import check
+  with pytest.raises(check.CheckError, match="checks DMVR shards"):
+    check.check(data_config(tfds_dir))
+  with pytest.raises(dmvr.DataNotFoundError, match="not prepared.*tfds build"):
+    data.prepare(data_config(str(tmp_path)), "")
+  with pytest.raises(dmvr.DataNotFoundError, match="tfds:vidtx_no_such_videos"):
+    data.prepare(data_config(tfds_dir, name="tfds:vidtx_no_such_videos"), "")
+  with pytest.raises(dmvr.DataNotFoundError, match="no split 'test'"):
+    data.prepare(data_config(tfds_dir, eval_split="test"), "")
+  with pytest.raises(configuration.ConfigError, match="num_classes=5.*has 3 classes"):
+    data.prepare(data_config(tfds_dir, num_classes=5), "")
+  with pytest.raises(configuration.ConfigError, match="'clip' is not a ClassLabel"):
+    data.prepare(data_config(tfds_dir, tfds_features=("video", "clip")), "")
