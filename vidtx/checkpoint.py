@@ -5,7 +5,9 @@ state is restored against an abstract target carrying the *current* mesh's shard
 checkpoint written on one topology restores on another.
 """
 
+import math
 import os
+import re
 
 import jax
 import numpy as np
@@ -103,41 +105,113 @@ def save_params(directory: str, params: dict) -> str:
   return os.path.join(os.path.abspath(directory), "0")
 
 
-def init_from(state: nnx.State, path: str) -> nnx.State:
+INFLATIONS = ("average", "central")
+
+
+def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average") -> nnx.State:
   """`state` (model, optimizer) with the model parameters of the checkpoint at `path` copied
   in by name where the shapes agree, restored straight into their current shardings.
 
+  An image model's weights (e.g. a 2-D ViT converted by vidtx.tools.convert_weights) are
+  inflated to video, given the model's token `grid` (T', H', W'):
+  - a patch kernel of one frame [1, h, w, C, D] becomes [t, h, w, C, D]: repeated over t and
+    divided by t ("average": a clip of equal frames gives the image's tokens) or placed at the
+    central frame with zeros elsewhere ("central");
+  - learned position embeddings of the image's h x w patches are resized bicubically to H' x W'
+    and tiled over the T' frames when the model has a row per tubelet (a CLS row is kept);
+  - "encoder/..." names also fill a model without that prefix (TimeSformer), and a temporal
+    attention the image model lacks (TimeSformer's blocks/i/temporal) starts as a copy of the
+    block's spatial one (its output fc stays zero, so the model starts as the image model).
   Parameters the checkpoint lacks (a new head) keep their fresh values, parameters the model
-  lacks (a pre-training decoder in a plain classifier) are not read; both are logged.
+  lacks (a pre-training decoder in a plain classifier) are not read; all are logged.
   """
+  if inflation not in INFLATIONS:
+    raise configuration.ConfigError(f"config.init_from_inflation={inflation!r}: choose one of "
+                                    f"{INFLATIONS}")
   step_dir = _step_directory(path)
   saved = _flat(ocp.PyTreeCheckpointer().metadata(
       os.path.join(step_dir, "state")).item_metadata.tree["0"])
   pure = nnx.to_pure_dict(state)
   current = _flat(pure[0])
-  same = {k for k, v in current.items() if k in saved and tuple(saved[k].shape) == v.shape}
-  if not same:
-    raise configuration.ConfigError(
-        f"config.init_from={path!r}: none of its parameters matches the model by name and shape "
-        f"(it has e.g. {sorted(saved)[:3]}, the model {sorted(current)[:3]}); was it written for "
-        "another model? PyTorch weights go through vidtx.tools.convert_weights first")
+  source = {k: _source_name(k, saved) for k in current}
+  source = {k: v for k, v in source.items() if v is not None}
+  same = {k for k, v in source.items() if v == k and tuple(saved[k].shape) == current[k].shape}
   target = {"0": _nest({k: jax.ShapeDtypeStruct(current[k].shape, current[k].dtype,
                                                 sharding=current[k].sharding) for k in same})}
   restored = _flat(ocp.PyTreeCheckpointer().restore(
       os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))["0"])
+          partial_restore=True))["0"]) if same else {}
+  surgery = {k: v for k, v in source.items() if k not in same}
+  if surgery:
+    names = sorted(set(surgery.values()))
+    host = _flat(ocp.PyTreeCheckpointer().restore(
+        os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+            item={"0": _nest({n: saved[n] for n in names})},
+            restore_args={"0": _nest({n: ocp.RestoreArgs(restore_type=np.ndarray)
+                                      for n in names})},
+            partial_restore=True))["0"])
+    for k, name in surgery.items():
+      value = _inflate(k, np.asarray(host[name]), current[k].shape, grid, inflation)
+      if value is not None:
+        restored[k] = jax.device_put(value.astype(current[k].dtype), current[k].sharding)
+  if not restored:
+    raise configuration.ConfigError(
+        f"config.init_from={path!r}: none of its parameters matches the model by name and shape "
+        f"(it has e.g. {sorted(saved)[:3]}, the model {sorted(current)[:3]}); was it written for "
+        "another model? PyTorch weights go through vidtx.tools.convert_weights first")
   pure[0] = jax.tree_util.tree_map_with_path(
       lambda p, v: restored.get(jax.tree_util.keystr(p, simple=True, separator="/"), v), pure[0])
   nnx.replace_by_pure_dict(state, pure)
-  fresh = sorted(current.keys() - same)
-  unused = sorted(saved.keys() - same)
-  logging.info("init_from %s: copied %d of %d parameter arrays (%s of %s values); kept fresh: "
-               "%s; not used from the checkpoint: %s", step_dir, len(same), len(current),
-               f"{sum(int(np.prod(current[k].shape)) for k in same):,}",
+  fresh = sorted(current.keys() - restored.keys())
+  unused = sorted(saved.keys() - set(source[k] for k in restored))
+  logging.info("init_from %s: copied %d of %d parameter arrays (%d inflated or renamed; %s of %s "
+               "values); kept fresh: %s; not used from the checkpoint: %s", step_dir,
+               len(restored), len(current), len(restored) - len(same),
+               f"{sum(int(np.prod(current[k].shape)) for k in restored):,}",
                f"{sum(int(np.prod(v.shape)) for v in current.values()):,}",
                fresh or "none", unused or "none")
   return state
+
+
+def _source_name(name: str, saved: dict):
+  """The checkpoint entry that initialises parameter `name`, or None."""
+  temporal = re.fullmatch(r"(.*blocks/\d+/)temporal/(attn|norm)/(.*)", name)
+  candidates = [name, f"encoder/{name}"]
+  if temporal:  # TimeSformer's temporal attention from the block's spatial one
+    prefix, part, rest = temporal.groups()
+    spatial = f"{prefix}{'attn' if part == 'attn' else 'norm1'}/{rest}"
+    candidates += [spatial, f"encoder/{spatial}"]
+  return next((c for c in candidates if c in saved), None)
+
+
+def _inflate(name: str, value: np.ndarray, shape, grid, inflation: str):
+  """`value` reshaped for parameter `name` of `shape` by the image -> video rules, or None."""
+  shape = tuple(shape)
+  if value.shape == shape:
+    return value
+  if name.endswith("patch_embed/kernel") and value.shape[0] == 1 and value.shape[1:] == shape[1:]:
+    t = shape[0]
+    if inflation == "average":
+      return np.repeat(value, t, axis=0) / t
+    out = np.zeros(shape, value.dtype)
+    out[t // 2] = value[0]
+    return out
+  if name.endswith("pos_embed/embedding") and grid is not None and value.shape[1] == shape[1]:
+    frames, height, width = grid
+    cls = shape[0] - height * width * (frames if shape[0] > height * width + 1 else 1)
+    side = math.isqrt(value.shape[0] - cls)
+    if cls not in (0, 1) or side * side != value.shape[0] - cls:
+      return None
+    patches = value[cls:].reshape(side, side, -1)
+    if (side, side) != (height, width):
+      patches = np.asarray(jax.image.resize(patches, (height, width, patches.shape[-1]),
+                                            "bicubic"))
+    patches = patches.reshape(height * width, -1)
+    if shape[0] - cls == frames * height * width:
+      patches = np.tile(patches, (frames, 1))  # time-major rows t * H'W' + s
+    return np.concatenate([value[:cls], patches]) if cls else patches
+  return None
 
 
 def _check_shapes(saved, target) -> None:

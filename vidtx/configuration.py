@@ -149,6 +149,10 @@ def base() -> ml_collections.ConfigDict:
   # run initialises MAR or a ViT fine-tune); the rest keep their fresh init and are logged.
   # Ignored when the workdir already holds a checkpoint (a resume).
   c.init_from = ""
+  # An image model's one-frame patch kernel inflated over the tubelet's frames: "average"
+  # (repeated / t: a clip of equal frames gives the image's tokens) or "central" (zeros but
+  # the central frame). Position embeddings are resized and tiled over time (checkpoint.py).
+  c.init_from_inflation = "average"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3  # peak learning rate
@@ -393,6 +397,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
                 "keep_checkpoints"):
     if config[field] < 1:
       _fail(field, config[field], "must be at least 1")
+  from vidtx import checkpoint
+  if config.init_from_inflation not in checkpoint.INFLATIONS:
+    _fail("init_from_inflation", config.init_from_inflation,
+          f"choose one of {checkpoint.INFLATIONS}")
   if config.eval_every_steps < 0:
     _fail("eval_every_steps", config.eval_every_steps, "must be >= 0 (0: only at the end)")
   if not 0 <= config.label_smoothing < 1:

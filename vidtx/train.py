@@ -243,7 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       state = init_state(setup)
       if config.init_from:
-        state = checkpoint.init_from(state, config.init_from)
+        state = checkpoint.init_from(state, config.init_from,
+                                     masking.token_grid(config.model, config.data),
+                                     config.init_from_inflation)
       step, data_position = 0, 0
       rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
       param_count = layers.count_params(setup.abstract_state[0])  # [0]: the model

@@ -63,6 +63,9 @@ def test_space_only_keeps_frames_apart_until_the_end():
   np.testing.assert_allclose(*both_orders(model, video), rtol=1e-5, atol=1e-6)
   divided = tiny("divided")
   divided.blocks[0].temporal.fc.kernel[...] += 0.5  # a live temporal step
+  # Frames told apart (the time embedding starts at zero, as the reference's).
+  divided.time_embed.embedding[...] = jnp.asarray(
+      np.random.default_rng(1).standard_normal((3, 8)), jnp.float32)
   assert not np.allclose(*both_orders(divided, video), atol=1e-4)
 
 

@@ -411,8 +411,8 @@ def sincos_1d(num_positions: int, dim: int) -> np.ndarray:
 
 
 class LearnedPosEmbed(nnx.Module):
-  def __init__(self, num_positions: int, dim: int, *, rngs: nnx.Rngs):
-    self.embedding = param(rngs, trunc_normal, (num_positions, dim), (None, "embed"))
+  def __init__(self, num_positions: int, dim: int, *, init=trunc_normal, rngs: nnx.Rngs):
+    self.embedding = param(rngs, init, (num_positions, dim), (None, "embed"))
 
   def table(self):
     """[positions, D]; models add the rows of the tokens they keep."""

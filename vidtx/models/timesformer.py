@@ -47,7 +47,9 @@ class TimeSformer(nnx.Module):
     self.cls_token = layers.param(rngs, layers.trunc_normal, (1, 1, width), (None, None, "embed"))
     self.pos_embed = layers.LearnedPosEmbed(1 + self.num_patches, width, rngs=rngs)
     space_only = attention == "space_only"
-    self.time_embed = None if space_only else layers.LearnedPosEmbed(num_frames, width, rngs=rngs)
+    # Zeros, as the reference: a model inflated from an image ViT starts as that model.
+    self.time_embed = None if space_only else layers.LearnedPosEmbed(
+        num_frames, width, init=layers.zeros, rngs=rngs)
     layout = layers.TokenLayout(frames=num_frames, cls_token=True, space_major=True)
     self.blocks = nnx.List([
         layers.Block(width, num_heads, attention="joint" if space_only else attention,
