@@ -24,8 +24,9 @@ setup(
     ],
     extras_require={
         # The notebooks are executed by tests/test_notebooks.py.
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
-                 "matplotlib>=3.9"],
+        # pytest-xdist: the README's test command runs two workers.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29", "matplotlib>=3.9"],
         # Parity tests and weight converters: CPU torch and HF transformers.
         "torch": ["torch==2.13.0", "transformers==4.57.6"],
     },

@@ -85,3 +85,26 @@ def test_a_bad_inflation_is_a_config_error():
   c.init_from_inflation = "tile"
   with pytest.raises(configuration.ConfigError, match="init_from_inflation='tile'"):
     configuration.validate(c, num_devices=1, num_processes=1)
+
+
+def test_an_hf_image_vit_converted_and_inflated_into_timesformer_gives_its_logits(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from vidtx.tools import convert_weights
+  torch.manual_seed(0)
+  hf = transformers.ViTForImageClassification(transformers.ViTConfig(
+      image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=128, num_labels=5, layer_norm_eps=1e-6)).eval()
+  hf.save_pretrained(str(tmp_path / "hf"))
+  timesformer = {"model.name": "timesformer", "model.attention": "divided",
+                 "model.patch_size": (1, 8, 8)}
+  c = configuration.base()
+  c.update_from_flattened_dict({"model.width": 32, "model.depth": 2, "model.num_heads": 2,
+                                "data.num_frames": 4, "data.num_classes": 5, **timesformer})
+  convert_weights.convert(c, str(tmp_path / "hf"), str(tmp_path / "image"))
+  video = video_model(tmp_path, **timesformer)
+  frame = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+  with torch.no_grad():
+    expected = hf(pixel_values=torch.from_numpy(frame)).logits.numpy()
+  clip = np.repeat(frame.transpose(0, 2, 3, 1)[:, None], 4, axis=1)  # [1, 4, 32, 32, 3]
+  np.testing.assert_allclose(video(clip)[0], expected, rtol=1e-4, atol=1e-5)

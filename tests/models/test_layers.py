@@ -1,4 +1,4 @@
-"""Shared layers: the exact GELU and the residual gradient's buffer."""
+"""Shared layers: the residual gradient's buffer."""
 
 import jax
 import jax.numpy as jnp
@@ -6,16 +6,6 @@ import numpy as np
 from flax import nnx
 
 from vidtx.models import layers
-
-
-def test_gelu_matches_the_erfc_form_and_the_tanh_approximation():
-  x = jnp.linspace(-8, 8, 1001)
-  # 1 + erf cancels in the negative tail: absolute errors of a few float32 ulps of 1.
-  np.testing.assert_allclose(layers.gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
-  np.testing.assert_allclose(jax.grad(lambda x: layers.gelu(x).sum())(x),
-                             jax.grad(lambda x: jax.nn.gelu(x, approximate=False).sum())(x),
-                             atol=2e-6)
-  np.testing.assert_array_equal(layers.gelu(x, approximate=True), jax.nn.gelu(x))
 
 
 def _blocks(depth):

@@ -29,6 +29,7 @@ tensors.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pickle
 
@@ -444,6 +445,48 @@ VIVIT_HF_BLOCK_NAMES = {
 }
 
 
+# HF `ViTForImageClassification` (and `ViTModel`, whose names lack "vit."): an image ViT, the
+# starting point that init_from inflates to video (vidtx.checkpoint).
+VIT_HF_NAMES = {
+    "encoder/patch_embed": "vit.embeddings.patch_embeddings.projection",
+    "encoder/cls_token": "vit.embeddings.cls_token",
+    "encoder/pos_embed": "vit.embeddings.position_embeddings",
+    "encoder/blocks": "vit.encoder.layer.{}",
+    "norm": "vit.layernorm",
+    "head": "classifier",
+}
+
+
+def is_image_vit(state_dict) -> bool:
+  return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings."))
+             for k in strip_wrappers(state_dict))
+
+
+def convert_image_vit(state_dict, model_config) -> dict:
+  """Our params of a one-frame ViT (tubelets 1 x h x w, CLS, learned positions, the config's
+  width, depth and heads) from an HF image ViT, for init_from to inflate into a video model.
+  A `ViTModel` has no classifier and gives no head; its pooler is not used."""
+  state_dict = strip_wrappers(state_dict)
+  if not any(k.startswith("vit.") for k in state_dict):  # ViTModel
+    state_dict = {f"vit.{k}": v for k, v in state_dict.items() if not k.startswith("pooler.")}
+  width, depth, heads = vit.size(model_config)
+  _, ph, pw = model_config.patch_size
+  positions = to_numpy(state_dict["vit.embeddings.position_embeddings"]).shape[1] - 1
+  classifier = state_dict.get("classifier.weight")
+  model = nnx.eval_shape(lambda: vit.VideoViT(
+      num_classes=1 if classifier is None else to_numpy(classifier).shape[0], num_frames=1,
+      image_size=math.isqrt(positions) * ph, patch_size=(1, ph, pw), width=width, depth=depth,
+      num_heads=heads, mlp_ratio=model_config.mlp_ratio, k_bias=True, pos_embed="learned",
+      pool="cls", rngs=nnx.Rngs(0)))
+  target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  if classifier is None:
+    del target["head"]
+  reader = _Reader(state_dict)
+  out = _from_table(reader, VIT_HF_NAMES, VIVIT_HF_BLOCK_NAMES, target)
+  _check_complete(reader, target, out, "hf image ViT", model)
+  return out
+
+
 def _conv_patch_embed(reader, key, target, path):
   """Conv3d weight [D, C, kt, kh, kw] -> kernel [kt, kh, kw, C, D]; for a 1 x kh x kw tubelet
   the per-frame Conv2d weight [D, C, kh, kw] (TimeSformer)."""
@@ -595,7 +638,13 @@ def convert(state_dict, model: nnx.Module) -> dict:
     raise ValueError(f"cannot convert into a {type(model).__name__}: converters exist for "
                      "VideoViT (config.model.name='vit'), MaskedVideoModel ('mae'), TimeSformer "
                      "('timesformer') and ViViT ('vivit', model 1)")
+  _check_complete(reader, target, out, layout_name, model)
+  return out
 
+
+def _check_complete(reader, target, out, layout_name, model):
+  """Raises ValueError listing what `out` leaves unfilled of `target`, what disagrees and what
+  of the checkpoint went unused."""
   wanted, got = _flatten(target), _flatten(out)
   unfilled = [f"{name} {_shape(wanted[name])}: {'; '.join(_reasons(reader, name))}"
               for name in wanted if got.get(name) is None]
@@ -616,7 +665,6 @@ def convert(state_dict, model: nnx.Module) -> dict:
   extra = sorted(set(got) - set(wanted))
   if extra:  # a converter bug, not a checkpoint problem
     raise AssertionError(f"converted parameters the model lacks: {extra}")
-  return out
 
 
 def _reasons(reader, name):

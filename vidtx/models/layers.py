@@ -72,15 +72,6 @@ class Dense(nnx.Module):
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def gelu(x, approximate: bool = False):
-  """GELU, exact x Phi(x) = x (1 + erf(x / sqrt 2)) / 2 (what PyTorch computes), or the tanh
-  approximation. Written with erf rather than `jax.nn.gelu`'s erfc, which XLA:CPU computes
-  several times slower; the two differ by float rounding only."""
-  if approximate:
-    return jax.nn.gelu(x, approximate=True)
-  return 0.5 * x * (1 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))).astype(x.dtype))
-
-
 @jax.custom_vjp
 def gradient_buffer(x):
   """The identity, with a gradient that XLA:CPU computes into one buffer.
@@ -243,7 +234,7 @@ class Mlp(nnx.Module):
     self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.fc2(gelu(self.fc1(x), approximate=self.approximate_gelu))
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu))
 
 
 class TemporalAttention(nnx.Module):

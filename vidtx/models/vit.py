@@ -103,8 +103,9 @@ class VideoViT(nnx.Module):
 
   def __init__(self, *, num_classes: int, num_frames: int, image_size: int,
                patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
-               mlp_ratio: float = 4.0, qkv_bias: bool = True, pos_embed: str = "sincos",
-               pool: str = "mean", drop_path: float = 0.0, head_dropout: float = 0.0,
+               mlp_ratio: float = 4.0, qkv_bias: bool = True, k_bias: bool = False,
+               pos_embed: str = "sincos", pool: str = "mean", drop_path: float = 0.0,
+               head_dropout: float = 0.0,
                head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
     if pool not in ("mean", "cls"):
@@ -112,7 +113,8 @@ class VideoViT(nnx.Module):
     self.pool, self.head_dropout = pool, head_dropout
     self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                            width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                           qkv_bias=qkv_bias, pos_embed=pos_embed, cls_token=pool == "cls",
+                           qkv_bias=qkv_bias, k_bias=k_bias, pos_embed=pos_embed,
+                           cls_token=pool == "cls",
                            drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs)
     # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
     self.norm = layers.LayerNorm(width, rngs=rngs)

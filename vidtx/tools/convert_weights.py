@@ -11,6 +11,12 @@ every parameter filled. To fine-tune from a pre-training checkpoint, convert it 
 pre-training config (model.name="mae", classifier="none", the same sizes) and point the
 fine-tuning run's init_from at the result: init_from copies the encoder by name and shape into
 a "vit" classifier or a MAR model, and starts the rest (head, bridging classifier) fresh.
+
+An HF image ViT (`ViTForImageClassification` or `ViTModel`, e.g. google/vit-base-patch16-224)
+is converted into a one-frame ViT of the config's width, depth, heads and patch size; a video
+run's init_from then inflates it (vidtx.checkpoint.init_from: kernels over the tubelet's frames,
+position embeddings resized and tiled over time, TimeSformer's temporal attention from the
+spatial one).
 """
 
 import os
@@ -35,8 +41,12 @@ def convert(config: ml_collections.ConfigDict, checkpoint_path: str, out: str) -
   if os.path.isdir(out) and os.listdir(out):
     raise ValueError(f"--out={out!r} is not empty: give a new directory")
   # Abstract: only the shapes are needed, so even ViT-H costs no memory here.
-  model = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
-  params = convert_lib.convert(convert_lib.load_state_dict(checkpoint_path), model)
+  state_dict = convert_lib.load_state_dict(checkpoint_path)
+  if convert_lib.is_image_vit(state_dict):  # a 2-D ViT, inflated to video by init_from
+    params = convert_lib.convert_image_vit(state_dict, config.model)
+  else:
+    model = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
+    params = convert_lib.convert(state_dict, model)
   checkpoint.save_params(out, params)
   return params
 
