@@ -31,7 +31,6 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
-from PIL import Image
 
 from vidtx import configuration, predict
 from vidtx.data import convert, dmvr
@@ -156,17 +155,9 @@ def run(config, out: str, *, workdir=None, video_path=None, index: int = 0, scal
   image = visualize_masks.grid_image(rows, labels, scale)
   frames = visualize_masks.animation(rows, labels, scale)
 
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  png, gif = f"{out}.png", f"{out}.gif"
-  Image.fromarray(image).save(png)
-  pictures = [Image.fromarray(f) for f in frames]
-  pictures[0].save(gif, save_all=True, append_images=pictures[1:],
-                   duration=visualize_masks.GIF_FRAME_MS, loop=0)
   print(f"{what}; model {config.model.name} ({config.model.attention} attention), "
         + ("randomly initialised" if step is None else f"checkpoint step {step}"))
-  print(f"wrote {png} ({image.shape[1]}x{image.shape[0]} pixels)")
-  print(f"wrote {gif} ({len(frames)} frames)")
-  return png, gif
+  return visualize_masks.write_pictures(out, image, frames)
 
 
 def main(argv):

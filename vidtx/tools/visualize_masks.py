@@ -282,6 +282,19 @@ def _check_workdir(workdir):
                          "or leave --workdir out")
 
 
+def write_pictures(out: str, image, frames) -> tuple[str, str]:
+  """Writes `image` as <out>.png and `frames` as the looping <out>.gif; returns their paths and
+  prints their sizes."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  png, gif = f"{out}.png", f"{out}.gif"
+  Image.fromarray(image).save(png)
+  pictures = [Image.fromarray(f) for f in frames]
+  pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=GIF_FRAME_MS, loop=0)
+  print(f"wrote {png} ({image.shape[1]}x{image.shape[0]} pixels)")
+  print(f"wrote {gif} ({len(frames)} frames)")
+  return png, gif
+
+
 def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale: int = 0):
   """Writes <out>.png and <out>.gif; returns their paths."""
   _check_workdir(workdir)
@@ -296,12 +309,6 @@ def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale:
   rows, labels = frame_rows(config, video, keep, model, step=step)
   image, frames = grid_image(rows, labels, scale), animation(rows, labels, scale)
 
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  png, gif = f"{out}.png", f"{out}.gif"
-  Image.fromarray(image).save(png)
-  pictures = [Image.fromarray(f) for f in frames]
-  pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=GIF_FRAME_MS, loop=0)
-
   num_tokens = math.prod(masking.token_grid(config.model, config.data))
   masked = num_tokens - len(keep)
   name = (f" ({synthetic.CLASSES[label]})"
@@ -315,9 +322,7 @@ def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale:
     print("model: randomly initialised (no --workdir): the reconstruction row is untrained")
   else:
     print(f"model: checkpoint step {step} of {workdir}")
-  print(f"wrote {png} ({image.shape[1]}x{image.shape[0]} pixels)")
-  print(f"wrote {gif} ({len(frames)} frames)")
-  return png, gif
+  return write_pictures(out, image, frames)
 
 
 def main(argv):
