@@ -105,13 +105,14 @@ def test_configs_are_locked_against_unknown_fields():
 def test_dataset_names_are_checked_and_kinetics600_has_600_classes():
   c = configuration.base()
   c.data.name = "kinetics700"
-  with pytest.raises(configuration.ConfigError, match="data.name='kinetics700'.*custom"):
+  with pytest.raises(configuration.ConfigError,
+                     match="data.name='kinetics700'.*kinetics600.*custom.*tfds:<name>"):
     configuration.validate(c, num_devices=1, num_processes=1)
   configuration.use_dataset(c, "kinetics600")
   assert (c.data.num_classes, c.data.frame_stride, c.data.eval_clips) == (600, 4, 5)
 
 
-def test_a_label_map_of_another_size_than_num_classes_is_an_error(tmp_path):
+def test_a_label_map_or_metadata_of_another_size_than_num_classes_is_an_error(tmp_path):
   import json
   from vidtx import data
   from vidtx.data import dmvr
@@ -124,3 +125,7 @@ def test_a_label_map_of_another_size_than_num_classes_is_an_error(tmp_path):
     data.prepare(c.data, "")
   c.data.num_classes = 3
   assert data.prepare(c.data, "") == str(tmp_path)
+  (tmp_path / dmvr.METADATA).write_text(json.dumps({"num_classes": 4}))
+  with pytest.raises(configuration.ConfigError, match="num_classes=3.*metadata.json says "
+                     "num_classes=4.*=4"):
+    data.prepare(c.data, "")

@@ -5,11 +5,12 @@
 
 The file is decoded and stored as the converter stores a training video (`vidtx.data.convert`:
 short side, frame rate and JPEG quality from the run's dataset metadata.json, else the
-converter's defaults), then goes through the evaluation parser (`dmvr.eval_example`: the same
+converter's defaults), then goes through the evaluation processing (`dmvr.eval_views`: the same
 sampler, resize, crops and normalisation, `data.eval_clips` x `data.eval_crops` views) and the
 model; probabilities are the softmax averaged over the views, as multi-view evaluation does.
-Class names come from the dataset's labels.json. A folder gives one CSV row per video; videos
-that cannot be read get their error in the row and do not stop the others.
+Class names come from the dataset's labels.json (a TFDS dataset's label feature, if prepared).
+A folder gives one CSV row per video; videos that cannot be read get their error in the row and
+do not stop the others.
 """
 
 import csv
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow as tf
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
@@ -50,13 +52,21 @@ def conversion_settings(config: ml_collections.ConfigDict, workdir: str) -> dict
   return {**DEFAULT_CONVERSION, **metadata.get("settings", {})}
 
 
+def class_names(config: ml_collections.ConfigDict, workdir: str):
+  """The dataset's class names (index = label), or None where it has none here."""
+  tfds = dmvr.is_tfds(config.data)  # read from TFDS's data_dir, where "" is its default
+  try:
+    return dmvr.class_names(config.data, config.data.data_dir if tfds
+                            else run_data_dir(config, workdir))
+  except dmvr.DataNotFoundError:  # no labels.json, or the TFDS dataset is not on this machine
+    return None
+
+
 def file_views(config: ml_collections.ConfigDict, conversion: dict, path: str) -> np.ndarray:
   """float32 [views, T, S, S, 3] of the video file, as evaluation would see it.
   Raises convert.VideoError naming what is wrong with the file."""
   frames, _ = convert.read_video(path, **conversion)
-  record = dmvr.make_example(frames, 0).SerializeToString()
-  views, _ = dmvr.eval_example(config.data, record)
-  return views.numpy()
+  return dmvr.eval_views(config.data, tf.constant(frames, tf.string)).numpy()
 
 
 class Predictor:
@@ -69,7 +79,7 @@ class Predictor:
                        "labels; use a fine-tuned run")
     self.config = config
     model, self.step = train.restore_model(config, workdir)
-    self.labels = _read_json(os.path.join(run_data_dir(config, workdir), dmvr.LABELS))
+    self.labels = class_names(config, workdir)
     self.conversion = conversion_settings(config, workdir)
     graphdef, params = nnx.split(model)
     num_views = dmvr.num_views(config.data)

@@ -34,17 +34,23 @@ class VidtxTestVideos(tfds.core.GeneratorBasedBuilder):
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
-  VidtxTestVideos(data_dir=path).download_and_prepare()
+  # Two files per split, so two hosts can each read their own.
+  VidtxTestVideos(data_dir=path).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=2))
   return path
 
 
-def data_config(data_dir, **overrides):
+def config(data_dir, **data_overrides):
   c = configuration.base()
   c.data.update({"name": f"tfds:{NAME}", "data_dir": data_dir, "num_classes": 3,
-                 "num_frames": 4, "min_resize": 24, "crop_size": 16, "flip": "random",
-                 "eval_clips": 2, "eval_crops": 3, **overrides})
+                 "num_frames": 4, "min_resize": 24, "crop_size": 16, "flip": "swap_labels",
+                 "eval_clips": 2, "eval_crops": 3, **data_overrides})
   configuration.validate(c, num_devices=1, num_processes=1)
-  return c.data
+  return c
+
+
+def data_config(data_dir, **overrides):
+  return config(data_dir, **overrides).data
 
 
 def test_train_and_multi_view_eval_batches(tfds_dir):
@@ -79,6 +85,33 @@ def test_a_tfds_record_gives_the_clip_its_frames_give_as_a_dmvr_record(tfds_dir)
                                 dmvr.eval_example(dmvr_cfg, as_dmvr)[0])
 
 
+def test_hosts_read_disjoint_parts_that_together_are_the_split(tfds_dir):
+  cfg = data_config(tfds_dir, eval_clips=1, eval_crops=1)
+  train = data.build(cfg, "train", batch_size=4, seed=0, process_index=1, process_count=2)
+  assert next(train)["video"].shape == (4, 4, 16, 16, 3)
+  cfg.train_split = "none"  # so "train" is read once, in order, as evaluation reads
+
+  def clips(**host):
+    batches = data.build(cfg, "train", batch_size=3, seed=0, **host)
+    return [v.tobytes() for b in batches for v, m in zip(b["video"], b["mask"]) if m]
+  hosts = [clips(process_index=i, process_count=2) for i in range(2)]
+  assert [len(h) for h in hosts] == [4, 4] and not set(hosts[0]) & set(hosts[1])
+  assert sorted(hosts[0] + hosts[1]) == sorted(clips())
+
+
+def test_predict_reads_video_files_and_class_names_for_a_tfds_run(tfds_dir, tmp_path):
+  from test_predict import write_mp4
+  from vidtx import predict
+  write_mp4(tmp_path / "clip.mp4", seed=0)
+  path = str(tmp_path / "clip.mp4")
+  views = predict.file_views(config(tfds_dir), predict.DEFAULT_CONVERSION, path)
+  assert views.shape == (6, 4, 16, 16, 3)
+  np.testing.assert_array_equal(views, predict.file_views(
+      config(tfds_dir, name="custom"), predict.DEFAULT_CONVERSION, path))
+  assert predict.class_names(config(tfds_dir), "") == ["a", "b", "c"]
+  assert predict.class_names(config(str(tmp_path)), "") is None  # not prepared there
+
+
 def test_missing_datasets_splits_and_wrong_class_counts_are_clear_errors(tfds_dir, tmp_path):
   from vidtx.data import check
   with pytest.raises(check.CheckError, match="checks DMVR shards"):
@@ -93,3 +126,5 @@ def test_missing_datasets_splits_and_wrong_class_counts_are_clear_errors(tfds_di
     data.prepare(data_config(tfds_dir, num_classes=5), "")
   with pytest.raises(configuration.ConfigError, match="'clip' is not a ClassLabel"):
     data.prepare(data_config(tfds_dir, tfds_features=("video", "clip")), "")
+  with pytest.raises(configuration.ConfigError, match="'label' is not a Video.*'video': 'Video'"):
+    data.prepare(data_config(tfds_dir, tfds_features=("label", "label")), "")

@@ -71,6 +71,25 @@ def test_pictures_of_a_run_on_a_video_file(tmp_path, name, attention):
     assert animation.n_frames == 4
 
 
+def test_mae_rolls_out_its_encoder_and_bridging_classifier_not_the_decoder():
+  config = configuration.base()
+  config.update_from_flattened_dict({
+      "model.name": "mae", "model.classifier": "bridge", "model.masking": "tube",
+      "model.mask_ratio": 0.5, "model.width": 32, "model.depth": 2, "model.num_heads": 2,
+      "model.bridge_width": 32, "model.bridge_depth": 1, "model.bridge_heads": 2,
+      "model.decoder_width": 32, "model.decoder_depth": 1, "model.decoder_heads": 2,
+      "model.patch_size": (2, 8, 8), "data.num_frames": 4, "data.min_resize": 32})
+  model, _ = visualize_masks.load_model(config)
+  video = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  with visualize_attention.recorded_mixing(model) as steps:
+    logits = visualize_attention.infer(config, model, jnp.asarray(video)[None])
+  assert logits.shape == (1, config.data.num_classes)
+  assert [a.shape for a, _ in steps] == [(32, 32)] * 3  # 2 encoder blocks, 1 bridge block
+  heat = visualize_attention.relevance(config, model, video)
+  assert heat.shape == (2, 4, 4) and heat.min() > 0
+  np.testing.assert_allclose(heat.sum(), 1.0, rtol=1e-5)  # the mean of rows that sum to 1
+
+
 def test_unsupported_attention_is_a_clear_error(tmp_path):
   config = configuration.base()
   config.update_from_flattened_dict({"model.name": "timesformer", "model.attention": "space_only",

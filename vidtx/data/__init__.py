@@ -48,16 +48,19 @@ def prepare(data_config, workdir):
 
 
 def _check_num_classes(data_config):
-  """The converter's labels.json, when there, must have config.data.num_classes names: a head
-  of another size would train on wrong or missing classes without an error."""
-  if not tf.io.gfile.exists(os.path.join(data_config.data_dir, dmvr.LABELS)):
-    return
-  names = dmvr.load_class_names(data_config.data_dir)
-  if len(names) != data_config.num_classes:
-    raise ConfigError(
-        f"config.data.num_classes={data_config.num_classes}, but {data_config.data_dir}/"
-        f"{dmvr.LABELS} names {len(names)} classes: set --config.data.num_classes="
-        f"{len(names)}")
+  """The converter's labels.json and metadata.json "num_classes", when there, must agree with
+  config.data.num_classes: a head of another size would train on wrong or missing classes
+  without an error."""
+  data_dir, want = data_config.data_dir, data_config.num_classes
+  if tf.io.gfile.exists(os.path.join(data_dir, dmvr.LABELS)):
+    names = dmvr.load_class_names(data_dir)
+    if len(names) != want:
+      raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{dmvr.LABELS} names "
+                        f"{len(names)} classes: set --config.data.num_classes={len(names)}")
+  stated = dmvr.load_metadata(data_dir).get("num_classes")
+  if stated is not None and stated != want:
+    raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{dmvr.METADATA} says "
+                      f"num_classes={stated}: set --config.data.num_classes={stated}")
 
 
 __all__ = ["build", "prepare", "num_examples", "DataNotFoundError", "SYNTHETIC"]

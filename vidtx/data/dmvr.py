@@ -205,17 +205,30 @@ def record_parser(data_config):
 
 
 def tfds_num_classes(data_config, data_dir):
-  """Classes of the TFDS dataset's label feature (a ClassLabel)."""
-  _, label_key = data_config.tfds_features
+  """Classes of the TFDS dataset's label feature (a ClassLabel), after checking that its video
+  feature is a Video (whose frames are stored encoded, so `record_parser` can leave them so)."""
+  import tensorflow_datasets as tfds
+  video_key, label_key = data_config.tfds_features
   features = tfds_builder(data_config, data_dir).info.features
-  if label_key not in features or not hasattr(features[label_key], "num_classes"):
-    raise ConfigError(f"config.data.tfds_features={tuple(data_config.tfds_features)!r}: "
-                      f"{label_key!r} is not a ClassLabel feature of {data_config.name!r}; its "
-                      f"features are {list(features.keys())}")
+  for key, kind in ((video_key, tfds.features.Video), (label_key, tfds.features.ClassLabel)):
+    if key not in features or not isinstance(features[key], kind):
+      kinds = {k: type(v).__name__ for k, v in features.items()}
+      raise ConfigError(f"config.data.tfds_features={tuple(data_config.tfds_features)!r}: "
+                        f"{key!r} is not a {kind.__name__} feature of {data_config.name!r}; its "
+                        f"features are {kinds}")
   return features[label_key].num_classes
 
 
-def _load_metadata(data_dir):
+def class_names(data_config, data_dir):
+  """The class names, index = label: a TFDS dataset's ClassLabel names, else labels.json."""
+  if is_tfds(data_config):
+    _, label_key = data_config.tfds_features
+    return list(tfds_builder(data_config, data_dir).info.features[label_key].names)
+  return load_class_names(data_dir)
+
+
+def load_metadata(data_dir):
+  """The converter's metadata.json in `data_dir` (see the module docstring), or {}."""
   path = os.path.join(data_dir, METADATA)
   if not tf.io.gfile.exists(path):
     return {}
@@ -239,7 +252,7 @@ def _count_records(path):
 def _file_counts(data_dir, files):
   """Record count per file, from metadata.json "shard_counts" where listed, else by counting."""
   known = {}
-  for counts in _load_metadata(data_dir).get("shard_counts", {}).values():
+  for counts in load_metadata(data_dir).get("shard_counts", {}).values():
     known.update(counts)
   return [known[os.path.basename(f)] if os.path.basename(f) in known else _count_records(f)
           for f in files]
@@ -249,7 +262,7 @@ def num_examples(data_config, split, data_dir):
   """Total number of examples in `split` (all hosts together)."""
   if is_tfds(data_config):
     return _tfds_split(data_config, data_dir, split).num_examples
-  count = _load_metadata(data_dir).get("splits", {}).get(split)
+  count = load_metadata(data_dir).get("splits", {}).get(split)
   if count is not None:
     return int(count)
   return sum(_file_counts(data_dir, list_files(data_dir, split)))
@@ -261,7 +274,7 @@ def _host_counts(data_config, data_dir, split, files, process_count):
     counts = _tfds_split(data_config, data_dir, split).shard_lengths
     return [sum(counts[p::process_count]) for p in range(process_count)]
   if process_count == 1:
-    count = _load_metadata(data_dir).get("splits", {}).get(split)
+    count = load_metadata(data_dir).get("splits", {}).get(split)
     if count is not None:
       return [int(count)]
   counts = _file_counts(data_dir, files)
@@ -363,8 +376,13 @@ def eval_example(data_config, serialized):
   (transforms.spatial_crops) of the frames resized to short side eval_resize (0: min_resize).
   Frames shared by several clips are decoded once.
   """
+  encoded, label = record_parser(data_config)(serialized)
+  return eval_views(data_config, encoded), label
+
+
+def eval_views(data_config, encoded):
+  """The views of `eval_example` of encoded frames [n] string (JPEG or PNG)."""
   cfg = data_config
-  encoded, label = record_parser(cfg)(serialized)
   indices = sample_frames(cfg, tf.shape(encoded)[0], num_clips=cfg.eval_clips)
   unique, position = tf.unique(tf.reshape(indices, [-1]))
   frames = tf.gather(transforms.decode_frames(tf.gather(encoded, unique)), position)
@@ -374,7 +392,7 @@ def eval_example(data_config, serialized):
   views = transforms.spatial_crops(clips, cfg.crop_size, cfg.eval_crops)  # [C, K, T, S, S, 3]
   views = tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4, 5]),
                      [num_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3])
-  return transforms.normalize(views, cfg.mean, cfg.std), label
+  return transforms.normalize(views, cfg.mean, cfg.std)
 
 
 def load_class_names(data_dir):
@@ -575,6 +593,8 @@ def check_config(data_config):
   if cfg.eval_resize and cfg.eval_resize < cfg.crop_size:
     fail("eval_resize", f"must be 0 (min_resize) or at least config.data.crop_size="
          f"{cfg.crop_size}")
+  if len(cfg.tfds_features) != 2:
+    fail("tfds_features", "give the names of the video and the label feature")
   if len(cfg.mean) != 3 or len(cfg.std) != 3:
     raise ConfigError(f"config.data.mean={tuple(cfg.mean)!r}, std={tuple(cfg.std)!r}: "
                       "give 3 values each (RGB)")
@@ -634,10 +654,11 @@ def build(data_config, split, *, batch_size, seed, start_batch=0, process_index=
                         f"{batch_size} clips per host, which holds whole groups of copies")
     flip_table = None
     if cfg.flip == "swap_labels":
-      names = load_class_names(data_dir)
+      names = class_names(cfg, data_dir)
       if len(names) != cfg.num_classes:
-        raise ConfigError(f"config.data.num_classes={cfg.num_classes}: the dataset's "
-                          f"{LABELS} names {len(names)} classes")
+        source = "TFDS label feature" if is_tfds(cfg) else LABELS
+        raise ConfigError(f"config.data.num_classes={cfg.num_classes}: the dataset's {source} "
+                          f"names {len(names)} classes")
       flip_table = transforms.flip_table(names)
     counts = _host_counts(cfg, data_dir, split, files, process_count)
     ds = train_dataset(cfg, mine, counts[process_index], batch_size=batch_size, seed=seed,

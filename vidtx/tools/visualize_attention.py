@@ -18,7 +18,8 @@ A step's mixing matrix is read from its own attend rule (`layers.Attention.atten
 with the identity as the values: every rule is linear in the values, so this gives the matrix
 whatever the rule (joint; TimeSformer's divided space-time, with its CLS token averaged over the
 frames; ViViT's factorised self-attention or heads). A temporal step, which leaves the CLS token
-out, keeps it unchanged in the product.
+out, keeps it unchanged in the product. MAE models roll out their encoder and, for MAR, its
+bridging classifier, as inference runs them (not the pre-training decoder).
 """
 
 import contextlib
@@ -38,7 +39,7 @@ from vidtx.models import layers
 from vidtx.tools import visualize_masks
 
 # Models whose attention steps all mix the same tokens of one clip.
-SUPPORTED = {"vit": ("joint",), "timesformer": ("divided", "joint"),
+SUPPORTED = {"vit": ("joint",), "mae": ("joint",), "timesformer": ("divided", "joint"),
              "vivit": ("joint", "factorised_self", "factorised_dot")}
 
 
@@ -91,10 +92,22 @@ def rollout(matrices, num_tokens: int) -> np.ndarray:
   return result
 
 
-def relevance(model, video, patch) -> np.ndarray:
+def infer(config, model, clips):
+  """Logits (None for pre-training) of the model's inference over every token of clips
+  [B, T, H, W, 3]. MAE: the encoder and, for MAR, its bridging classifier; the pre-training
+  decoder, which attends over mask tokens, is left out."""
+  if config.model.name != "mae":
+    logits, _ = model(clips, train=False)
+    return logits
+  tokens = model.norm(model.encoder(clips))
+  return None if model.classifier is None else model.classifier(tokens)
+
+
+def relevance(config, model, video) -> np.ndarray:
   """[T', H', W'] rollout relevance of each tubelet of one normalised clip [T, H, W, 3]."""
+  patch = tuple(config.model.patch_size)
   with recorded_mixing(model) as steps:
-    model(jnp.asarray(video)[None], train=False)
+    infer(config, model, jnp.asarray(video)[None])
   num_tokens = max(a.shape[0] for a, _ in steps)
   layout = next(layout for a, layout in steps if a.shape[0] == num_tokens)  # CLS included
   r = rollout([a for a, _ in steps], num_tokens)
@@ -149,7 +162,7 @@ def run(config, out: str, *, workdir=None, video_path=None, index: int = 0, scal
     video, what = np.asarray(video), f"clip {index} of the eval split (label {label})"
   model, step = visualize_masks.load_model(config, workdir)
   patch = tuple(config.model.patch_size)
-  heat = relevance(model, video, patch)
+  heat = relevance(config, model, video)
   rows = picture_rows(video, heat, patch, config.data.mean, config.data.std)
   labels = ["input", "attention\nrollout"]
   image = visualize_masks.grid_image(rows, labels, scale)
