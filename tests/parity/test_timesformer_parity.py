@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 
 from vidtx import configuration, models  # noqa: E402
 from vidtx.models import convert, layers  # noqa: E402
+from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, PATCH = 2, 4, 32, 8
 WIDTH, DEPTH, HEADS, CLASSES = 64, 2, 4, 5
@@ -34,19 +35,7 @@ def hf_model(attention, seed=0):
       hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, num_labels=CLASSES,
       attention_type=HF_ATTENTION[attention])
   model = transformers.TimesformerForVideoClassification(config)
-  # Every parameter random (temporal_dense too, which we initialise to zero), so that a
-  # mis-mapped bias, norm or embedding shows; weights with std 1/sqrt(fan in).
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=generator)
-      if name.endswith("weight") and p.ndim >= 2:
-        p.copy_(noise * p[0].numel() ** -0.5)  # Linear [out, in], Conv2d [D, C, kh, kw]
-      elif name.endswith("weight"):  # LayerNorm scales
-        p.copy_(1.0 + 0.2 * noise)
-      else:  # biases, CLS token, position and time embeddings
-        p.copy_(0.2 * noise)
-  return model.eval()
+  return randomise(model, seed)  # temporal_dense too, which we start at zero
 
 
 def our_config(attention):

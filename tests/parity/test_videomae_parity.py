@@ -19,6 +19,7 @@ from transformers.models.videomae import modeling_videomae  # noqa: E402
 
 from vidtx import configuration, models  # noqa: E402
 from vidtx.models import convert, layers  # noqa: E402
+from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, TUBELET, PATCH = 2, 4, 32, 2, 8
 WIDTH, DEPTH, HEADS = 64, 2, 4
@@ -40,25 +41,6 @@ def hf_config(**kw):
               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   args.update(kw)
   return transformers.VideoMAEConfig(**args)
-
-
-def randomise(module, seed):
-  """Every parameter random, so that a mis-mapped bias, norm or mask token shows.
-
-  HF initialises biases, LayerNorms and the mask token to constants and weights with std 0.02
-  (near-uniform attention, which would hide a swapped q/k); here weights get std 1/sqrt(fan in).
-  """
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      noise = torch.randn(p.shape, generator=generator)
-      if p.ndim >= 2 and name != "mask_token":
-        p.copy_(noise * p[0].numel() ** -0.5)  # fan in of Linear [out, in] and Conv3d [D, C, ...]
-      elif name.endswith("weight"):  # the only 1-D weights are LayerNorm scales
-        p.copy_(1.0 + 0.2 * noise)
-      else:  # biases, q_bias / v_bias, mask token
-        p.copy_(0.2 * noise)
-  return module.eval()
 
 
 def hf_classifier(seed=0):

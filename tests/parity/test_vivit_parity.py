@@ -22,6 +22,7 @@ F = torch.nn.functional
 
 from vidtx import configuration, models  # noqa: E402
 from vidtx.models import convert, layers  # noqa: E402
+from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, TUBELET, PATCH = 2, 4, 32, 2, 8
 WIDTH, DEPTH, HEADS, CLASSES = 64, 2, 4, 5
@@ -76,19 +77,7 @@ def hf_model(seed=0):
       intermediate_size=4 * WIDTH, hidden_act="gelu_fast", layer_norm_eps=1e-6, qkv_bias=True,
       num_labels=CLASSES)
   model = transformers.VivitForVideoClassification(config)
-  # HF zeroes the CLS token and position embeddings and sets biases and norms to constants:
-  # every parameter random here, weights with std 1/sqrt(fan in).
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=generator)
-      if name.endswith("weight") and p.ndim >= 2:
-        p.copy_(noise * p[0].numel() ** -0.5)
-      elif name.endswith("weight"):  # LayerNorm scales
-        p.copy_(1.0 + 0.2 * noise)
-      else:  # biases, CLS token, position embeddings
-        p.copy_(0.2 * noise)
-  return model.eval()
+  return randomise(model, seed)  # HF zeroes the CLS token and position embeddings
 
 
 def test_model_1_logits_match_hf():

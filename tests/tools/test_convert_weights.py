@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from vidtx import checkpoint, configuration, train  # noqa: E402
 from vidtx.tools import convert_weights  # noqa: E402
+from torch_params import randomise  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,15 +49,7 @@ def hf_classifier(**kw):
       num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, num_labels=5,
       use_mean_pooling=True, layer_norm_eps=1e-6, **kw)
   model = transformers.VideoMAEForVideoClassification(config)
-  generator = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=generator)
-      if p.ndim >= 2:
-        p.copy_(noise * p[0].numel() ** -0.5)
-      else:
-        p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
-  return model.eval()
+  return randomise(model)
 
 
 def test_cli_output_initialises_a_training_run_to_the_hf_logits(tmp_path):
