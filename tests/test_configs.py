@@ -19,6 +19,11 @@ VARIANTS = {
     "mar_ssv2.py": [None, "vit_l", "ratio75"],
     "timesformer_k400.py": [None, "joint", "space_only", "hr", "large", "synthetic"],
     "vivit_k400.py": [None, "model2", "model3", "model4", "large", "synthetic"],
+    "vtn_k400.py": [None, "whole_video", "synthetic"],
+    "ila_k400.py": [None, "l14", "synthetic"],
+    "ila_ssv2.py": [None],
+    "tps_k400.py": [None, "swin_b", "synthetic"],
+    "tps_ssv2.py": [None, "swin_b"],
 }
 
 

@@ -108,3 +108,35 @@ def test_a_group_pattern_that_matches_nothing_is_an_error():
   c.optim.lr_scales, c.optim.frozen = (), ("encoder/(",)
   with pytest.raises(configuration.ConfigError, match="optim.frozen.*not a regular expression"):
     configuration.validate(c, num_devices=1, num_processes=1)
+
+
+def test_sgd_follows_torch_sgd_with_nesterov_momentum_and_l2_decay():
+  torch = pytest.importorskip("torch")
+  o = configuration.base().optim
+  o.name, o.lr, o.warmup_steps, o.min_lr = "sgd", 0.1, 0, 0.1  # a constant lr
+  o.momentum, o.nesterov, o.weight_decay = 0.9, True, 0.01
+  tx = optim.build(o, total_steps=10)
+  rng = np.random.default_rng(0)
+  params = {"w": rng.standard_normal((3, 2)).astype(np.float32),
+            "b": rng.standard_normal(2).astype(np.float32)}  # 1-D: no weight decay
+  grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+           for _ in range(3)]
+  w, b = (torch.nn.Parameter(torch.tensor(params[k])) for k in ("w", "b"))
+  reference = torch.optim.SGD([{"params": [w], "weight_decay": 0.01},
+                               {"params": [b], "weight_decay": 0.0}], lr=0.1, momentum=0.9,
+                              nesterov=True)
+  state = tx.init(params)
+  for g in grads:
+    updates, state = tx.update(g, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    w.grad, b.grad = torch.tensor(g["w"]), torch.tensor(g["b"])
+    reference.step()
+  np.testing.assert_allclose(params["w"], w.detach().numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(params["b"], b.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_an_unknown_optimizer_is_named():
+  c = configuration.base()
+  c.optim.name = "lamb"
+  with pytest.raises(configuration.ConfigError, match="optim.name='lamb': choose one of"):
+    configuration.validate(c, num_devices=1, num_processes=1)

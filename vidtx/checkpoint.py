@@ -118,12 +118,18 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
     divided by t ("average": a clip of equal frames gives the image's tokens) or placed at the
     central frame with zeros elsewhere ("central");
   - learned position embeddings of the image's h x w patches are resized bicubically to H' x W'
-    and tiled over the T' frames when the model has a row per tubelet (a CLS row is kept);
+    and tiled over the T' frames when the model has a row per tubelet; the image's CLS row is
+    kept for a model with a CLS token and dropped for one without (ViViT models 3 and 4);
   - "encoder/..." names also fill a model without that prefix (TimeSformer), and a temporal
-    attention the image model lacks (TimeSformer's blocks/i/temporal) starts as a copy of the
-    block's spatial one (its output fc stays zero, so the model starts as the image model).
+    attention the image model lacks (blocks/i/temporal) starts as a copy of the block's spatial
+    one, its output at zero so that the model starts as the image model: TimeSformer's
+    temporal_fc stays zero, ViViT model 3's attention output projection is set to zero;
+  - a video model's time embedding of another number of frames is resized (nearest, as
+    TimeSformer's reference).
   Parameters the checkpoint lacks (a new head) keep their fresh values, parameters the model
-  lacks (a pre-training decoder in a plain classifier) are not read; all are logged.
+  lacks (a pre-training decoder in a plain classifier) are not read; all are logged. A
+  parameter both have in shapes no rule maps (other than a classifier's class count) is a
+  ConfigError naming it.
   """
   if inflation not in INFLATIONS:
     raise configuration.ConfigError(f"config.init_from_inflation={inflation!r}: choose one of "
@@ -134,7 +140,8 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
   pure = nnx.to_pure_dict(state)
   current = _flat(pure[0])
   source = {k: _source_name(k, saved) for k in current}
-  source = {k: v for k, v in source.items() if v is not None}
+  zeroed = {k for k, v in source.items() if v is not None and _starts_at_zero(k, current, saved)}
+  source = {k: v for k, v in source.items() if v is not None and k not in zeroed}
   same = {k for k, v in source.items() if v == k and tuple(saved[k].shape) == current[k].shape}
   target = {"0": _nest({k: jax.ShapeDtypeStruct(current[k].shape, current[k].dtype,
                                                 sharding=current[k].sharding) for k in same})}
@@ -155,28 +162,65 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
       value = _inflate(k, np.asarray(host[name]), current[k].shape, grid, inflation)
       if value is not None:
         restored[k] = jax.device_put(value.astype(current[k].dtype), current[k].sharding)
+  for k in zeroed:
+    restored[k] = jax.device_put(np.zeros(current[k].shape, current[k].dtype),
+                                 current[k].sharding)
   if not restored:
     raise configuration.ConfigError(
         f"config.init_from={path!r}: none of its parameters matches the model by name and shape "
         f"(it has e.g. {sorted(saved)[:3]}, the model {sorted(current)[:3]}); was it written for "
         "another model? PyTorch weights go through vidtx.tools.convert_weights first")
+  classes = _class_axis_params(state[0])
+  incompatible = [f"{k}: the model's {tuple(current[k].shape)}, the checkpoint's {surgery[k]} "
+                  f"{tuple(saved[surgery[k]].shape)}" for k in sorted(surgery)
+                  if k not in restored and k not in classes]
+  if incompatible:
+    raise configuration.ConfigError(
+        f"config.init_from={path!r}: parameters whose shapes no inflation rule maps (a patch "
+        "kernel of one frame, an image's position embedding, a time embedding; a classifier "
+        "of another class count starts fresh):\n  " + "\n  ".join(incompatible)
+        + "\nWas the checkpoint written for another width, patch size or model?")
   pure[0] = jax.tree_util.tree_map_with_path(
       lambda p, v: restored.get(jax.tree_util.keystr(p, simple=True, separator="/"), v), pure[0])
   nnx.replace_by_pure_dict(state, pure)
   fresh = sorted(current.keys() - restored.keys())
-  unused = sorted(saved.keys() - set(source[k] for k in restored))
-  logging.info("init_from %s: copied %d of %d parameter arrays (%d inflated or renamed; %s of %s "
-               "values); kept fresh: %s; not used from the checkpoint: %s", step_dir,
-               len(restored), len(current), len(restored) - len(same),
+  unused = sorted(saved.keys() - set(source[k] for k in restored if k in source))
+  logging.info("init_from %s: copied %d of %d parameter arrays (%d inflated, renamed or "
+               "zeroed; %s of %s values); kept fresh: %s; not used from the checkpoint: %s",
+               step_dir, len(restored), len(current), len(restored) - len(same),
                f"{sum(int(np.prod(current[k].shape)) for k in restored):,}",
                f"{sum(int(np.prod(v.shape)) for v in current.values()):,}",
                fresh or "none", unused or "none")
   return state
 
 
+_TEMPORAL = re.compile(r"(.*blocks/\d+/)temporal/(attn|norm)/(.*)")
+
+
+def _class_axis_params(model_state) -> set:
+  """Names of the parameters with a "classes" logical axis (classifier heads)."""
+  leaves = jax.tree_util.tree_flatten_with_path(
+      model_state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+  return {jax.tree_util.keystr(p, simple=True, separator="/") for p, v in leaves
+          if isinstance(v, nnx.Variable)
+          and "classes" in tuple(v.get_metadata().get("out_sharding") or ())}
+
+
+def _starts_at_zero(name: str, current: dict, saved: dict) -> bool:
+  """Whether `name` is the output projection of a temporal attention copied from the spatial
+  one into a block without TimeSformer's zero temporal_fc (ViViT model 3): zero, so that the
+  temporal step adds nothing at first. (A zero projection still learns: its input is not
+  zero; a wholly zero attention would not.)"""
+  temporal = _TEMPORAL.fullmatch(name)
+  return bool(temporal and temporal.group(2) == "attn"
+              and temporal.group(3) in ("proj", "proj_bias")
+              and f"{temporal.group(1)}temporal/fc/kernel" not in current
+              and name not in saved and f"encoder/{name}" not in saved)
+
+
 def _source_name(name: str, saved: dict):
   """The checkpoint entry that initialises parameter `name`, or None."""
-  temporal = re.fullmatch(r"(.*blocks/\d+/)temporal/(attn|norm)/(.*)", name)
+  temporal = _TEMPORAL.fullmatch(name)
   candidates = [name, f"encoder/{name}"]
   if temporal:  # TimeSformer's temporal attention from the block's spatial one
     prefix, part, rest = temporal.groups()
@@ -199,18 +243,25 @@ def _inflate(name: str, value: np.ndarray, shape, grid, inflation: str):
     return out
   if name.endswith("pos_embed/embedding") and grid is not None and value.shape[1] == shape[1]:
     frames, height, width = grid
-    cls = shape[0] - height * width * (frames if shape[0] > height * width + 1 else 1)
-    side = math.isqrt(value.shape[0] - cls)
-    if cls not in (0, 1) or side * side != value.shape[0] - cls:
+    # The model's rows: a CLS row or none, then one per patch of a frame or per tubelet.
+    rows = {cls: shape[0] - cls for cls in (0, 1)
+            if shape[0] - cls in (height * width, frames * height * width)}
+    # The image's: a CLS row or none, then side x side patches.
+    side = math.isqrt(value.shape[0])
+    image_cls = value.shape[0] - side * side
+    if len(rows) != 1 or image_cls not in (0, 1) or (1 in rows and not image_cls):
       return None
-    patches = value[cls:].reshape(side, side, -1)
+    (cls, patch_rows), = rows.items()
+    patches = value[image_cls:].reshape(side, side, -1)
     if (side, side) != (height, width):
       patches = np.asarray(jax.image.resize(patches, (height, width, patches.shape[-1]),
                                             "bicubic"))
     patches = patches.reshape(height * width, -1)
-    if shape[0] - cls == frames * height * width:
+    if patch_rows == frames * height * width:
       patches = np.tile(patches, (frames, 1))  # time-major rows t * H'W' + s
-    return np.concatenate([value[:cls], patches]) if cls else patches
+    return np.concatenate([value[:1], patches]) if cls else patches
+  if name.endswith("time_embed/embedding") and value.shape[1:] == shape[1:]:
+    return np.asarray(jax.image.resize(value, shape, "nearest"))
   return None
 
 

@@ -22,15 +22,19 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   # Key of vidtx.models.MODELS: "vit" (classifier on all or masked tokens), "mae" (masked
   # video model: VideoMAE pre-training, or MAR with model.classifier="bridge"), "timesformer"
-  # or "vivit" (space-time transformers, see model.attention).
+  # or "vivit" (space-time transformers, see model.attention); "ila" (CLIP + implicit learnable
+  # alignment, see model.ila_*); "vtn" (a ViT per frame + a Longformer over frames, model.vtn_*);
+  # "tps" (a 2-D Swin over the frames with temporal patch shift, see model.window_size).
   c.model.name = "vit"
-  c.model.size = "B"  # Ti / S / B / L / H: width, depth and heads of the standard ViT sizes
+  # Ti / S / B / L / H: width, depth and heads of the standard ViT sizes; tps: swin_t / swin_b
+  c.model.size = "B"
   c.model.width = 0  # > 0 overrides the size's width
   c.model.depth = 0  # > 0 overrides the size's depth
   c.model.num_heads = 0  # > 0 overrides the size's number of heads
   c.model.mlp_ratio = 4.0
   c.model.patch_size = (2, 16, 16)  # tubelet (t, h, w); must divide num_frames and crop_size
-  # Learned q and v biases (VideoMAE); timesformer and vivit add a k bias, as their references.
+  # Learned q and v biases (VideoMAE); timesformer, vivit and vtn add a k bias, as their
+  # references.
   c.model.qkv_bias = True
   c.model.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"; model.name="vit" only
   c.model.pool = "mean"  # "mean" (+ fc_norm) or "cls"; model.name="vit" only
@@ -38,13 +42,19 @@ def base() -> ml_collections.ConfigDict:
   #   "joint": every token attends to every token (vit, mae; vivit model 1; timesformer
   #     joint_space_time). The only one masking works with.
   #   "divided": timesformer (its default): time (+ temporal_fc), then space.
-  #   "space_only": timesformer: each frame apart with its own CLS, averaged at the end.
+  #   "space_only": timesformer: each frame apart with its own CLS, averaged at the end. ila:
+  #     CLIP's blocks see one frame each (the only value it takes). vtn: its per-frame ViT
+  #     (the only value it takes).
   #   "factorised_encoder": vivit model 2: a spatial ViT per time slice, then a temporal
   #     transformer (model.temporal_depth blocks) over their CLS tokens.
   #   "factorised_self": vivit model 3: space, then time, each with its own LN and residual.
   #   "factorised_dot": vivit model 4: half the heads attend over time, half over space.
+  #   "patch_shift": tps: TPS's temporal patch shift, alternating with a channel shift (tps
+  #     with "space_only": the same Swin without the shifts, each frame apart); vit: TPS in
+  #     every block (attention within frames over patch-shifted q, k, v; no masking).
   c.model.attention = "joint"
-  c.model.temporal_depth = 4  # vivit model 2: blocks of the temporal transformer (B 4, L 24)
+  c.model.temporal_depth = 4  # vivit model 2: blocks of the temporal transformer (B 4, L 24);
+  # vtn: Longformer layers (3)
   # Recompute each block in the backward pass to save activation memory: "none"; "full" (keep
   # only block inputs); "dots" (also keep the matmul outputs without batch dims).
   c.model.remat = "none"
@@ -65,15 +75,42 @@ def base() -> ml_collections.ConfigDict:
   c.model.bridge_depth = 2
   c.model.bridge_heads = 4
   c.model.recon_weight = 1.0  # lambda: weight of the reconstruction MSE (MAR: 0.01 K400, 0.1 SSv2)
+  # model.name="ila" (vidtx.models.ila): a CLIP ViT per frame (model.patch_size (1, p, p),
+  # attention "space_only") with an ILA module before each block. CLIP's blocks always have
+  # q, k and v biases (model.qkv_bias is not read).
+  c.model.clip_proj_dim = 0  # CLIP's visual projection of the CLS feature: B 512, L 768; 0: none
+  # Interaction convs: "separable" (the K400 code: depthwise 3x3, 1x1 to 256, 3x3) or "dense"
+  # (the SSv2 branch: two 3x3 convs); each + BatchNorm + ReLU.
+  c.model.ila_interaction = "separable"
+  c.model.ila_channels = 256  # of the interaction features (the paper's 256; small for CPU tests)
+  # delta: spread of the 9 jittered interactive points at train time. The reference halves it
+  # every epoch from epoch 30; here it is fixed (lower it for a late phase).
+  c.model.ila_jitter = 0.2
+  c.model.ila_loss_weight = 1.0  # weight of the summed per-block cosine alignment losses
+  # Temporal pooling of the per-frame features before the LN-dropout-Linear head: "mean" or
+  # "mit" (X-CLIP's 1-block multi-frame integration transformer, then the mean).
+  c.model.ila_head = "mean"
+  # model.name="vtn" (vidtx.models.vtn): a 2-D ViT (model.patch_size (1, p, p)) per frame, then
+  # a Longformer (model.temporal_depth layers, the ViT's width and heads) over the frame
+  # features, whose positions are the frames' indices: start + data.frame_stride x i.
+  c.model.vtn_window = 9  # frames each frame attends to on each side (HF attention_window=18)
+  c.model.vtn_dropout = 0.1  # Longformer's hidden and attention-probability dropout
+  # model.name="tps" (vidtx.models.tps): a Swin over frames, model.patch_size (2, p, p) (TPS:
+  # (2, 4, 4)); model.width is the first stage's C and model.num_heads its heads (both double
+  # at every stage); model.depth is not read.
+  c.model.window_size = 7  # side of the per-frame attention windows
+  c.model.stage_depths = ()  # blocks per stage; (): the size's (swin_t 2-2-6-2, swin_b 2-2-18-2)
 
   c.data = ml_collections.ConfigDict()
   # "synthetic_motion" is generated; the others are DMVR TFRecord shards in data_dir, written by
   # vidtx.data.convert: "kinetics400", "kinetics600", "ssv2" (their standard settings are in
-  # DATASETS) or "custom" (your own videos). num_classes must match the labels.json there.
-  # "tfds:<name>" reads a prepared TFDS video dataset (data_dir: its TFDS data_dir, "" for the
-  # default) through the same samplers and transforms.
+  # DATASETS) or "custom" (your own videos). num_classes must match the labels.json and
+  # metadata.json there. "tfds:<name>" reads a prepared TFDS video dataset (data_dir: its TFDS
+  # data_dir, "" for the default) through the same samplers and transforms; num_classes must
+  # match its label feature.
   c.data.name = "synthetic_motion"
-  c.data.tfds_features = ("video", "label")  # "tfds:" datasets: video and ClassLabel features
+  # "tfds:" datasets: the names of their tfds.features.Video and ClassLabel features.
+  c.data.tfds_features = ("video", "label")
   c.data.data_dir = ""  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
   c.data.num_classes = 8
   c.data.num_frames = 8  # frames sampled per clip
@@ -155,13 +192,19 @@ def base() -> ml_collections.ConfigDict:
   c.init_from_inflation = "average"
 
   c.optim = ml_collections.ConfigDict()
+  # "adamw" (decoupled weight decay, b1 and b2) or "sgd" (torch.optim.SGD: weight decay added
+  # to the gradient, then momentum; PySlowFast's recipes, e.g. VTN).
+  c.optim.name = "adamw"
   c.optim.lr = 1e-3  # peak learning rate
   c.optim.warmup_steps = 100  # linear warm-up from warmup_init_lr
   c.optim.warmup_init_lr = 0.0
   c.optim.min_lr = 0.0  # cosine decays to this at total_steps
-  c.optim.weight_decay = 0.05  # decoupled (AdamW); never on biases, norms, pos. embeddings
+  # Decoupled (adamw) or added to the gradient (sgd); never on biases, norms, pos. embeddings
+  c.optim.weight_decay = 0.05
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
+  c.optim.momentum = 0.9  # optim.name="sgd"
+  c.optim.nesterov = True  # optim.name="sgd"; PySlowFast's default
   c.optim.grad_clip = 0.0  # clip the global gradient norm; 0: off
   # Layer-wise lr decay (BEiT/VideoMAE): lr x decay^(L + 1 - i) with i = 0 for the embeddings,
   # i = n + 1 for encoder block n and L + 1 for everything after the encoder. 1.0: off.
@@ -303,6 +346,76 @@ def _fail(field, value, fix):
   raise ConfigError(f"config.{field}={value!r}: {fix}")
 
 
+def _validate_ila(config: ml_collections.ConfigDict) -> None:
+  m, d = config.model, config.data
+  from vidtx.models import ila
+  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
+    _fail("model.patch_size", m.patch_size, "CLIP embeds each frame's square 2-D patches: use "
+          "(1, p, p), e.g. (1, 16, 16) for B/16")
+  if d.crop_size // m.patch_size[1] < 4:
+    _fail("data.crop_size", d.crop_size, "ILA's point head max-pools the patch grid twice: "
+          f"give at least 4 x {m.patch_size[1]} pixels")
+  if d.num_frames < 2:
+    _fail("data.num_frames", d.num_frames, "ILA aligns adjacent frames: use at least 2")
+  if m.ila_interaction not in ila.INTERACTIONS:
+    _fail("model.ila_interaction", m.ila_interaction, f"choose one of {ila.INTERACTIONS}")
+  if m.ila_channels < 8 or m.ila_channels % 8:
+    _fail("model.ila_channels", m.ila_channels, "use a positive multiple of 8 (the paper: 256)")
+  if m.ila_head not in ila.HEADS:
+    _fail("model.ila_head", m.ila_head, f"choose one of {ila.HEADS}")
+  for field in ("clip_proj_dim", "ila_jitter", "ila_loss_weight"):
+    if m[field] < 0:
+      _fail(f"model.{field}", m[field], "must be >= 0")
+  if config.optim.layer_decay < 1:
+    # Layer decay numbers the blocks under `encoder/`; ILA's are under `clip/`.
+    _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not supported "
+          "for model.name='ila': keep 1.0 (optim.lr_scales sets per-group lrs)")
+
+
+def _validate_vtn(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
+    _fail("model.patch_size", m.patch_size, "VTN embeds each frame's square 2-D patches: use "
+          "(1, p, p), e.g. (1, 16, 16) for ViT-B/16")
+  if m.temporal_depth < 1:
+    _fail("model.temporal_depth", m.temporal_depth, "VTN's Longformer needs at least 1 layer "
+          "(the reference: 3)")
+  if m.vtn_window < 1:
+    _fail("model.vtn_window", m.vtn_window, "a frame must attend to at least 1 frame on each "
+          "side (the reference: 9, HF attention_window=18)")
+  if not 0 <= m.vtn_dropout < 1:
+    _fail("model.vtn_dropout", m.vtn_dropout, "must be in [0, 1)")
+
+
+def _validate_tps(config: ml_collections.ConfigDict) -> None:
+  m, d = config.model, config.data
+  from vidtx.models import tps
+  if (not isinstance(m.stage_depths, (tuple, list))
+      or any(not isinstance(n, int) or n < 1 for n in m.stage_depths)):
+    _fail("model.stage_depths", m.stage_depths, "give blocks per stage, e.g. (2, 2, 6, 2), or "
+          "() for the size's")
+  width, depths, heads = tps.size(m)
+  if len(m.patch_size) != 3 or m.patch_size[1] != m.patch_size[2]:
+    _fail("model.patch_size", m.patch_size, "TPS embeds square patches of a few frames: use "
+          "(t, p, p), e.g. (2, 4, 4)")
+  if m.window_size < 1:
+    _fail("model.window_size", m.window_size, "must be at least 1 (Swin: 7)")
+  resolution = d.crop_size // m.patch_size[1]
+  for i in range(len(depths)):
+    window, _ = tps.stage_window(resolution, m.window_size)
+    if resolution % window or (i < len(depths) - 1 and resolution % 2):
+      _fail("data.crop_size", d.crop_size, f"stage {i}'s {resolution}x{resolution} token grid "
+            f"must be a multiple of its {window}x{window} windows, and even before patch "
+            "merging: use crop_size = patch x window x 2^(stages - 1), e.g. 224 = 4 x 7 x 8")
+    resolution //= 2
+  if m.attention == "patch_shift" and width // heads < 8:
+    _fail("model.num_heads", heads, f"the channel shift moves 1/8 of each head's channels: "
+          f"model.width / model.num_heads = {width // heads} must be at least 8")
+  if config.optim.layer_decay < 1:
+    _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not "
+          "supported for model.name='tps': keep 1.0 (optim.lr_scales sets per-group lrs)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int | None = None) -> None:
   """Checks what would otherwise fail late or silently. Raises ConfigError naming the field."""
@@ -313,10 +426,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   from vidtx import models  # the registry imports every model family
   if m.name not in models.MODELS:
     _fail("model.name", m.name, f"choose one of {sorted(models.MODELS)}")
-  from vidtx.models import vit
-  if m.size not in vit.SIZES:
-    _fail("model.size", m.size, f"choose one of {list(vit.SIZES)}")
-  width, _, heads = vit.size(m)
+  from vidtx.models import tps, vit
+  family = tps if m.name == "tps" else vit  # Swin sizes for tps, ViT sizes for the rest
+  if m.size not in family.SIZES:
+    _fail("model.size", m.size, f"choose one of {list(family.SIZES)} for model.name={m.name!r}")
+  if m.name == "tps":
+    _validate_tps(config)
+  width, _, heads = family.size(m)
   if width % heads:
     _fail("model.width", width, f"must be divisible by model.num_heads={heads}")
   if m.name == "mae":
@@ -344,6 +460,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if m.name not in models.MASKABLE and m.masking != "none":
     _fail("model.masking", m.masking, f"model.name={m.name!r} sees every token: set "
           f"model.masking='none' (masking works with {models.MASKABLE})")
+  if m.masking != "none" and m.attention != "joint":
+    _fail("model.masking", m.masking, f"attention={m.attention!r} needs every token of the "
+          "grid: set model.masking='none' (masking works with attention='joint' only)")
   if m.attention == "factorised_dot" and heads % 2:
     _fail("model.num_heads", heads, "attention='factorised_dot' gives half the heads to time "
           "and half to space: use an even number")
@@ -359,6 +478,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     # names, so every parameter would get the head's lr.
     _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not "
           "supported for model.name='timesformer': keep 1.0")
+  if m.name == "ila":
+    _validate_ila(config)
+  if m.name == "vtn":
+    _validate_vtn(config)
   from vidtx.models import layers
   if m.remat not in layers.REMAT:
     _fail("model.remat", m.remat, f"choose one of {layers.REMAT}")
@@ -410,6 +533,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
           f"must be below total_steps={config.total_steps}")
   if o.lr <= 0:
     _fail("optim.lr", o.lr, "must be positive")
+  from vidtx import optim
+  if o.name not in optim.OPTIMIZERS:
+    _fail("optim.name", o.name, f"choose one of {optim.OPTIMIZERS}")
   if not 0 < o.layer_decay <= 1:
     _fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
   for entry in o.lr_scales:

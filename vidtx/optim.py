@@ -1,5 +1,5 @@
-"""Optimizer: AdamW with linear warm-up and cosine decay, weight decay on matrices only,
-optional layer-wise lr decay, per-group lr scales and frozen parameters.
+"""Optimizer: AdamW (or SGD, `optim.name`) with linear warm-up and cosine decay, weight decay
+on matrices only, optional layer-wise lr decay, per-group lr scales and frozen parameters.
 
 Parameter groups are picked by regular expressions over a parameter's path, its names joined
 by "/" as `param_path` writes them, e.g. "encoder/blocks/3/attn/qkv" or "head/kernel".
@@ -20,10 +20,11 @@ def schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax
 
 
 def decay_mask(params):
-  """Decay kernels and matrices (rank >= 2); not biases, norms, position embeddings, CLS."""
+  """Decay kernels and matrices (rank >= 2); not biases, norms, position embeddings, CLS,
+  relative position bias tables (Swin, TPS)."""
   def decays(path, x):
     names = {str(getattr(k, "key", k)) for k in path}
-    return x.ndim >= 2 and not names & {"pos_embed", "cls_token"}
+    return x.ndim >= 2 and not names & {"pos_embed", "cls_token", "relative_position_bias_table"}
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -83,12 +84,20 @@ def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformati
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def build(optim_config: ml_collections.ConfigDict, total_steps: int, depth: int = 0):
-  """AdamW for a model whose encoder has `depth` blocks (used by layer decay)."""
+  """The optimizer `optim.name` for a model whose encoder has `depth` blocks (used by layer
+  decay)."""
   o = optim_config
   parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-  parts.append(optax.adamw(schedule(o, total_steps), b1=o.b1, b2=o.b2,
-                           weight_decay=o.weight_decay, mask=decay_mask))
+  if o.name == "sgd":  # torch.optim.SGD: L2 weight decay added to the gradient, then momentum
+    parts += [optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
+              optax.sgd(schedule(o, total_steps), momentum=o.momentum, nesterov=o.nesterov)]
+  else:
+    parts.append(optax.adamw(schedule(o, total_steps), b1=o.b1, b2=o.b2,
+                             weight_decay=o.weight_decay, mask=decay_mask))
   if o.layer_decay < 1:
     parts.append(scale_by_layer_decay(o.layer_decay, depth))
   if o.lr_scales:

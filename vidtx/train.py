@@ -42,7 +42,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
   def create():
     model = models.build(config.model, config.data, nnx.Rngs(params=config.seed))
-    tx = optim.build(config.optim, config.total_steps, depth=vit.size(config.model)[1])
+    # Only layer decay reads the depth, of ViT sizes; models with other sizes (tps) refuse it.
+    depth = vit.size(config.model)[1] if config.optim.layer_decay < 1 else 0
+    tx = optim.build(config.optim, config.total_steps, depth=depth)
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
@@ -81,7 +83,9 @@ def make_train_step(setup: Setup):
                                  num_classes=d.num_classes, mixup_alpha=d.mixup_alpha,
                                  cutmix_alpha=d.cutmix_alpha, switch_prob=d.mix_switch_prob,
                                  label_smoothing=config.label_smoothing)
-    logits, aux = nnx.merge(graphdef, params, rest)(video, train=True, key=key, keep=keep)
+    # A copy: the forward pass may update BatchNorm statistics, which belong to this trace.
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    logits, aux = model(video, train=True, key=key, keep=keep)
     loss = aux.pop("loss", 0.0)  # a model's own weighted loss terms, per example
     metrics = {k: v.mean() for k, v in aux.items()}
     if logits is not None:
@@ -90,7 +94,8 @@ def make_train_step(setup: Setup):
       metrics.update(ce_loss=ce.mean(), top1=evaluate.topk_correct(logits, labels, 1).mean(),
                      top5=evaluate.topk_correct(logits, labels, 5).mean())
     loss = jnp.mean(loss)
-    return loss, {**metrics, "loss": loss}
+    # BatchNorm's running statistics (ILA), as this forward pass updated them; empty for most.
+    return loss, ({**metrics, "loss": loss}, nnx.state(model, nnx.BatchStat))
 
   def train_step(state, batch, rng, stop):
     model, optimizer = nnx.merge(setup.graphdef, state)
@@ -99,7 +104,8 @@ def make_train_step(setup: Setup):
     key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
     grad_fn = jax.grad(loss_and_metrics, argnums=1, has_aux=True)
     if k == 1:
-      grads, metrics = grad_fn(graphdef, params, rest, batch["video"], batch["label"], key)
+      grads, (metrics, batch_stats) = grad_fn(graphdef, params, rest, batch["video"],
+                                              batch["label"], key)
     else:
       # Micro-batch i takes every k-th clip from i on, so each device keeps its own clips.
       micro = jax.tree.map(
@@ -109,15 +115,19 @@ def make_train_step(setup: Setup):
 
       def accumulate(total, i_batch):
         i, mb = i_batch
-        grads, metrics = grad_fn(graphdef, params, rest, mb["video"], mb["label"],
-                                 jax.random.fold_in(key, i))
-        return jax.tree.map(lambda a, b: a + b / k, total, (grads, metrics)), None
+        grads, aux = grad_fn(graphdef, params, rest, mb["video"], mb["label"],
+                             jax.random.fold_in(key, i))
+        return jax.tree.map(lambda a, b: a + b / k, total, (grads, aux)), None
 
       first = jax.tree.map(lambda x: x[0], micro)
       zeros = jax.tree.map(
           lambda x: jnp.zeros(x.shape, x.dtype),
           jax.eval_shape(grad_fn, graphdef, params, rest, first["video"], first["label"], key))
-      (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
+      # Running statistics too are averaged: each micro-batch's update starts from the same
+      # ones, so their mean is one update with the micro-batches' mean statistics.
+      (grads, (metrics, batch_stats)), _ = jax.lax.scan(accumulate, zeros,
+                                                        (jnp.arange(k), micro))
+    nnx.update(model, batch_stats)
     optimizer.update(model, grads)
     metrics.update(grad_norm=optax.tree.norm(grads), stop=jnp.max(stop))
     return nnx.state((model, optimizer)), metrics

@@ -4,20 +4,26 @@ Every model is called as `model(video, train=, key=, keep=) -> (logits or None, 
 `vidtx.models.vit` for the contract.
 """
 
-from vidtx.models import mae, timesformer, vit, vivit
+from vidtx.models import ila, mae, timesformer, tps, vit, vivit, vtn
 
 MODELS = {
     "vit": vit.build,
     "mae": mae.build,
     "timesformer": timesformer.build,
     "vivit": vivit.build,
+    "ila": ila.build,
+    "vtn": vtn.build,
+    "tps": tps.build,
 }
 # The values of config.model.attention each model takes.
 ATTENTIONS = {
-    "vit": ("joint",),
+    "vit": ("joint", "patch_shift"),  # patch_shift: TPS in ViT blocks, without masking
     "mae": ("joint",),
     "timesformer": timesformer.ATTENTIONS,
     "vivit": vivit.ATTENTIONS,
+    "ila": ("space_only",),  # CLIP encodes each frame apart; ILA modules connect them
+    "vtn": ("space_only",),  # a ViT per frame; a Longformer over the frames connects them
+    "tps": tps.ATTENTIONS,  # patch_shift: TPS; space_only: the same Swin without the shifts
 }
 # Models that take masked tokens (config.model.masking); the others see every token.
 MASKABLE = ("vit", "mae")

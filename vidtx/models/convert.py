@@ -4,6 +4,13 @@ TimeSformer (`TimeSformer`): HF `TimesformerForVideoClassification` (`timesforme
 official facebookresearch/TimeSformer files (`model.blocks.{i}...`), both through the name
 tables TIMESFORMER_NAMES / TIMESFORMER_BLOCK_NAMES. ViViT model 1 (`ViViT`, attention="joint"):
 HF `VivitForVideoClassification` (`vivit.`), through VIVIT_HF_NAMES / VIVIT_HF_BLOCK_NAMES.
+CLIP's image tower (`clip.CLIPVision`, and the tower inside ILA): HF `CLIPVisionModel`,
+`CLIPVisionModelWithProjection` or `CLIPModel` (`vision_model.`), through CLIP_HF_NAMES /
+CLIP_HF_BLOCK_NAMES (`convert_clip`). VTN (`vtn.VTN`): the PySlowFast checkpoint (timm ViT
+`backbone.`, HF Longformer `temporal_encoder.`) through VTN_NAMES, TIMM_VIT_BLOCK_NAMES and the
+LONGFORMER_* tables; an HF `LongformerModel` alone into its temporal encoder
+(`convert_longformer`). TPS (`tps.TPS`): an HF image Swin (`SwinForImageClassification`,
+`SwinModel`) through SWIN_HF_NAMES, inflated to video (`convert_swin`).
 
 The VideoMAE family has three key layouts, detected from the names:
 - "hf": HF transformers `VideoMAEForVideoClassification` / `VideoMAEForPreTraining`
@@ -36,7 +43,7 @@ import pickle
 import numpy as np
 from flax import nnx
 
-from vidtx.models import layers, mae, timesformer, vit, vivit
+from vidtx.models import clip, ila, layers, mae, timesformer, tps, vit, vivit, vtn
 
 # Wrappers of the state dict in released files: official VideoMAE ("model"/"module"), MAR and
 # SlowFast-style trainers ("model_state"), generic ("state_dict").
@@ -459,7 +466,7 @@ VIT_HF_NAMES = {
 
 def is_image_vit(state_dict) -> bool:
   return any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings."))
-             for k in strip_wrappers(state_dict))
+             for k in strip_wrappers(state_dict)) and not is_swin(state_dict)
 
 
 def convert_image_vit(state_dict, model_config) -> dict:
@@ -495,8 +502,10 @@ def _conv_patch_embed(reader, key, target, path):
                        f"{path}/kernel")
   if weight is not None:
     weight = weight.reshape(d, c, kt, kh, kw).transpose(2, 3, 4, 1, 0)
-  return {"kernel": weight,
-          "bias": reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")}
+  out = {"kernel": weight}
+  if "bias" in target:  # CLIP's patch embedding has none
+    out["bias"] = reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")
+  return out
 
 
 def _biased_qkv_attention(reader, keys, target, path):
@@ -602,6 +611,250 @@ def _convert_vivit(reader, target, model):
   return "hf ViViT", _from_table(reader, VIVIT_HF_NAMES, VIVIT_HF_BLOCK_NAMES, target)
 
 
+# ---- VTN: the PySlowFast checkpoint (bomri/SlowFast `VTN`), or HF LongformerModel parts ----
+# The reference saves its timm ViT as `backbone.`, its Longformer (an HF `LongformerModel`
+# without word embeddings or pooler) as `temporal_encoder.`, the temporal CLS as `cls_token` and
+# the head nn.Sequential(LN, Linear, GELU, Dropout, Linear) as `mlp_head.{0,1,4}`.
+VTN_NAMES = {
+    "encoder/patch_embed": "backbone.patch_embed.proj",
+    "encoder/cls_token": "backbone.cls_token",
+    "encoder/pos_embed": "backbone.pos_embed",
+    "encoder/blocks": "backbone.blocks.{}",
+    "norm": "backbone.norm",
+    "temporal/cls_token": "cls_token",
+    "head_norm": "mlp_head.0",
+    "head_hidden": "mlp_head.1",
+    "head": "mlp_head.4",
+}
+# timm's VisionTransformer block: one fused qkv Linear with a [3D] bias.
+# timm's ViT blocks are TimeSformer's official ones without the temporal parts.
+TIMM_VIT_BLOCK_NAMES = {k: v for k, v in TIMESFORMER_BLOCK_NAMES["official"].items()
+                        if not k.startswith("temporal/")}
+# Our `vtn.TemporalEncoder` path -> HF `LongformerModel` name (the embedding tables, nn.Embedding
+# weights [rows, D], are read apart: LONGFORMER_TABLES).
+LONGFORMER_NAMES = {
+    "norm": "embeddings.LayerNorm",
+    "blocks": "encoder.layer.{}",
+}
+LONGFORMER_TABLES = {
+    "pos_embed/embedding": "embeddings.position_embeddings.weight",
+    "type_embed": "embeddings.token_type_embeddings.weight",
+}
+LONGFORMER_BLOCK_NAMES = {
+    "attn/query": "attention.self.query",
+    "attn/key": "attention.self.key",
+    "attn/value": "attention.self.value",
+    "attn/query_global": "attention.self.query_global",
+    "attn/key_global": "attention.self.key_global",
+    "attn/value_global": "attention.self.value_global",
+    "attn/proj": "attention.output.dense",
+    "norm1": "attention.output.LayerNorm",
+    "mlp/fc1": "intermediate.dense",
+    "mlp/fc2": "output.dense",
+    "norm2": "output.LayerNorm",
+}
+# What VTN does not read from a Longformer: it passes inputs_embeds (no word embeddings) and
+# takes the CLS token's last hidden state (no pooler); index buffers.
+LONGFORMER_UNUSED = ("embeddings.word_embeddings.", "pooler.", "embeddings.position_ids")
+
+
+def _longformer(reader, prefix, target, path):
+  """`vtn.TemporalEncoder` params but its CLS token from HF Longformer names under `prefix`."""
+  names = {ours: f"{prefix}{theirs}" for ours, theirs in LONGFORMER_NAMES.items()}
+  out = _from_table(reader, names, LONGFORMER_BLOCK_NAMES, target, path)
+  for ours, theirs in LONGFORMER_TABLES.items():
+    _put(out, ours, reader.take(f"{prefix}{theirs}", _shape(_get(target, ours)), path + ours))
+  for key in reader.arrays:
+    if key.startswith(tuple(prefix + name for name in LONGFORMER_UNUSED)):
+      reader.consume(key)
+  return out
+
+
+def convert_longformer(state_dict, model: "vtn.TemporalEncoder") -> dict:
+  """Our `vtn.TemporalEncoder` params from an HF `LongformerModel` state dict (tables
+  LONGFORMER_NAMES, LONGFORMER_TABLES, LONGFORMER_BLOCK_NAMES). Its CLS token, which VTN keeps
+  outside the Longformer, is not filled: the result lacks "cls_token". Raises ValueError like
+  `convert`."""
+  reader = _Reader(strip_wrappers(state_dict))
+  target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  del target["cls_token"]
+  out = _longformer(reader, "", target, "")
+  _check_complete(reader, target, out, "hf Longformer", model)
+  return out
+
+
+def _convert_vtn(reader, target):
+  keys = reader.arrays
+  if not any(k.startswith("temporal_encoder.") for k in keys):
+    raise ValueError(f"unrecognised VTN checkpoint (keys e.g. {sorted(keys)[:5]}): expected "
+                     "PySlowFast's ('backbone.blocks.0...', 'temporal_encoder.encoder.layer.0...'"
+                     "). An image ViT for the backbone goes through vidtx.tools.convert_weights "
+                     "and config.init_from")
+  out = _from_table(reader, VTN_NAMES, TIMM_VIT_BLOCK_NAMES, target)
+  temporal = {k: v for k, v in target["temporal"].items() if k != "cls_token"}
+  out["temporal"].update(_longformer(reader, "temporal_encoder.", temporal, "temporal/"))
+  return "PySlowFast VTN", out
+
+
+# ---- CLIP: HF `CLIPVisionModel`, `CLIPVisionModelWithProjection` or `CLIPModel` ----
+# Our `clip.CLIPVision` path -> HF name; the block table is relative to a layer.
+CLIP_HF_NAMES = {
+    "patch_embed": "vision_model.embeddings.patch_embedding",  # a Conv2d without bias
+    "norm_pre": "vision_model.pre_layrnorm",  # sic: HF's spelling of CLIP's ln_pre
+    "blocks": "vision_model.encoder.layers.{}",
+    "norm": "vision_model.post_layernorm",  # ln_post
+    "proj": "visual_projection",  # bias-free; only WithProjection and CLIPModel have it
+}
+CLIP_HF_BLOCK_NAMES = {
+    "norm1": "layer_norm1",
+    "attn": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.out_proj"),
+    "norm2": "layer_norm2",
+    "mlp/fc1": "mlp.fc1",
+    "mlp/fc2": "mlp.fc2",
+}
+# Saved without a batch axis: the class embedding [D] and the position table [1 + S, D] (an
+# nn.Embedding).
+CLIP_HF_CLS = "vision_model.embeddings.class_embedding"
+CLIP_HF_POSITIONS = "vision_model.embeddings.position_embedding.weight"
+# What a vision tower does not read from a full CLIPModel, and index buffers older
+# transformers versions saved.
+CLIP_HF_UNUSED = ("text_model.", "text_projection.", "logit_scale", "position_ids")
+
+
+def is_clip(state_dict) -> bool:
+  return any(k.startswith("vision_model.embeddings.") for k in strip_wrappers(state_dict))
+
+
+def convert_clip(state_dict, model: nnx.Module) -> dict:
+  """Our params of a `clip.CLIPVision` tower from an HF CLIP state dict (table CLIP_HF_NAMES).
+
+  A `CLIPVisionModel` has no visual projection: its tower needs proj_dim=0; the projection of
+  `CLIPVisionModelWithProjection` and `CLIPModel` needs proj_dim = their projection_dim. A
+  CLIPModel's text tower is not read. Raises ValueError like `convert`.
+  """
+  state_dict = strip_wrappers(state_dict)
+  if not is_clip(state_dict):
+    raise ValueError(f"not an HF CLIP checkpoint (keys e.g. {sorted(state_dict)[:5]}): expected "
+                     "'vision_model.embeddings...' (CLIPVisionModel, CLIPModel)")
+  reader = _Reader(state_dict)
+  target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  out = _from_table(reader, CLIP_HF_NAMES, CLIP_HF_BLOCK_NAMES, target)
+  cls_shape = _shape(target["cls_token"])
+  cls = reader.take(CLIP_HF_CLS, cls_shape[-1:], "cls_token")
+  out["cls_token"] = None if cls is None else cls.reshape(cls_shape)
+  out["pos_embed"] = {"embedding": reader.take(
+      CLIP_HF_POSITIONS, _shape(target["pos_embed"]["embedding"]), "pos_embed/embedding")}
+  for key in reader.arrays:
+    if key.startswith(CLIP_HF_UNUSED) or key.endswith("position_ids"):
+      reader.consume(key)
+  if "proj" not in target and "visual_projection.weight" in reader.arrays:
+    reader.reasons["proj"] = ["the model has no visual projection"]
+  _check_complete(reader, target, out, "hf CLIP", model)
+  return out
+
+
+# ---- Swin: HF `SwinForImageClassification` (`swin.`, `classifier`) or `SwinModel` ----
+# Into TPS (`tps.TPS`) as TPS starts from ImageNet: the Conv2d patch kernel inflated over the
+# tubelet's frames, each 2-D relative position bias table tiled over the Δt rows (the
+# reference's inflate_weights). Our path -> HF name; the stage and block tables are relative.
+SWIN_HF_NAMES = {
+    "backbone/patch_embed": "swin.embeddings.patch_embeddings.projection",
+    "backbone/patch_norm": "swin.embeddings.norm",
+    "backbone/stages": "swin.encoder.layers.{}",
+    "backbone/norm": "swin.layernorm",
+    "head": "classifier",
+}
+SWIN_HF_STAGE_NAMES = {
+    "blocks": "blocks.{}",
+    "downsample/norm": "downsample.norm",  # patch merging; not in the last stage
+    "downsample/reduction": "downsample.reduction",
+}
+SWIN_HF_BLOCK_NAMES = {
+    "norm1": "layernorm_before",
+    "attn": (("attention.self.query", "attention.self.key", "attention.self.value"),
+             "attention.output.dense"),
+    "attn/relative_position_bias_table": "attention.self.relative_position_bias_table",
+    "norm2": "layernorm_after",
+    "mlp/fc1": "intermediate.dense",
+    "mlp/fc2": "output.dense",
+}
+SWIN_HF_INDEX = "attention.self.relative_position_index"  # a buffer, rebuilt by the model
+
+
+def is_swin(state_dict) -> bool:
+  return any(k.endswith("relative_position_bias_table") for k in strip_wrappers(state_dict))
+
+
+def convert_swin(state_dict, model: nnx.Module, inflation: str = "average") -> dict:
+  """Our params of a `tps.TPS` from an HF Swin image model (table SWIN_HF_NAMES).
+
+  `inflation` of the patch kernel over the tubelet's t frames: "average" (repeated / t, TPS's)
+  or "central" (frame t // 2 only). A `SwinModel` has no classifier and gives no head (a
+  training run's init_from keeps a fresh one); a classifier must fit the model's head. Raises
+  ValueError like `convert`.
+  """
+  if inflation not in ("average", "central"):
+    raise ValueError(f"inflation={inflation!r}: use 'average' or 'central'")
+  state_dict = strip_wrappers(state_dict)
+  if not any(k.startswith("swin.") for k in state_dict):  # SwinModel
+    state_dict = {f"swin.{k}": v for k, v in state_dict.items()}
+  reader = _Reader(state_dict)
+  target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  if "classifier.weight" not in reader.arrays:
+    del target["head"]
+  names = dict(SWIN_HF_NAMES)
+  stages = names.pop("backbone/stages")
+  out = _from_table(reader, {k: v for k, v in names.items() if k != "backbone/patch_embed"},
+                    {}, target)
+  out["backbone"]["patch_embed"] = _inflated_patch_embed(
+      reader, names["backbone/patch_embed"], target["backbone"]["patch_embed"],
+      "backbone/patch_embed", inflation)
+  frames = model.backbone.grid[0]
+  out["backbone"]["stages"] = {}
+  for i, stage in target["backbone"]["stages"].items():
+    prefix, path = stages.format(i), f"backbone/stages/{i}/"
+    converted = _from_table(reader, {k: f"{prefix}.{v}" for k, v in SWIN_HF_STAGE_NAMES.items()
+                                     if k != "blocks"}, {}, stage, path)
+    converted["blocks"] = {}
+    for j, block in stage["blocks"].items():
+      block_prefix = f"{prefix}.{SWIN_HF_STAGE_NAMES['blocks'].format(j)}"
+      table_key = f"{block_prefix}.{SWIN_HF_BLOCK_NAMES['attn/relative_position_bias_table']}"
+      names = {k: _prefixed(block_prefix, v) for k, v in SWIN_HF_BLOCK_NAMES.items()
+               if k != "attn/relative_position_bias_table"}
+      converted["blocks"][j] = _from_table(reader, names, {}, block, f"{path}blocks/{j}/")
+      converted["blocks"][j]["attn"]["relative_position_bias_table"] = _tiled_table(
+          reader, table_key, _shape(block["attn"]["relative_position_bias_table"]), frames,
+          f"{path}blocks/{j}/attn/relative_position_bias_table")
+      reader.consume(f"{block_prefix}.{SWIN_HF_INDEX}")
+    out["backbone"]["stages"][i] = converted
+  _check_complete(reader, target, out, "hf Swin", model)
+  return out
+
+
+def _inflated_patch_embed(reader, key, target, path, inflation):
+  """Conv2d weight [D, C, kh, kw] -> kernel [kt, kh, kw, C, D] over the tubelet's frames."""
+  kt, kh, kw, c, d = _shape(target["kernel"])
+  weight = reader.take(f"{key}.weight", (d, c, kh, kw), f"{path}/kernel")
+  kernel = None
+  if weight is not None:
+    frame = weight.transpose(2, 3, 1, 0)
+    if inflation == "average":  # a clip of equal frames gives the image's tokens
+      kernel = np.repeat(frame[None], kt, axis=0) / kt
+    else:
+      kernel = np.zeros((kt, kh, kw, c, d), np.float32)
+      kernel[kt // 2] = frame
+  return {"kernel": kernel,
+          "bias": reader.take(f"{key}.bias", _shape(target["bias"]), f"{path}/bias")}
+
+
+def _tiled_table(reader, key, shape, frames, path):
+  """A 2-D relative position bias table [(2w-1)^2, heads] repeated for each of the 2T-1 Δt
+  rows of ours [(2T-1) (2w-1)^2, heads] (Δt major)."""
+  rows, heads = shape
+  table = reader.take(key, (rows // (2 * frames - 1), heads), path)
+  return None if table is None else np.tile(table, (2 * frames - 1, 1))
+
+
 def _flatten(tree, prefix=""):
   flat = {}
   for key, value in tree.items():
@@ -621,12 +874,22 @@ def convert(state_dict, model: nnx.Module) -> dict:
   unfilled and every shape mismatch.
   """
   state_dict = strip_wrappers(state_dict)
+  if isinstance(model, clip.CLIPVision):
+    return convert_clip(state_dict, model)
+  if isinstance(model, tps.TPS):
+    return convert_swin(state_dict, model)
+  if isinstance(model, ila.ILA):
+    # Only its CLIP tower comes from a CLIP checkpoint: save this and start the run from it
+    # with config.init_from, which copies `clip/` by name and keeps the ILA modules fresh.
+    return {"clip": convert_clip(state_dict, model.clip)}
   reader = _Reader(state_dict)
   target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   if isinstance(model, timesformer.TimeSformer):
     layout_name, out = _convert_timesformer(reader, target)
   elif isinstance(model, (vivit.ViViT, vivit.FactorisedEncoder)):
     layout_name, out = _convert_vivit(reader, target, model)
+  elif isinstance(model, vtn.VTN):
+    layout_name, out = _convert_vtn(reader, target)
   elif isinstance(model, (vit.VideoViT, mae.MaskedVideoModel)):
     layout = detect_layout(state_dict)
     layout_name = layout.name
@@ -637,7 +900,8 @@ def convert(state_dict, model: nnx.Module) -> dict:
   else:
     raise ValueError(f"cannot convert into a {type(model).__name__}: converters exist for "
                      "VideoViT (config.model.name='vit'), MaskedVideoModel ('mae'), TimeSformer "
-                     "('timesformer') and ViViT ('vivit', model 1)")
+                     "('timesformer'), ViViT ('vivit', model 1), CLIPVision and ILA ('ila'), "
+                     "VTN ('vtn')")
   _check_complete(reader, target, out, layout_name, model)
   return out
 

@@ -109,10 +109,12 @@ def drop_path(x, rate: float, key):
 class TokenLayout:
   """Where a clip's tokens [B, N, ...] lie: an optional CLS token first, then a grid of
   `frames` time steps x S spatial positions, time-major (n = t S + s, vidtx's order) or
-  space-major (n = s T + t, TimeSformer's)."""
+  space-major (n = s T + t, TimeSformer's). `width`: positions per row of a frame's grid
+  (s = row * width + column), for rules that need 2-D positions (patch_shift); 0: not given."""
   frames: int
   cls_token: bool = False
   space_major: bool = False
+  width: int = 0
 
   def split(self, x):
     """(CLS [B, 1, ...] or None, grid [B, T, S, ...]) of tokens [B, N, ...]."""
@@ -175,6 +177,55 @@ def attend_split_heads(q, k, v, layout):
   return jnp.concatenate([time, space], axis=2)
 
 
+# TPS (Xiang et al., 2022), pattern C: the token at row i, column j of a grid (a Swin window, a
+# ViT frame) takes frame t - PATCH_SHIFT_PATTERN[i % 3, j % 3], cyclically, so each 3 x 3 tile
+# of a frame holds frames t-4 .. t+4.
+PATCH_SHIFT_PATTERN = np.array([[-4, 1, 2], [-1, 0, 3], [-2, -3, 4]])
+
+
+def patch_shift_sources(frames: int, height: int, width: int, inverse: bool = False):
+  """[T, height * width] ints: the frame each grid position takes at frame t, (t - s) mod T;
+  `inverse`: (t + s) mod T, which undoes the shift."""
+  i, j = np.divmod(np.arange(height * width), width)
+  s = PATCH_SHIFT_PATTERN[i % 3, j % 3]
+  t = np.arange(frames)[:, None]
+  return (t + s if inverse else t - s) % frames
+
+
+def patch_shift(x, height: int, width: int, inverse: bool = False):
+  """TPS's temporal patch shift of x [B, T, height * width, ...] (pattern C, all channels)."""
+  sources = patch_shift_sources(x.shape[1], height, width, inverse)
+  return x[:, sources, np.arange(x.shape[2])]  # one gather: out[:, t, s] = x[:, src[t, s], s]
+
+
+def channel_shift(x, num_heads: int):
+  """TSM's shift of x [B, T, ..., heads * head_dim], per head: channels [0, d/8) take frame
+  t-1, [d/8, d/4) frame t+1; the first (last) frame keeps its own where it has no neighbour."""
+  x = x.reshape(*x.shape[:-1], num_heads, -1)
+  fold = x.shape[-1] // 8
+  previous = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+  following = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
+  x = jnp.concatenate([previous[..., :fold], following[..., fold:2 * fold], x[..., 2 * fold:]],
+                      axis=-1)
+  return x.reshape(*x.shape[:-2], -1)
+
+
+def attend_patch_shift(q, k, v, layout):
+  """TPS on a ViT: q, k and v of each frame's grid are patch-shifted (pattern C over the
+  frame's positions), attend within their frame (a CLS token in all frames, as
+  attend_within_frames), and the output is shifted back: spatial attention that sees
+  frames t-4 .. t+4 at the cost of 2-D attention. The layout must give the grid `width`."""
+  if not layout.width:
+    raise ValueError("attention 'patch_shift' needs the grid width in the token layout")
+
+  def shift(x, inverse=False):
+    cls, grid = layout.split(x)
+    height = grid.shape[2] // layout.width
+    return layout.join(cls, patch_shift(grid, height, layout.width, inverse))
+
+  return shift(attend_within_frames(shift(q), shift(k), shift(v), layout), inverse=True)
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention; `attend` (with the token `layout`) picks which tokens each
   query sees, all tokens by default.
@@ -223,18 +274,27 @@ class Attention(nnx.Module):
     return y + bias[...].astype(self.dtype).reshape(self.num_heads, self.head_dim)
 
 
+def quick_gelu(x):
+  """CLIP's GELU approximation x * sigmoid(1.702 x)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
 class Mlp(nnx.Module):
   """Linear -> GELU -> Linear. `approximate_gelu`: the tanh approximation (Scenic's ViViT and
-  HF's "gelu_fast") instead of the exact erf form."""
+  HF's "gelu_fast") instead of the exact erf form; `quick_gelu`: CLIP's sigmoid form."""
 
   def __init__(self, dim: int, hidden: int, *, approximate_gelu: bool = False,
-               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    self.approximate_gelu = approximate_gelu
+               quick_gelu: bool = False, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if approximate_gelu and quick_gelu:
+      raise ValueError("choose one of approximate_gelu and quick_gelu")
+    self.approximate_gelu, self.quick_gelu = approximate_gelu, quick_gelu
     self.fc1 = Dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.fc2 = Dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=self.approximate_gelu))
+    x = self.fc1(x)
+    x = quick_gelu(x) if self.quick_gelu else jax.nn.gelu(x, approximate=self.approximate_gelu)
+    return self.fc2(x)
 
 
 class TemporalAttention(nnx.Module):
@@ -283,6 +343,9 @@ ATTENTIONS = {
     "factorised_self": SpaceTimeAttention(attend_within_frames, temporal="after"),
     # ViViT model 4: one attention, half its heads over time, half over space.
     "factorised_dot": SpaceTimeAttention(attend_split_heads),
+    # TPS plugged into a ViT: spatial attention over patch-shifted frames, in every block (the
+    # Swin model, tps.py, alternates it with a channel shift).
+    "patch_shift": SpaceTimeAttention(attend_patch_shift),
 }
 
 # config.model.remat -> what a block keeps for the backward pass ("none": everything, no
@@ -301,13 +364,15 @@ class Block(nnx.Module):
 
   `attention` (a key of ATTENTIONS) makes it a space-time variant over tokens laid out as
   `layout`: the attention's attend rule, and a temporal step before or after it. `remat`
-  (one of REMAT) recomputes the block in the backward pass to save memory.
+  (one of REMAT) recomputes the block in the backward pass to save memory. CLIP's blocks take
+  `quick_gelu=True, norm_eps=1e-5`.
   """
 
   def __init__(self, dim: int, num_heads: int, *, attention: str = "joint",
                layout: TokenLayout | None = None, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               k_bias: bool = False, approximate_gelu: bool = False, drop_path: float = 0.0,
-               remat: str = "none", dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               k_bias: bool = False, approximate_gelu: bool = False, quick_gelu: bool = False,
+               norm_eps: float = 1e-6, drop_path: float = 0.0, remat: str = "none",
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if attention not in ATTENTIONS:
       raise ValueError(f"attention {attention!r} is unknown; choose one of {sorted(ATTENTIONS)}")
     if remat not in REMAT:
@@ -325,12 +390,12 @@ class Block(nnx.Module):
                                         qkv_bias=qkv_bias, k_bias=k_bias, dtype=dtype, rngs=rngs)
     else:
       self.temporal = None
-    self.norm1 = LayerNorm(dim, rngs=rngs)
+    self.norm1 = LayerNorm(dim, eps=norm_eps, rngs=rngs)
     self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias,
                           attend=variant.attend, layout=layout, dtype=dtype, rngs=rngs)
-    self.norm2 = LayerNorm(dim, rngs=rngs)
-    self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate_gelu=approximate_gelu, dtype=dtype,
-                   rngs=rngs)
+    self.norm2 = LayerNorm(dim, eps=norm_eps, rngs=rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), approximate_gelu=approximate_gelu,
+                   quick_gelu=quick_gelu, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, key=None):
     if self.remat == "none":
@@ -365,17 +430,18 @@ class TubeletEmbed(nnx.Module):
   """Non-overlapping (t, h, w) tubelets -> tokens: a Conv3d with kernel == stride.
 
   Computed as a reshape and one matmul (cheaper than a general convolution on every backend);
-  the kernel keeps the Conv3d layout [kt, kh, kw, C, D] so converters map it directly.
+  the kernel keeps the Conv3d layout [kt, kh, kw, C, D] so converters map it directly. CLIP's
+  patch embedding has no bias (`use_bias=False`).
   """
 
   def __init__(self, patch: tuple[int, int, int], channels: int, dim: int, *,
-               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               use_bias: bool = True, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.patch, self.dtype = tuple(patch), dtype
     fan_in = int(np.prod(patch)) * channels
     init = lambda key, shape, dtype: xavier(key, (fan_in, dim), dtype).reshape(shape)
     self.kernel = param(rngs, init, (*self.patch, channels, dim),
                         (None, None, None, None, "embed"))
-    self.bias = param(rngs, zeros, (dim,), ("embed",))
+    self.bias = param(rngs, zeros, (dim,), ("embed",)) if use_bias else None
 
   def grid(self, video_shape) -> tuple[int, int, int]:
     """Token grid (T', H', W') for a [B, T, H, W, C] video."""
@@ -389,7 +455,8 @@ class TubeletEmbed(nnx.Module):
     if keep is not None:
       x = jnp.take_along_axis(x, keep[..., None], axis=1)
     kernel = self.kernel[...].astype(self.dtype).reshape(-1, self.kernel.shape[-1])
-    return x @ kernel + self.bias[...].astype(self.dtype)
+    x = x @ kernel
+    return x if self.bias is None else x + self.bias[...].astype(self.dtype)
 
 
 def sincos_1d(num_positions: int, dim: int) -> np.ndarray:

@@ -61,7 +61,7 @@ class Encoder(nnx.Module):
       self.pos_embed = layers.LearnedPosEmbed(num_positions, width, rngs=rngs)
     else:
       raise ValueError(f"config.model.pos_embed={pos_embed!r}: use 'sincos' or 'learned'")
-    layout = layers.TokenLayout(frames=self.grid[0], cls_token=cls_token)
+    layout = layers.TokenLayout(frames=self.grid[0], cls_token=cls_token, width=self.grid[2])
     self.blocks = nnx.List([
         layers.Block(width, num_heads, attention=attention, layout=layout, mlp_ratio=mlp_ratio,
                      qkv_bias=qkv_bias, k_bias=k_bias, approximate_gelu=approximate_gelu,
@@ -104,8 +104,8 @@ class VideoViT(nnx.Module):
   def __init__(self, *, num_classes: int, num_frames: int, image_size: int,
                patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
                mlp_ratio: float = 4.0, qkv_bias: bool = True, k_bias: bool = False,
-               pos_embed: str = "sincos", pool: str = "mean", drop_path: float = 0.0,
-               head_dropout: float = 0.0,
+               pos_embed: str = "sincos", pool: str = "mean", attention: str = "joint",
+               drop_path: float = 0.0, head_dropout: float = 0.0,
                head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
     if pool not in ("mean", "cls"):
@@ -114,7 +114,7 @@ class VideoViT(nnx.Module):
     self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                            width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            qkv_bias=qkv_bias, k_bias=k_bias, pos_embed=pos_embed,
-                           cls_token=pool == "cls",
+                           cls_token=pool == "cls", attention=attention,
                            drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs)
     # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
     self.norm = layers.LayerNorm(width, rngs=rngs)
@@ -151,6 +151,7 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
       **encoder_args(model_config, data_config),
       pos_embed=model_config.pos_embed,
       pool=model_config.pool,
+      attention=model_config.attention,
       head_dropout=model_config.head_dropout,
       head_init_scale=model_config.head_init_scale,
       rngs=rngs,

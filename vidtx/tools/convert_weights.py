@@ -16,7 +16,12 @@ An HF image ViT (`ViTForImageClassification` or `ViTModel`, e.g. google/vit-base
 is converted into a one-frame ViT of the config's width, depth, heads and patch size; a video
 run's init_from then inflates it (vidtx.checkpoint.init_from: kernels over the tubelet's frames,
 position embeddings resized and tiled over time, TimeSformer's temporal attention from the
-spatial one).
+spatial one, ViViT model 3's with a zero output projection). For VTN (configs/vtn_k400.py)
+that ViT is the per-frame backbone; PySlowFast's VTN checkpoints convert directly.
+
+An HF CLIP checkpoint (`CLIPModel`, e.g. openai/clip-vit-base-patch16, or `CLIPVisionModel*`)
+converted with an ILA config (configs/ila_k400.py) fills only the CLIP tower (`clip/...`); the
+run's init_from copies it and starts the ILA modules and the head fresh.
 """
 
 import os
