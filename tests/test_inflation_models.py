@@ -129,3 +129,54 @@ def test_shapes_no_rule_maps_are_named(tmp_path):
                            r"model's \(2, 4, 4, 3, 32\), the checkpoint's "
                            r"encoder/patch_embed/kernel \(1, 8, 8, 3, 32\)"):
     video_model(tmp_path, **{"model.patch_size": (2, 4, 4)})
+
+
+@pytest.mark.parametrize("name", ["vit", "timesformer"])
+def test_an_hf_clip_tower_inflated_into_a_clip_style_model_gives_its_feature(tmp_path, name):
+  """A random HF CLIPVisionModelWithProjection, converted with model.clip_style and inflated
+  (average) into a video ViT or a divided TimeSformer: on a clip of one repeated frame (one
+  tubelet per patch for the ViT, whose joint attention would otherwise see each patch twice)
+  the final-LN CLS token is CLIP's pooled feature (without ln_pre or QuickGELU it is not)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from torch_params import randomise
+  from vidtx.tools import convert_weights
+  hf = randomise(transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+      hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_hidden_layers=2,
+      num_attention_heads=2, image_size=SIZE, patch_size=PATCH, projection_dim=16,
+      hidden_act="quick_gelu", layer_norm_eps=1e-5)))
+  hf.save_pretrained(str(tmp_path / "hf"))
+  fields = {"model.clip_style": True, **(
+      {"model.name": "timesformer", "model.attention": "divided", "model.patch_size": (1, 8, 8)}
+      if name == "timesformer" else {"model.patch_size": (2, 8, 8), "data.num_frames": 2})}
+  c = configuration.base()
+  c.update_from_flattened_dict({"model.width": WIDTH, "model.depth": 2, "model.num_heads": 2,
+                                "model.pos_embed": "learned", "model.pool": "cls",
+                                "data.num_classes": 5, **fields})
+  params = convert_weights.convert(c, str(tmp_path / "hf"), str(tmp_path / "image"))
+  assert "head" not in params and "norm_pre" in params["encoder"]
+  video = video_model(tmp_path, **fields)
+  frame = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+  with torch.no_grad():
+    expected = hf.vision_model(pixel_values=torch.from_numpy(frame)).pooler_output.numpy()
+  frames = 4 if name == "timesformer" else 2  # the ViT: one 2x8x8 tubelet per patch
+  clip = jnp.asarray(np.repeat(frame.transpose(0, 2, 3, 1)[:, None], frames, axis=1))
+  if name == "timesformer":
+    def feature(m, v):  # TimeSformer's __call__ up to its head
+      x = m.tokens(v)
+      for block in m.blocks:
+        x = block(x)
+      return m.norm(x)[:, 0]
+  else:
+    feature = lambda m, v: m.norm(m.encoder(v))[:, 0]
+  np.testing.assert_allclose(nnx.jit(feature)(video, clip), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_clip_checkpoint_asks_for_clip_style(tmp_path):
+  from vidtx.models import convert
+  with pytest.raises(ValueError, match="model.clip_style=True"):
+    convert.convert_clip_image_vit({}, configuration.base().model)
+  c = configuration.base()
+  c.update_from_flattened_dict({"model.name": "vivit", "model.clip_style": True})
+  with pytest.raises(configuration.ConfigError, match="model.clip_style=True"):
+    configuration.validate(c, num_devices=1, num_processes=1)

@@ -38,6 +38,10 @@ def base() -> ml_collections.ConfigDict:
   c.model.qkv_bias = True
   c.model.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"; model.name="vit" only
   c.model.pool = "mean"  # "mean" (+ fc_norm) or "cls"; model.name="vit" only
+  # CLIP's image-tower conventions (a bias-free patch embedding, ln_pre, QuickGELU, LayerNorm eps
+  # 1e-5) for model.name="vit" or "timesformer", to start from a CLIP checkpoint (convert_weights,
+  # then init_from). Such a vit wants pos_embed="learned", pool="cls".
+  c.model.clip_style = False
   # Space-time attention of the blocks (vidtx.models.layers.ATTENTIONS):
   #   "joint": every token attends to every token (vit, mae; vivit model 1; timesformer
   #     joint_space_time). The only one masking works with.
@@ -473,6 +477,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
                                   or m.patch_size[1] != m.patch_size[2]):
     _fail("model.patch_size", m.patch_size, "TimeSformer embeds each frame's square 2-D "
           "patches: use (1, p, p), e.g. (1, 16, 16)")
+  if m.clip_style and m.name not in ("vit", "timesformer"):
+    _fail("model.clip_style", m.clip_style, f"CLIP's conventions are built for model.name 'vit' "
+          f"and 'timesformer', not {m.name!r} (ila has its own CLIP tower): set it to False")
   if m.name == "timesformer" and config.optim.layer_decay < 1:
     # Layer decay numbers the blocks under `encoder/`; TimeSformer keeps the reference's flat
     # names, so every parameter would get the head's lr.

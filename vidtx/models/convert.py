@@ -753,6 +753,30 @@ def convert_clip(state_dict, model: nnx.Module) -> dict:
   return out
 
 
+def convert_clip_image_vit(state_dict, model_config) -> dict:
+  """Our params of a one-frame CLIP-style ViT (`vit.VideoViT(clip_style=True)`, tubelets
+  1 x p x p, CLS, learned positions, the config's width, depth and heads) from an HF CLIP
+  checkpoint, for init_from to inflate into a video ViT or TimeSformer with
+  model.clip_style=True. The tower goes under `encoder/`, ln_post is the model's `norm`; the
+  visual projection and a CLIPModel's text tower are not used, and there is no head."""
+  if not model_config.clip_style:
+    raise ValueError("an HF CLIP checkpoint fills a model with CLIP's conventions: set "
+                     "--config.model.clip_style=True (model.name 'vit' or 'timesformer'), or "
+                     "use model.name='ila'")
+  state_dict = strip_wrappers(state_dict)
+  projection = state_dict.get("visual_projection.weight")
+  width, depth, heads = vit.size(model_config)
+  _, ph, _ = model_config.patch_size
+  positions = to_numpy(state_dict[CLIP_HF_POSITIONS]).shape[0] - 1
+  tower = nnx.eval_shape(lambda: clip.CLIPVision(
+      image_size=math.isqrt(positions) * ph, patch_size=ph, width=width, depth=depth,
+      num_heads=heads, mlp_ratio=model_config.mlp_ratio,
+      proj_dim=0 if projection is None else to_numpy(projection).shape[0], rngs=nnx.Rngs(0)))
+  params = convert_clip(state_dict, tower)
+  params.pop("proj", None)
+  return {"encoder": {k: v for k, v in params.items() if k != "norm"}, "norm": params["norm"]}
+
+
 # ---- Swin: HF `SwinForImageClassification` (`swin.`, `classifier`) or `SwinModel` ----
 # Into TPS (`tps.TPS`) as TPS starts from ImageNet: the Conv2d patch kernel inflated over the
 # tubelet's frames, each 2-D relative position bias table tiled over the Δt rows (the

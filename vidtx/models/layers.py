@@ -304,10 +304,10 @@ class TemporalAttention(nnx.Module):
   image model starts as that model; its drop path comes before the fc, as in the reference."""
 
   def __init__(self, dim: int, num_heads: int, layout: TokenLayout, *, fc: bool,
-               qkv_bias: bool = True, k_bias: bool = False, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               qkv_bias: bool = True, k_bias: bool = False, norm_eps: float = 1e-6,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.cls_token = layout.cls_token
-    self.norm = LayerNorm(dim, rngs=rngs)
+    self.norm = LayerNorm(dim, eps=norm_eps, rngs=rngs)
     self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias,
                           attend=attend_within_positions,
                           layout=dataclasses.replace(layout, cls_token=False), dtype=dtype,
@@ -387,7 +387,8 @@ class Block(nnx.Module):
     self.temporal_first = variant.temporal == "before"
     if variant.temporal:
       self.temporal = TemporalAttention(dim, num_heads, layout, fc=variant.temporal_fc,
-                                        qkv_bias=qkv_bias, k_bias=k_bias, dtype=dtype, rngs=rngs)
+                                        qkv_bias=qkv_bias, k_bias=k_bias, norm_eps=norm_eps,
+                                        dtype=dtype, rngs=rngs)
     else:
       self.temporal = None
     self.norm1 = LayerNorm(dim, eps=norm_eps, rngs=rngs)

@@ -33,15 +33,16 @@ class TimeSformer(nnx.Module):
 
   def __init__(self, *, num_classes: int, num_frames: int, image_size: int, patch_size: int = 16,
                width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-               qkv_bias: bool = True, attention: str = "divided", drop_path: float = 0.0,
+               qkv_bias: bool = True, attention: str = "divided", clip_style: bool = False,
+               drop_path: float = 0.0,
                head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
     if attention not in ATTENTIONS:
       raise ValueError(f"config.model.attention={attention!r}: TimeSformer takes one of "
                        f"{ATTENTIONS}")
     self.attention, self.num_frames = attention, num_frames
-    self.patch_embed = layers.TubeletEmbed((1, patch_size, patch_size), 3, width, dtype=dtype,
-                                           rngs=rngs)
+    self.patch_embed = layers.TubeletEmbed((1, patch_size, patch_size), 3, width,
+                                           use_bias=not clip_style, dtype=dtype, rngs=rngs)
     _, h, w = self.patch_embed.grid((1, num_frames, image_size, image_size, 3))
     self.num_patches = h * w  # per frame
     self.cls_token = layers.param(rngs, layers.trunc_normal, (1, 1, width), (None, None, "embed"))
@@ -50,14 +51,18 @@ class TimeSformer(nnx.Module):
     # Zeros, as the reference: a model inflated from an image ViT starts as that model.
     self.time_embed = None if space_only else layers.LearnedPosEmbed(
         num_frames, width, init=layers.zeros, rngs=rngs)
+    # clip_style: CLIP's conventions, as vit.Encoder's (ln_pre, QuickGELU, eps 1e-5).
+    eps = vit.norm_eps(clip_style)
+    self.norm_pre = layers.LayerNorm(width, eps=eps, rngs=rngs) if clip_style else None
     layout = layers.TokenLayout(frames=num_frames, cls_token=True, space_major=True)
     self.blocks = nnx.List([
         layers.Block(width, num_heads, attention="joint" if space_only else attention,
                      layout=layout, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, k_bias=True,
-                     drop_path=rate, remat=remat, dtype=dtype, rngs=rngs)
+                     quick_gelu=clip_style, norm_eps=eps, drop_path=rate, remat=remat,
+                     dtype=dtype, rngs=rngs)
         for rate in layers.drop_path_rates(drop_path, depth)
     ])
-    self.norm = layers.LayerNorm(width, rngs=rngs)
+    self.norm = layers.LayerNorm(width, eps=eps, rngs=rngs)
     head_init = lambda key, shape, dtype: layers.trunc_normal(key, shape, dtype) * head_init_scale
     self.head = layers.Dense(width, num_classes, ("embed", "classes"), kernel_init=head_init,
                              rngs=rngs)
@@ -79,7 +84,8 @@ class TimeSformer(nnx.Module):
     else:
       x = x + self.time_embed.table().astype(x.dtype)[:, None]
       x = jnp.swapaxes(x, 1, 2).reshape(b, self.num_patches * t, -1)  # space-major
-    return jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
+    return x if self.norm_pre is None else self.norm_pre(x)
 
   def __call__(self, video, *, train: bool = False, key=None, keep=None):
     """(logits [B, classes] float32, {}) for video [B, T, H, W, 3]; `key` drives drop path and
@@ -103,6 +109,7 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
       num_classes=data_config.num_classes, num_frames=data_config.num_frames,
       image_size=data_config.crop_size, patch_size=patch, width=width, depth=depth,
       num_heads=heads, mlp_ratio=model_config.mlp_ratio, qkv_bias=model_config.qkv_bias,
-      attention=model_config.attention, drop_path=model_config.drop_path,
+      attention=model_config.attention, clip_style=model_config.clip_style,
+      drop_path=model_config.drop_path,
       head_init_scale=model_config.head_init_scale, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)

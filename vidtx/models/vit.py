@@ -26,6 +26,13 @@ SIZES = {
 }
 
 
+CLIP_NORM_EPS = 1e-5  # CLIP's LayerNorm eps (PyTorch's default); ViTs here use 1e-6
+
+
+def norm_eps(clip_style: bool) -> float:
+  return CLIP_NORM_EPS if clip_style else 1e-6
+
+
 def size(model_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(width, depth, heads) of the configured encoder: the size's, unless overridden."""
   width, depth, heads = SIZES[model_config.size]
@@ -39,15 +46,20 @@ class Encoder(nnx.Module):
   Shared by every ViT-family model, so one pre-trained encoder moves between them by name.
   `attention` is the blocks' space-time variant (`layers.ATTENTIONS`) over the (t, h, w) tokens;
   `k_bias`, `approximate_gelu` and `remat` are passed to the blocks (`layers.Block`).
+  `clip_style`: CLIP's image-tower conventions (`vidtx.models.clip`), so that a CLIP checkpoint
+  inflates into it: a bias-free patch embedding, "norm_pre" (ln_pre) on the embedded tokens,
+  QuickGELU and LayerNorm eps 1e-5 (`CLIP_NORM_EPS`; the final norm is the model's).
   """
 
   def __init__(self, *, num_frames: int, image_size: int, patch_size=(2, 16, 16),
                width: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                qkv_bias: bool = True, k_bias: bool = False, approximate_gelu: bool = False,
                pos_embed: str = "sincos", cls_token: bool = False, attention: str = "joint",
-               drop_path: float = 0.0, remat: str = "none", dtype=jnp.float32, rngs: nnx.Rngs):
+               clip_style: bool = False, drop_path: float = 0.0, remat: str = "none",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     self.attention = attention
-    self.patch_embed = layers.TubeletEmbed(patch_size, 3, width, dtype=dtype, rngs=rngs)
+    self.patch_embed = layers.TubeletEmbed(patch_size, 3, width, use_bias=not clip_style,
+                                           dtype=dtype, rngs=rngs)
     self.grid = self.patch_embed.grid((1, num_frames, image_size, image_size, 3))
     self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
     num_positions = self.num_patches + cls_token
@@ -61,11 +73,13 @@ class Encoder(nnx.Module):
       self.pos_embed = layers.LearnedPosEmbed(num_positions, width, rngs=rngs)
     else:
       raise ValueError(f"config.model.pos_embed={pos_embed!r}: use 'sincos' or 'learned'")
+    self.norm_pre = layers.LayerNorm(width, eps=CLIP_NORM_EPS, rngs=rngs) if clip_style else None
     layout = layers.TokenLayout(frames=self.grid[0], cls_token=cls_token, width=self.grid[2])
     self.blocks = nnx.List([
         layers.Block(width, num_heads, attention=attention, layout=layout, mlp_ratio=mlp_ratio,
                      qkv_bias=qkv_bias, k_bias=k_bias, approximate_gelu=approximate_gelu,
-                     drop_path=rate, remat=remat, dtype=dtype, rngs=rngs)
+                     quick_gelu=clip_style, norm_eps=norm_eps(clip_style), drop_path=rate,
+                     remat=remat, dtype=dtype, rngs=rngs)
         for rate in layers.drop_path_rates(drop_path, depth)
     ])
 
@@ -86,6 +100,8 @@ class Encoder(nnx.Module):
     if self.cls_token is not None:
       cls = self.cls_token[...].astype(x.dtype) + cls_pos
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
+    if self.norm_pre is not None:
+      x = self.norm_pre(x)
     for block, block_key in zip(self.blocks, layers.block_keys(key, len(self.blocks))):
       x = block(x, block_key)
     return x
@@ -105,7 +121,7 @@ class VideoViT(nnx.Module):
                patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
                mlp_ratio: float = 4.0, qkv_bias: bool = True, k_bias: bool = False,
                pos_embed: str = "sincos", pool: str = "mean", attention: str = "joint",
-               drop_path: float = 0.0, head_dropout: float = 0.0,
+               clip_style: bool = False, drop_path: float = 0.0, head_dropout: float = 0.0,
                head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
     if pool not in ("mean", "cls"):
@@ -114,10 +130,10 @@ class VideoViT(nnx.Module):
     self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                            width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            qkv_bias=qkv_bias, k_bias=k_bias, pos_embed=pos_embed,
-                           cls_token=pool == "cls", attention=attention,
+                           cls_token=pool == "cls", attention=attention, clip_style=clip_style,
                            drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs)
     # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
-    self.norm = layers.LayerNorm(width, rngs=rngs)
+    self.norm = layers.LayerNorm(width, eps=norm_eps(clip_style), rngs=rngs)
     head_init = lambda key, shape, dtype: layers.trunc_normal(key, shape, dtype) * head_init_scale
     self.head = layers.Dense(width, num_classes, ("embed", "classes"), kernel_init=head_init,
                              rngs=rngs)
@@ -152,6 +168,7 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
       pos_embed=model_config.pos_embed,
       pool=model_config.pool,
       attention=model_config.attention,
+      clip_style=model_config.clip_style,
       head_dropout=model_config.head_dropout,
       head_init_scale=model_config.head_init_scale,
       rngs=rngs,

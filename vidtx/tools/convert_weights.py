@@ -21,7 +21,9 @@ that ViT is the per-frame backbone; PySlowFast's VTN checkpoints convert directl
 
 An HF CLIP checkpoint (`CLIPModel`, e.g. openai/clip-vit-base-patch16, or `CLIPVisionModel*`)
 converted with an ILA config (configs/ila_k400.py) fills only the CLIP tower (`clip/...`); the
-run's init_from copies it and starts the ILA modules and the head fresh.
+run's init_from copies it and starts the ILA modules and the head fresh. Converted with a vit or
+timesformer config with model.clip_style=True, it becomes a one-frame CLIP-style ViT that
+init_from inflates as above.
 """
 
 import os
@@ -49,6 +51,8 @@ def convert(config: ml_collections.ConfigDict, checkpoint_path: str, out: str) -
   state_dict = convert_lib.load_state_dict(checkpoint_path)
   if convert_lib.is_image_vit(state_dict):  # a 2-D ViT, inflated to video by init_from
     params = convert_lib.convert_image_vit(state_dict, config.model)
+  elif convert_lib.is_clip(state_dict) and config.model.name != "ila":  # likewise, CLIP's
+    params = convert_lib.convert_clip_image_vit(state_dict, config.model)
   else:
     model = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
     params = convert_lib.convert(state_dict, model)
