@@ -55,6 +55,7 @@ def get_config(arg=None):
   steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
   c.total_steps = 25 * steps_per_epoch
   c.optim.lr, c.optim.warmup_steps = 1e-3, 0
+  c.optim.lr_drops = ((13 / 25, 0.1), (24 / 25, 0.01))  # x0.1 at epoch 13, x0.01 at 24
   c.log_every_steps = 100
   c.eval_every_steps = steps_per_epoch
   c.checkpoint_every_steps = steps_per_epoch // 4

@@ -32,6 +32,25 @@ def test_schedule_warms_up_then_decays_to_min_lr():
   assert float(s(110)) == pytest.approx(1e-5)
 
 
+def test_lr_drops_give_a_step_schedule_after_the_warm_up():
+  """VTN's recipe: x0.1 from epoch 13 of 25, x0.01 from epoch 24, each relative to the peak."""
+  o = configuration.base().optim
+  o.lr, o.warmup_steps, o.lr_drops = 1e-3, 10, ((13 / 25, 0.1), (24 / 25, 0.01))
+  s = optim.schedule(o, total_steps=250)
+  assert [float(s(i)) for i in (0, 5)] == pytest.approx([0.0, 5e-4])
+  assert [float(s(i)) for i in (10, 129)] == pytest.approx([1e-3, 1e-3])
+  assert [float(s(i)) for i in (130, 239)] == pytest.approx([1e-4, 1e-4])
+  assert [float(s(i)) for i in (240, 250)] == pytest.approx([1e-5, 1e-5])
+
+
+@pytest.mark.parametrize("drops", [((1.5, 0.1),), ((0.5,),), ((0.5, 0.0),)])
+def test_bad_lr_drops_are_named(drops):
+  c = configuration.base()
+  c.optim.lr_drops = drops
+  with pytest.raises(configuration.ConfigError, match="optim.lr_drops=.*fraction of total_steps"):
+    configuration.validate(c, num_devices=1, num_processes=1)
+
+
 def test_gradient_clipping_bounds_the_update():
   o = configuration.base().optim
   o.grad_clip, o.warmup_steps, o.weight_decay = 1.0, 0, 0.0

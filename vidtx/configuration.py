@@ -203,6 +203,9 @@ def base() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 100  # linear warm-up from warmup_init_lr
   c.optim.warmup_init_lr = 0.0
   c.optim.min_lr = 0.0  # cosine decays to this at total_steps
+  # Instead of the cosine, a step schedule: ((fraction of total_steps, lr factor), ...), e.g.
+  # VTN's ((13 / 25, 0.1), (24 / 25, 0.01)): lr x 0.1 from epoch 13 of 25, x 0.01 from 24.
+  c.optim.lr_drops = ()
   # Decoupled (adamw) or added to the gradient (sgd); never on biases, norms, pos. embeddings
   c.optim.weight_decay = 0.05
   c.optim.b1 = 0.9
@@ -543,6 +546,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   from vidtx import optim
   if o.name not in optim.OPTIMIZERS:
     _fail("optim.name", o.name, f"choose one of {optim.OPTIMIZERS}")
+  for entry in o.lr_drops:
+    if (not isinstance(entry, (tuple, list)) or len(entry) != 2 or not 0 < entry[0] < 1
+        or not entry[1] > 0):
+      _fail("optim.lr_drops", o.lr_drops, "give (fraction of total_steps in (0, 1), lr factor "
+            "> 0) pairs, e.g. ((0.52, 0.1), (0.96, 0.01))")
   if not 0 < o.layer_decay <= 1:
     _fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
   for entry in o.lr_scales:

@@ -1,4 +1,4 @@
-"""Optimizer: AdamW (or SGD, `optim.name`) with linear warm-up and cosine decay, weight decay
+"""Optimizer: AdamW (or SGD, `optim.name`) with linear warm-up and cosine (or step) decay, weight decay
 on matrices only, optional layer-wise lr decay, per-group lr scales and frozen parameters.
 
 Parameter groups are picked by regular expressions over a parameter's path, its names joined
@@ -8,15 +8,28 @@ by "/" as `param_path` writes them, e.g. "encoder/blocks/3/attn/qkv" or "head/ke
 import re
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 
 def schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warm-up, then cosine decay to min_lr, or with `lr_drops` a step schedule: lr x
+  factor from each (fraction of total_steps, factor) on (PySlowFast's "steps_with_relative_lrs")."""
   o = optim_config
-  return optax.warmup_cosine_decay_schedule(
-      init_value=o.warmup_init_lr, peak_value=o.lr, warmup_steps=o.warmup_steps,
-      decay_steps=total_steps, end_value=o.min_lr)
+  if not o.lr_drops:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=o.warmup_init_lr, peak_value=o.lr, warmup_steps=o.warmup_steps,
+        decay_steps=total_steps, end_value=o.min_lr)
+  drops = sorted((round(fraction * total_steps), factor) for fraction, factor in o.lr_drops)
+
+  def lr(step):
+    factor = 1.0
+    for start, drop in drops:
+      factor = jnp.where(step >= start, drop, factor)
+    warm = o.warmup_init_lr + (o.lr - o.warmup_init_lr) * step / max(o.warmup_steps, 1)
+    return jnp.where(step < o.warmup_steps, warm, o.lr * factor)
+  return lr
 
 
 def decay_mask(params):
