@@ -17,7 +17,8 @@ def randomise(model, seed: int = 0):
     for module in model.modules():
       for name, p in module.named_parameters(recurse=False):
         noise = torch.randn(p.shape, generator=generator)
-        if name == "weight" and isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+        weighted = isinstance(module, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))
+        if name == "weight" and weighted:
           p.copy_(noise * p[0].numel() ** -0.5)  # Linear [out, in], conv [out, in, k...]
         elif name == "weight" and isinstance(module, torch.nn.LayerNorm):
           p.copy_(1.0 + 0.2 * noise)

@@ -1,5 +1,6 @@
-"""Optimizer: AdamW (or SGD, `optim.name`) with linear warm-up and cosine (or step) decay, weight decay
-on matrices only, optional layer-wise lr decay, per-group lr scales and frozen parameters.
+"""Optimizer: AdamW (or SGD, `optim.name`) with linear warm-up and cosine (or step) decay,
+weight decay on matrices only, optional layer-wise lr decay, per-group lr scales and frozen
+parameters.
 
 Parameter groups are picked by regular expressions over a parameter's path, its names joined
 by "/" as `param_path` writes them, e.g. "encoder/blocks/3/attn/qkv" or "head/kernel".
@@ -14,8 +15,8 @@ import optax
 
 
 def schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warm-up, then cosine decay to min_lr, or with `lr_drops` a step schedule: lr x
-  factor from each (fraction of total_steps, factor) on (PySlowFast's "steps_with_relative_lrs")."""
+  """Linear warm-up, then cosine decay to min_lr; or with `lr_drops` a step schedule, lr x
+  factor from each (fraction of total_steps, factor) on (PySlowFast's relative-lr steps)."""
   o = optim_config
   if not o.lr_drops:
     return optax.warmup_cosine_decay_schedule(
