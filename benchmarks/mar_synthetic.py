@@ -10,6 +10,10 @@ Then times one training step of 2 and 3 (benchmarks/train_step.py's `measure`: m
 --timing_steps after warm-up) for the step-time ratio. Finished runs are reused, so a rerun only re-times.
 """
 
+from vidtx import host
+
+host.keep_freed_memory()  # as vidtx.main does, before any import starts a thread
+
 import json
 import os
 

@@ -15,6 +15,10 @@ eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch step-time 
 the plain ViT configs (model.name="vit", masking none).
 """
 
+from vidtx import host
+
+host.keep_freed_memory()  # as vidtx.main does, before any import starts a thread
+
 import statistics
 import time
 

@@ -1,5 +1,9 @@
 """Entry point: python -m vidtx.main --config=configs/demo.py --workdir=/tmp/run [--mode=eval]."""
 
+from vidtx import host
+
+_KEEPS_FREED_MEMORY = host.keep_freed_memory()  # before any import starts a thread
+
 import json
 import logging as std_logging
 import sys
@@ -32,6 +36,9 @@ def main(argv):
   # Imported after flag parsing: importing jax and tf is slow.
   from vidtx import configuration, sharding, train
   from vidtx.data import dmvr
+  if _KEEPS_FREED_MEMORY:
+    logging.info("CPU backend: freed memory stays in the process for the next step "
+                 "(vidtx.host.keep_freed_memory)")
   sharding.initialize_distributed(_DISTRIBUTED.value)
   try:
     if _MODE.value == "train":
