@@ -28,9 +28,9 @@ def keep_freed_memory() -> bool:
   """On the CPU backend, keep freed memory in the process for reuse instead of unmapping it.
 
   XLA:CPU allocates each step's scratch memory afresh (124 MB for the synthetic ViT config,
-  gigabytes at real sizes) and frees it at the end of the step. glibc maps an allocation of over
+  more for larger models) and frees it at the end of the step. glibc maps an allocation of over
   32 MB freshly from the kernel and unmaps it when freed, so every page of it faults again in
-  every step: 30,000 page faults and about a fifth of the synthetic config's step time. One
+  every step: 30,000 page faults, a fifth to a quarter of the synthetic config's step time. One
   malloc arena that never maps or trims keeps that memory for the next step.
 
   Only effective before other threads start: a thread keeps the arena it first allocated from.
