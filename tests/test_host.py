@@ -33,8 +33,8 @@ print(json.dumps({"applied": applied, "faults": faults}))
 PAGES = 64 * 2**20 // 4096
 
 
-def run_script(mode, platforms="cpu"):
-  env = dict(os.environ, JAX_PLATFORMS=platforms)
+def run_script(mode, platforms="cpu", **env_vars):
+  env = dict(os.environ, JAX_PLATFORMS=platforms, **env_vars)
   out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
                        text=True, timeout=120, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -51,7 +51,11 @@ def test_freed_memory_is_reused_on_cpu():
   assert max(kept["faults"][1:]) < PAGES / 100  # ...and the others reuse it
 
 
-def test_left_alone_when_an_accelerator_comes_first():
-  kept = run_script("keep", platforms="cuda,cpu")
+@pytest.mark.parametrize("why", ["accelerator first", "turned off"])
+def test_left_alone(why):
+  if why == "accelerator first":
+    kept = run_script("keep", platforms="cuda,cpu")
+  else:
+    kept = run_script("keep", VIDTX_KEEP_FREED_MEMORY="0")
   assert not kept["applied"]
   assert min(kept["faults"]) > PAGES / 2
