@@ -34,7 +34,7 @@ PAGES = 64 * 2**20 // 4096
 
 
 def run_script(mode, platforms="cpu", **env_vars):
-  env = dict(os.environ, JAX_PLATFORMS=platforms, **env_vars)
+  env = {**os.environ, "JAX_PLATFORMS": platforms, "VIDTX_KEEP_FREED_MEMORY": "1", **env_vars}
   out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
                        text=True, timeout=120, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
