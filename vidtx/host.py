@@ -30,12 +30,11 @@ def keep_freed_memory() -> bool:
   XLA:CPU allocates each step's scratch memory afresh (124 MB for the synthetic ViT config,
   more for larger models) and frees it at the end of the step. glibc maps an allocation of over
   32 MB freshly from the kernel and unmaps it when freed, so every page of it faults again in
-  every step: 30,000 page faults, a fifth to a quarter of the synthetic config's step time. One
-  malloc arena that never maps or trims keeps that memory for the next step.
+  every step (30,000 page faults for the synthetic config). One malloc arena that never maps
+  or trims keeps that memory for the next step.
 
-  The heap then keeps the largest blocks it ever needed: a ViT-B step (16x224, batch 1) runs
-  twice as fast but peaks at 14.2 GB of memory instead of 8.5 GB. Set VIDTX_KEEP_FREED_MEMORY=0
-  where memory is tighter than time.
+  The heap then keeps the largest blocks it ever needed, so peak memory grows (BENCHMARKS.md has
+  the figures); set VIDTX_KEEP_FREED_MEMORY=0 where memory is tighter than time.
 
   Only effective before other threads start: a thread keeps the arena it first allocated from.
   Returns whether it applied: on Linux with glibc, on the CPU backend, unless turned off.
