@@ -19,9 +19,10 @@ TINY = {
     "fine_tune_your_videos": 'VIDEO_DIR = "{tmp}/videos"\nDATA_DIR = "{tmp}/converted"\n'
                              'WORKDIR = "{tmp}/run"\nSTEPS = 6\nTOY_VIDEOS_PER_CLASS = 8\n',
 }
-# Shrinks the dataset of every config the notebook loads.
+# Shrinks the model and dataset of every config the notebook loads.
 SHRINK = '''
 def _tiny(config):
+    config.model.depth = 2
     config.data.synthetic.num_train, config.data.synthetic.num_val = 64, 32
     config.data.synthetic.num_shards = 2
     config.batch_size = 16

@@ -209,7 +209,8 @@ def _wait_for_checkpoint(proc, workdir, min_step):
   raise TimeoutError("no checkpoint appeared")
 
 
-RESUME_STEPS = {"total_steps": 400, "checkpoint_every_steps": 20, "log_every_steps": 20,
+# Long enough that the run is still going when its first checkpoint appears.
+RESUME_STEPS = {"total_steps": 120, "checkpoint_every_steps": 10, "log_every_steps": 20,
                 "model.drop_path": 0.1}
 
 
@@ -227,7 +228,7 @@ def test_interrupted_run_resumes_bit_exactly(data_dir, uninterrupted, tmp_path, 
   interrupted = tmp_path / "interrupted"
   proc = subprocess.Popen(main_command(interrupted, data_dir, **steps), cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  _wait_for_checkpoint(proc, str(interrupted), 20)
+  _wait_for_checkpoint(proc, str(interrupted), 10)
   proc.send_signal(sig)
   log = proc.communicate(timeout=120)[0]
   if sig == signal.SIGTERM:
@@ -235,15 +236,15 @@ def test_interrupted_run_resumes_bit_exactly(data_dir, uninterrupted, tmp_path, 
   else:
     assert proc.returncode == -signal.SIGKILL
   stopped_at = max(int(d) for d in os.listdir(interrupted / "checkpoints") if d.isdigit())
-  assert 20 <= stopped_at < 400
+  assert 10 <= stopped_at < 120
 
   resumed = run_main(interrupted, data_dir, **steps)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f"Resuming at step {stopped_at} of 400" in resumed.stderr
+  assert f"Resuming at step {stopped_at} of 120" in resumed.stderr
 
   meta_a, params_a = uninterrupted
   meta_b, params_b = final_params(interrupted, data_dir, **steps)
-  assert meta_a == meta_b and meta_a["step"] == 400
+  assert meta_a == meta_b and meta_a["step"] == 120
   for a, b in zip(params_a, params_b, strict=True):
     np.testing.assert_array_equal(a, b)
 

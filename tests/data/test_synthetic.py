@@ -133,6 +133,25 @@ def test_write_dataset_round_trip(tmp_path):
       np.testing.assert_array_equal(err.argmin(axis=1), np.arange(6))
 
 
+def test_worker_processes_write_the_same_shards(tmp_path, monkeypatch):
+  args = dict(num_train=6, num_val=2, num_frames=2, size=16, num_shards=2)
+  synthetic.write_dataset(tmp_path / "here", **args)
+  monkeypatch.setattr(synthetic, "CLIPS_PER_WORKER", 1)  # 2 spawned workers, one per core
+  synthetic.write_dataset(tmp_path / "workers", **args)
+  names = sorted(os.listdir(tmp_path / "here"))
+  assert names == sorted(os.listdir(tmp_path / "workers")) and len(names) == 6
+  for name in names:
+    here, workers = tmp_path / "here" / name, tmp_path / "workers" / name
+    if name.endswith(".json"):
+      assert here.read_text() == workers.read_text()
+      continue
+    clips = list(zip(_parse_file(here), _parse_file(workers), strict=True))
+    assert len(clips) in (1, 3)
+    for (frames_a, *labels_a), (frames_b, *labels_b) in clips:
+      np.testing.assert_array_equal(frames_a, frames_b)
+      assert labels_a == labels_b
+
+
 def test_write_dataset_removes_stale_shards(tmp_path):
   (tmp_path / "train-00000-of-00009.tfrecord").write_bytes(b"interrupted run")
   synthetic.write_dataset(tmp_path, num_train=4, num_val=2, num_frames=2, size=16, num_shards=2)

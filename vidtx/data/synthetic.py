@@ -26,6 +26,9 @@ METADATA = dmvr.METADATA
 # Bump when the generator changes, so existing data dirs are detected as stale.
 GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
+# Generating a clip takes ~6 ms, starting a worker process ~7 s (it imports TF): below this
+# many clips per worker, more workers do not pay for themselves.
+CLIPS_PER_WORKER = 1000
 
 
 # Object shapes as indicator functions of local coordinates (u, v) in [-1, 1]^2 (v points down).
@@ -185,15 +188,21 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
       metadata["shard_counts"].setdefault(split, {})[name] = int(hi - lo)
     metadata["splits"][split] = int(count)
 
-  # One shard per task on all cores. Spawned, not forked: TF's threads do not survive a fork.
-  workers = min(len(jobs), os.cpu_count() or 1)
-  with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-    futures = [pool.submit(_write_shard, path, split_id, lo, hi, seed=seed,
-                           num_frames=num_frames, size=size) for path, split_id, lo, hi in jobs]
-    for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-      future.result()  # re-raises a worker's error
+  # One shard per task on all cores; small datasets in this process. Spawned, not forked:
+  # TF's threads do not survive a fork.
+  workers = min(len(jobs), os.cpu_count() or 1, (num_train + num_val) // CLIPS_PER_WORKER)
+  if workers < 2:
+    for done, (path, split_id, lo, hi) in enumerate(jobs, 1):
+      _write_shard(path, split_id, lo, hi, seed=seed, num_frames=num_frames, size=size)
       logging.info("Generated %d/%d shards", done, len(jobs))
+  else:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      futures = [pool.submit(_write_shard, path, split_id, lo, hi, seed=seed,
+                             num_frames=num_frames, size=size) for path, split_id, lo, hi in jobs]
+      for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+        future.result()  # re-raises a worker's error
+        logging.info("Generated %d/%d shards", done, len(jobs))
 
   with open(os.path.join(data_dir, dmvr.LABELS), "w") as f:  # class names, index = label
     json.dump(list(CLASSES), f)
