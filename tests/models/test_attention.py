@@ -1,6 +1,8 @@
 """The swappable space-time attention of `layers.Block`: which tokens each token sees, the
 token layouts, the temporal steps, and remat."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,3 +188,34 @@ def test_every_model_passes_remat_to_its_blocks(name, attention):
   model = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   blocks = [m for _, m in nnx.iter_graph(model) if isinstance(m, layers.Block)]
   assert len(blocks) == 2 + (name == "vivit") and all(b.remat == "dots" for b in blocks)
+
+
+def _gpu(platform_version="cuda 12080", compute_capability="9.0"):
+  """A stand-in for a jax.Device of a GPU backend."""
+  return types.SimpleNamespace(platform="gpu", compute_capability=compute_capability,
+                               client=types.SimpleNamespace(platform_version=platform_version))
+
+
+def test_cudnn_attention_only_where_it_runs():
+  h200 = _gpu()
+  assert layers.attention_kernel(jnp.bfloat16, 64, h200) == "cudnn"
+  assert layers.attention_kernel(jnp.float16, 128, h200) == "cudnn"
+  assert layers.attention_kernel(jnp.float32, 64, h200) == "xla"  # no float32 flash kernel
+  assert layers.attention_kernel(jnp.bfloat16, 60, h200) == "xla"  # not a multiple of 8
+  assert layers.attention_kernel(jnp.bfloat16, 256, h200) == "xla"
+  assert layers.attention_kernel(jnp.bfloat16, 64, _gpu(compute_capability="7.5")) == "xla"
+  assert layers.attention_kernel(jnp.bfloat16, 64, _gpu(platform_version="rocm 6.3")) == "xla"
+  assert layers.attention_kernel(jnp.bfloat16, 64, jax.devices("cpu")[0]) == "xla"
+
+
+def test_attention_passes_the_chosen_kernel_and_computes_softmax_attention(monkeypatch):
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 6, 4, 8))
+  expected = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(
+      jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8), axis=-1), v)
+  np.testing.assert_allclose(layers.dot_product_attention(q, k, v), expected, atol=1e-5)
+  seen = []
+  monkeypatch.setattr(layers, "attention_kernel", lambda *args: "cudnn")
+  monkeypatch.setattr(jax.nn, "dot_product_attention",
+                      lambda *args, implementation: seen.append(implementation))
+  layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
+  assert seen == ["cudnn"]

@@ -134,10 +134,30 @@ class TokenLayout:
 # Attend rules: (q, k, v [B, N, heads, head_dim], layout) -> [B, N, heads, head_dim]. They
 # decide which keys each query sees; the projections around them are the same for all.
 
+def attention_kernel(dtype, head_dim: int, device) -> str:
+  """"cudnn" where cuDNN's fused (flash) attention runs: an NVIDIA GPU of compute capability
+  8.0 or newer, bfloat16 or float16 inputs, a head size that is a multiple of 8 up to 128. It
+  never stores the N x N scores, which is most of attention's memory and time at video lengths.
+  "xla" elsewhere: XLA's einsums and float32 softmax, the same on every backend."""
+  if (device.platform == "gpu" and "cuda" in device.client.platform_version
+      and float(getattr(device, "compute_capability", 0)) >= 8.0
+      and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return "cudnn"
+  return "xla"
+
+
+def dot_product_attention(q, k, v):
+  """Softmax attention over q, k, v [B, N, heads, head_dim], with the kernel
+  `attention_kernel` picks for this machine."""
+  kernel = attention_kernel(q.dtype, q.shape[-1], jax.devices()[0])
+  return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
+
+
 def attend_all(q, k, v, layout):
   """Joint space-time attention: every token attends to every token."""
   del layout
-  return jax.nn.dot_product_attention(q, k, v)
+  return dot_product_attention(q, k, v)
 
 
 def attend_within_frames(q, k, v, layout):
@@ -151,8 +171,8 @@ def attend_within_frames(q, k, v, layout):
       x = jnp.concatenate([jnp.broadcast_to(cls[:, None], (b, t, 1, h, e)), x], axis=2)
     return x.reshape(b * t, -1, h, e)
 
-  out = jax.nn.dot_product_attention(per_frame(q, q_cls), per_frame(k, k_cls),
-                                     per_frame(v, v_cls)).reshape(b, t, -1, h, e)
+  out = dot_product_attention(per_frame(q, q_cls), per_frame(k, k_cls),
+                              per_frame(v, v_cls)).reshape(b, t, -1, h, e)
   if q_cls is None:
     return layout.join(None, out)
   return layout.join(out[:, :, 0].mean(axis=1, keepdims=True), out[:, :, 1:])
@@ -164,7 +184,7 @@ def attend_within_positions(q, k, v, layout):
   (_, q), (_, k), (_, v) = (layout.split(x) for x in (q, k, v))
   b, t, s, h, e = q.shape
   per_position = lambda x: jnp.swapaxes(x, 1, 2).reshape(b * s, t, h, e)
-  out = jax.nn.dot_product_attention(per_position(q), per_position(k), per_position(v))
+  out = dot_product_attention(per_position(q), per_position(k), per_position(v))
   return layout.join(None, jnp.swapaxes(out.reshape(b, s, t, h, e), 1, 2))
 
 
