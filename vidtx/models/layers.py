@@ -131,9 +131,6 @@ class TokenLayout:
     return x if cls is None else jnp.concatenate([cls, x], axis=1)
 
 
-# Attend rules: (q, k, v [B, N, heads, head_dim], layout) -> [B, N, heads, head_dim]. They
-# decide which keys each query sees; the projections around them are the same for all.
-
 def attention_kernel(dtype, head_dim: int, device) -> str:
   """"cudnn" where cuDNN's fused (flash) attention runs: an NVIDIA GPU of compute capability
   8.0 or newer, bfloat16 or float16 inputs, a head size that is a multiple of 8 up to 128. It
@@ -153,6 +150,9 @@ def dot_product_attention(q, k, v):
   kernel = attention_kernel(q.dtype, q.shape[-1], jax.devices()[0])
   return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
 
+
+# Attend rules: (q, k, v [B, N, heads, head_dim], layout) -> [B, N, heads, head_dim]. They
+# decide which keys each query sees; the projections around them are the same for all.
 
 def attend_all(q, k, v, layout):
   """Joint space-time attention: every token attends to every token."""
