@@ -44,14 +44,10 @@ PEAK_FLOPS = {
 
 
 def step_flops(setup, args) -> float:
-  """FLOPs of one training step counted with XLA's attention: a fused attention kernel is one
-  custom call whose FLOPs the cost analysis leaves out."""
-  chosen = layers.attention_kernel
-  layers.attention_kernel = lambda *_: "xla"
-  try:  # a new jitted step, so that it is traced again
-    return float(train.make_train_step(setup).lower(*args).compile().cost_analysis()["flops"])
-  finally:
-    layers.attention_kernel = chosen
+  """FLOPs of one training step, counted with XLA's attention (`layers.xla_attention`)."""
+  with layers.xla_attention():  # a new jitted step, so that it is traced again
+    lowered = train.make_train_step(setup).lower(*args)
+  return float(lowered.compile().cost_analysis()["flops"])
 
 
 def measure(config, steps: int, warmup: int = 3) -> dict:

@@ -51,11 +51,9 @@ def test_freed_memory_is_reused_on_cpu():
   assert max(kept["faults"][1:]) < PAGES / 100  # ...and the others reuse it
 
 
-@pytest.mark.parametrize("why", ["accelerator first", "turned off"])
-def test_left_alone(why):
-  if why == "accelerator first":
-    kept = run_script("keep", platforms="cuda,cpu")
-  else:
-    kept = run_script("keep", VIDTX_KEEP_FREED_MEMORY="0")
+@pytest.mark.parametrize("settings", [{"platforms": "cuda,cpu"},  # an accelerator first
+                                      {"VIDTX_KEEP_FREED_MEMORY": "0"}])  # turned off
+def test_left_alone(settings):
+  kept = run_script("keep", **settings)
   assert not kept["applied"]
   assert min(kept["faults"]) > PAGES / 2

@@ -218,4 +218,7 @@ def test_attention_passes_the_chosen_kernel_and_computes_softmax_attention(monke
   monkeypatch.setattr(jax.nn, "dot_product_attention",
                       lambda *args, implementation: seen.append(implementation))
   layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
-  assert seen == ["cudnn"]
+  with layers.xla_attention():  # what the FLOP counts trace with
+    layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
+  layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
+  assert seen == ["cudnn", "xla", "cudnn"]

@@ -6,6 +6,7 @@ so a model that ignores frame order is at chance within every pair.
 """
 
 import concurrent.futures
+import functools
 import json
 import multiprocessing
 import os
@@ -191,15 +192,15 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
   # One shard per task on all cores; small datasets in this process. Spawned, not forked:
   # TF's threads do not survive a fork.
   workers = min(len(jobs), os.cpu_count() or 1, (num_train + num_val) // CLIPS_PER_WORKER)
+  write = functools.partial(_write_shard, seed=seed, num_frames=num_frames, size=size)
   if workers < 2:
-    for done, (path, split_id, lo, hi) in enumerate(jobs, 1):
-      _write_shard(path, split_id, lo, hi, seed=seed, num_frames=num_frames, size=size)
+    for done, job in enumerate(jobs, 1):
+      write(*job)
       logging.info("Generated %d/%d shards", done, len(jobs))
   else:
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-      futures = [pool.submit(_write_shard, path, split_id, lo, hi, seed=seed,
-                             num_frames=num_frames, size=size) for path, split_id, lo, hi in jobs]
+      futures = [pool.submit(write, *job) for job in jobs]
       for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
         future.result()  # re-raises a worker's error
         logging.info("Generated %d/%d shards", done, len(jobs))

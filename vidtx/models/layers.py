@@ -10,6 +10,7 @@ each query sees (an `attend` rule over q, k, v) and whether a separate temporal 
 before or after the block's attention. A new factorisation is a new rule and one entry.
 """
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable
@@ -144,10 +145,26 @@ def attention_kernel(dtype, head_dim: int, device) -> str:
   return "xla"
 
 
+_force_xla_attention = False  # set by xla_attention()
+
+
+@contextlib.contextmanager
+def xla_attention():
+  """Models traced inside use XLA's attention on every machine. For FLOP counts: a fused
+  kernel is one custom call whose FLOPs XLA's cost analysis leaves out."""
+  global _force_xla_attention
+  _force_xla_attention = True
+  try:
+    yield
+  finally:
+    _force_xla_attention = False
+
+
 def dot_product_attention(q, k, v):
   """Softmax attention over q, k, v [B, N, heads, head_dim], with the kernel
   `attention_kernel` picks for this machine."""
-  kernel = attention_kernel(q.dtype, q.shape[-1], jax.devices()[0])
+  kernel = "xla" if _force_xla_attention else attention_kernel(q.dtype, q.shape[-1],
+                                                                jax.devices()[0])
   return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
 
 

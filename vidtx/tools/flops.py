@@ -36,7 +36,9 @@ def count(config: ml_collections.ConfigDict) -> dict[str, float]:
     keep = masking.for_config(config.model, config.data, key, 1)
     return nnx.merge(graphdef, state)(video, keep=keep)
 
-  flops = float(jax.jit(forward).lower(state, video).compile().cost_analysis()["flops"])
+  with layers.xla_attention():
+    lowered = jax.jit(forward).lower(state, video)
+  flops = float(lowered.compile().cost_analysis()["flops"])
   return {"params": layers.count_params(nnx.state(abstract, nnx.Param)),
           "gmacs": flops / 2e9, "gflops": flops / 1e9}
 
