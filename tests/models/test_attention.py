@@ -219,6 +219,20 @@ def test_attention_passes_the_chosen_kernel_and_computes_softmax_attention(monke
                       lambda *args, implementation: seen.append(implementation))
   layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
   with layers.xla_attention():  # what the FLOP counts trace with
-    layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
+    np.testing.assert_allclose(layers.attend_all(q, k, v, layers.TokenLayout(frames=2)),
+                               expected, atol=1e-5)
   layers.attend_all(q, k, v, layers.TokenLayout(frames=2))
-  assert seen == ["cudnn", "xla", "cudnn"]
+  assert seen == ["cudnn", "cudnn"]
+
+
+@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
+def test_attention_and_its_gradient_match_jax(dtype, atol):
+  q, k, v = jax.random.normal(jax.random.key(1), (3, 2, 6, 4, 8), dtype)
+  cotangent = jax.random.normal(jax.random.key(2), q.shape, dtype)
+  ours, ours_vjp = jax.vjp(layers.dot_product_attention, q, k, v)
+  theirs, theirs_vjp = jax.vjp(
+      lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"), q, k, v)
+  assert ours.dtype == dtype
+  np.testing.assert_allclose(ours.astype(np.float32), theirs.astype(np.float32), atol=atol)
+  for a, b in zip(ours_vjp(cotangent), theirs_vjp(cotangent)):
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=atol)

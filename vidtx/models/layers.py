@@ -163,9 +163,17 @@ def xla_attention():
 def dot_product_attention(q, k, v):
   """Softmax attention over q, k, v [B, N, heads, head_dim], with the kernel
   `attention_kernel` picks for this machine."""
-  kernel = "xla" if _force_xla_attention else attention_kernel(q.dtype, q.shape[-1],
-                                                                jax.devices()[0])
-  return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
+  if not _force_xla_attention and attention_kernel(q.dtype, q.shape[-1],
+                                                   jax.devices()[0]) == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  # Heads before tokens, so the batched dots have their batch axes leading: XLA:CPU runs
+  # these and their gradients ~1.3x faster than jax.nn.dot_product_attention's XLA path,
+  # which keeps [B, N, heads, head_dim]. Logits and softmax in float32, as there.
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k,
+                      preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)
 
 
 # Attend rules: (q, k, v [B, N, heads, head_dim], layout) -> [B, N, heads, head_dim]. They
