@@ -11,7 +11,8 @@ accelerators). On a CPU it prints FLOP/s only. Prints one markdown table row per
 
 With --torch (needs the `torch` extra) the same architecture, batch and input run in the same
 process as HF `VideoMAEForVideoClassification` on CPU torch: forward + backward + AdamW step,
-eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch step-time ratio. Only for
+eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch step-time ratio. Their
+steps alternate with vidtx's, and the ratio is the median over those pairs of steps. Only for
 the plain ViT configs (model.name="vit", masking none).
 """
 
@@ -50,7 +51,10 @@ def step_flops(setup, args) -> float:
   return float(lowered.compile().cost_analysis()["flops"])
 
 
-def measure(config, steps: int, warmup: int = 3) -> dict:
+def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> dict:
+  """Times the config's training step. `others` (name: a callable running one step of
+  something else) are timed in turn with it, step by step, so that a drift in the machine's
+  speed (a shared or throttled CPU) reaches both sides of a comparison alike."""
   setup = train.build(config)
   d = config.data
   rng = np.random.default_rng(0)
@@ -70,31 +74,41 @@ def measure(config, steps: int, warmup: int = 3) -> dict:
     fused_attention = "__cudnn$fmha" in compiled.as_text()
     flops = step_flops(setup, (state, batch, key, go_on)) if fused_attention else float(
         compiled.cost_analysis()["flops"])
-    for _ in range(warmup):
-      state, metrics = step(state, batch, key, go_on)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
+
+    def run_vidtx():
+      nonlocal state
       state, metrics = step(state, batch, key, go_on)
       jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
-  median = statistics.median(times)
+
+    runs = {"vidtx": run_vidtx, **(others or {})}
+    for _ in range(warmup):
+      for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+      for name, run in runs.items():
+        start = time.perf_counter()
+        run()
+        times[name].append(time.perf_counter() - start)
+  median = statistics.median(times["vidtx"])
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   peak = PEAK_FLOPS.get(device.device_kind)
   achieved = flops / median / jax.device_count() if flops else 0.0
   return {"device": device.device_kind, "devices": jax.device_count(), "compile_s": compile_s,
           "attention": "cuDNN fused" if fused_attention else "XLA",
-          "step_ms": 1000 * median, "p10_ms": 1000 * float(np.percentile(times, 10)),
-          "p90_ms": 1000 * float(np.percentile(times, 90)),
+          "step_ms": 1000 * median, "p10_ms": 1000 * float(np.percentile(times["vidtx"], 10)),
+          "p90_ms": 1000 * float(np.percentile(times["vidtx"], 90)),
           "clips_per_s": config.batch_size / median, "tflop_per_step": flops / 1e12,
           "tflops_per_device": achieved / 1e12, "mfu": achieved / peak if peak else None,
-          "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None}
+          "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+          "others": {name: (1000 * statistics.median(times[name]),  # ms, vidtx / it
+                            statistics.median(np.divide(times["vidtx"], times[name])))
+                     for name in others or {}}}
 
 
-def measure_torch(config, steps: int, compiled: bool, warmup: int = 3) -> float:
-  """Median step time (ms) of the same ViT as HF VideoMAE in PyTorch: fwd + bwd + AdamW."""
+def torch_step(config, compiled: bool):
+  """One training step of the same ViT as HF VideoMAE in PyTorch: fwd + bwd + AdamW."""
   import torch
   import transformers
   from vidtx.models import vit
@@ -119,22 +133,18 @@ def measure_torch(config, steps: int, compiled: bool, warmup: int = 3) -> float:
     loss.backward()
     optimizer.step()
 
-  if compiled:
-    step = torch.compile(step)
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return 1000 * statistics.median(times)
+  return torch.compile(step) if compiled else step
 
 
 def main(argv):
   del argv
   c = flags.FLAGS.config
-  r = measure(c, flags.FLAGS.steps)
+  others = {}
+  if flags.FLAGS.torch:
+    others["eager"] = torch_step(c, compiled=False)
+    if flags.FLAGS.torch_compile:
+      others["torch.compile"] = torch_step(c, compiled=True)
+  r = measure(c, flags.FLAGS.steps, others=others)
   name = (f"{c.model.name} {c.model.size} {c.data.num_frames}x{c.data.crop_size}, masking "
           f"{c.model.masking} {c.model.mask_ratio}, batch {c.batch_size}, {c.model.dtype}")
   mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a (CPU)"
@@ -147,16 +157,14 @@ def main(argv):
   print(f"| {name} | {r['step_ms']:.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) | "
         f"{r['clips_per_s']:.1f} | {r['tflop_per_step']:.3f} | {r['tflops_per_device']:.3f} | "
         f"{mfu} | {memory} |")
-  if flags.FLAGS.torch:
+  if others:
     import torch
     print(f"\nsame model, batch and input in PyTorch {torch.__version__} (HF VideoMAE), "
-          f"{torch.get_num_threads()} threads:")
-    print("| variant | step ms (median) | vidtx / this |")
+          f"{torch.get_num_threads()} threads, its steps taken in turn with vidtx's:")
+    print("| variant | step ms (median) | vidtx / this (median of the step pairs) |")
     print("|---|---|---|")
-    for compiled in (False, True) if flags.FLAGS.torch_compile else (False,):
-      ms = measure_torch(c, flags.FLAGS.steps, compiled)
-      print(f"| {'torch.compile' if compiled else 'eager'} | {ms:.1f} | "
-            f"{r['step_ms'] / ms:.2f} |")
+    for variant, (ms, ratio) in r["others"].items():
+      print(f"| {variant} | {ms:.1f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":
