@@ -55,6 +55,7 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
   """Times the config's training step. `others` (name: a callable running one step of
   something else) are timed in turn with it, step by step, so that a drift in the machine's
   speed (a shared or throttled CPU) reaches both sides of a comparison alike."""
+  others = others or {}
   setup = train.build(config)
   d = config.data
   rng = np.random.default_rng(0)
@@ -80,7 +81,7 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
       state, metrics = step(state, batch, key, go_on)
       jax.block_until_ready(metrics)
 
-    runs = {"vidtx": run_vidtx, **(others or {})}
+    runs = {"vidtx": run_vidtx, **others}
     for _ in range(warmup):
       for run in runs.values():
         run()
@@ -104,7 +105,7 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
           "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
           "others": {name: (1000 * statistics.median(times[name]),  # ms, vidtx / it
                             statistics.median(np.divide(times["vidtx"], times[name])))
-                     for name in others or {}}}
+                     for name in others}}
 
 
 def torch_step(config, compiled: bool):

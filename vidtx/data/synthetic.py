@@ -6,6 +6,7 @@ so a model that ignores frame order is at chance within every pair.
 """
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -193,17 +194,15 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
   # TF's threads do not survive a fork.
   workers = min(len(jobs), os.cpu_count() or 1, (num_train + num_val) // CLIPS_PER_WORKER)
   write = functools.partial(_write_shard, seed=seed, num_frames=num_frames, size=size)
-  if workers < 2:
-    for done, job in enumerate(jobs, 1):
-      write(*job)
-      logging.info("Generated %d/%d shards", done, len(jobs))
+  if workers > 1:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"))
+    run_all = pool.map  # re-raises a worker's error when its result comes up
   else:
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-      futures = [pool.submit(write, *job) for job in jobs]
-      for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-        future.result()  # re-raises a worker's error
-        logging.info("Generated %d/%d shards", done, len(jobs))
+    pool, run_all = contextlib.nullcontext(), map
+  with pool:
+    for done, _ in enumerate(run_all(write, *zip(*jobs)), 1):
+      logging.info("Generated %d/%d shards", done, len(jobs))
 
   with open(os.path.join(data_dir, dmvr.LABELS), "w") as f:  # class names, index = label
     json.dump(list(CLASSES), f)
