@@ -48,6 +48,9 @@ def median_ms(first, second, rounds: int, calls: int = 5) -> tuple[float, float]
 def cases(config):
   """(name, jax function, torch function, arrays) for each kernel of one block."""
   import torch
+  if config.model.name != "vit":
+    raise ValueError(f"cpu_kernels times the plain ViT block: model.name must be 'vit', not "
+                     f"{config.model.name!r}")
   width, _, heads = vit.size(config.model)
   hidden = int(width * config.model.mlp_ratio)
   d = config.data
