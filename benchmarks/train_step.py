@@ -16,7 +16,7 @@ steps alternate with vidtx's, and the ratio is the median over those pairs of st
 the plain ViT configs (model.name="vit", masking none).
 """
 
-from vidtx import host
+from vidtx import builder, host
 
 host.keep_freed_memory()  # as vidtx.main does, before any import starts a thread
 
@@ -56,7 +56,7 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
   something else) are timed in turn with it, step by step, so that a drift in the machine's
   speed (a shared or throttled CPU) reaches both sides of a comparison alike."""
   others = others or {}
-  setup = train.build(config)
+  setup = builder.build(config)
   d = config.data
   rng = np.random.default_rng(0)
   host_batch = {
@@ -64,7 +64,7 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
       .astype(np.float32),
       "label": (np.arange(config.batch_size) % d.num_classes).astype(np.int32)}
   with jax.set_mesh(setup.mesh):
-    state = train.init_state(setup)
+    state = builder.init_state(setup)
     step = train.make_train_step(setup)
     batch = {k: jax.device_put(v, setup.batch_sharding) for k, v in host_batch.items()}
     key = np.asarray(jax.random.key_data(jax.random.key(0)), np.uint32)

@@ -18,7 +18,7 @@ def get_config(arg=None):
   # Tubelets spanning all 8 frames: 16 tokens, each seeing its patch's motion directly. The
   # cheapest tokenisation that learns the task; 2x8x8 (64 tokens) learns slower per step too.
   c.model.patch_size = (8, 8, 8)
-  c.model.pos_embed = "sincos"  # learned embeddings start near zero: order is found later
+  c.model.vit.pos_embed = "sincos"  # learned embeddings start near zero: order is found later
   c.data.num_frames = 8
   c.data.frame_stride = 2
   c.data.synthetic.num_train = 8192  # 4096 overfits before 90%

@@ -28,7 +28,7 @@ Test: 4 clips x 3 crops of the short side resized to 224.
 
 Differences from the reference model: the K400 code classifies with CLIP text embeddings of
 the class names and video-specific prompts; here the SSv2 branch's head (MIT, LN, dropout 0.5,
-Linear) serves both datasets. delta (model.ila_jitter) stays 0.2 (the reference halves it
+Linear) serves both datasets. delta (model.ila.jitter) stays 0.2 (the reference halves it
 every epoch from epoch 30).
 """
 
@@ -45,9 +45,9 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
   c = configuration.base()
   c.model.name, c.model.attention = "ila", "space_only"
-  c.model.ila_interaction = "separable"
-  c.model.ila_head = "mit"
-  c.model.ila_jitter, c.model.ila_loss_weight = 0.2, 1.0
+  c.model.ila.interaction = "separable"
+  c.model.ila.head = "mit"
+  c.model.ila.jitter, c.model.ila.loss_weight = 0.2, 1.0
   c.model.head_dropout = 0.5
   c.optim.b1, c.optim.b2 = 0.9, 0.98
   c.optim.weight_decay = 1e-2
@@ -59,12 +59,12 @@ def get_config(arg=None):
   if arg == "synthetic":
     configuration.cpu_scale(c)
     c.model.patch_size = (1, 8, 8)  # 4 x 4 patches per frame
-    c.model.clip_proj_dim, c.model.ila_channels = 64, 64
+    c.model.ila.proj_dim, c.model.ila.channels = 64, 64
     c.total_steps = 4000
     c.optim.lr, c.optim.warmup_steps = 1e-3, 200
     return c
   size, patch, proj = SIZES[arg]
-  c.model.size, c.model.patch_size, c.model.clip_proj_dim = size, (1, patch, patch), proj
+  c.model.size, c.model.patch_size, c.model.ila.proj_dim = size, (1, patch, patch), proj
   c.optim.frozen = ("^clip/",)  # CLIP's embeddings, blocks, ln_post and projection
   configuration.use_dataset(c, "kinetics400")
   c.data.num_frames, c.data.crop_size = 8, 224

@@ -1,12 +1,12 @@
 """ILA on Something-Something v2 (SYSTEMS.md §4): configs/ila_k400.py (ILA-B/16, 8 frames) with
-the SSv2 branch's interaction (two dense 3x3 convs, model.ila_interaction="dense") and SSv2's
+the SSv2 branch's interaction (two dense 3x3 convs, model.ila.interaction="dense") and SSv2's
 174 classes; the same recipe (the branch shares the K400 optimizer, schedule and augmentation),
 50 epochs of SSv2. Flips swap the left/right class pairs (the reference does not flip).
 
   python -m vidtx.main --config=configs/ila_ssv2.py --config.init_from=<clip dir> --workdir=...
 
 with <clip dir> from vidtx.tools.convert_weights as in configs/ila_k400.py. ILA-L/14:
---config.model.size=L --config.model.patch_size=1,14,14 --config.model.clip_proj_dim=768.
+--config.model.size=L --config.model.patch_size=1,14,14 --config.model.ila.proj_dim=768.
 """
 
 import os
@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.unlock()
   configuration.use_dataset(c, "ssv2")
   c.data.num_frames, c.data.eval_clips, c.data.eval_crops = 8, 4, 3
-  c.model.ila_interaction = "dense"
+  c.model.ila.interaction = "dense"
   steps_per_epoch = configuration.EPOCH_SIZES["ssv2"] // c.batch_size
   c.total_steps = 50 * steps_per_epoch
   c.optim.warmup_steps = 5 * steps_per_epoch

@@ -24,9 +24,9 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use vit_b, vit_l, ratio75 or synthetic")
   c = configuration.base()
   c.model.name = "mae"
-  c.model.classifier = "bridge"
+  c.model.mae.classifier = "bridge"
   c.model.masking, c.model.mask_ratio = "cell_running", 0.75 if arg == "ratio75" else 0.5
-  c.model.recon_weight = 0.01
+  c.model.mae.recon_weight = 0.01
   c.label_smoothing = 0.1
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6

@@ -21,9 +21,9 @@ def get_config(arg=None):
   configuration.use_dataset(c, "ssv2")
   c.data.update(configuration.FINETUNE_AUGMENTATION)
   c.model.name = "mae"
-  c.model.classifier = "bridge"
+  c.model.mae.classifier = "bridge"
   c.model.masking, c.model.mask_ratio = "cell_running", 0.75 if arg == "ratio75" else 0.5
-  c.model.recon_weight = 0.1
+  c.model.mae.recon_weight = 0.1
   c.model.size = "L" if large else "B"
   c.model.drop_path = 0.2 if large else 0.1
   c.model.head_dropout = 0.1

@@ -32,7 +32,7 @@ def get_config(arg=None):
   c = configuration.base()
   c.model.name, c.model.attention = "tps", "patch_shift"
   c.model.size = arg
-  c.model.patch_size, c.model.window_size = (2, 4, 4), 7
+  c.model.patch_size, c.model.tps.window_size = (2, 4, 4), 7
   c.model.drop_path, c.model.head_dropout = 0.1, 0.5
   c.optim.weight_decay = 0.02
   c.optim.lr_scales = (("^backbone/", 0.1),)  # the ImageNet-initialised backbone
@@ -40,7 +40,8 @@ def get_config(arg=None):
     configuration.cpu_scale(c)
     # 4 x 8 x 8 tokens in 4 x 4 windows, then one 4 x 4 window; C 48 with 3 heads of 16.
     c.model.size, c.model.width, c.model.num_heads = "swin_t", 48, 3
-    c.model.stage_depths, c.model.window_size, c.model.patch_size = (2, 2), 4, (2, 4, 4)
+    c.model.depth = 0  # not read by tps: its blocks are counted per stage
+    c.model.tps.stage_depths, c.model.tps.window_size, c.model.patch_size = (2, 2), 4, (2, 4, 4)
     c.optim.lr_scales = ()  # from scratch: no pre-trained backbone to protect
     c.total_steps = 4000
     c.optim.lr, c.optim.warmup_steps = 2e-3, 200

@@ -20,7 +20,7 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use 'B' or 'synthetic'")
   c = configuration.base()
   c.model.name = "vit"
-  c.model.pool = "mean"
+  c.model.vit.pool = "mean"
   c.model.head_init_scale = 0.001
   c.model.drop_path = 0.1
   c.label_smoothing = 0.1

@@ -21,7 +21,7 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use one of {[*BATCH, 'synthetic']}")
   c = configuration.base()
   c.model.name = "mae"
-  c.model.classifier = "none"
+  c.model.mae.classifier = "none"
   c.model.masking, c.model.mask_ratio = "tube", 0.9
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
   if arg == "synthetic":

@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.optim.grad_clip = 1.0
   if arg == "synthetic":
     configuration.cpu_scale(c)
-    c.model.temporal_depth = 2
+    c.model.vivit.temporal_depth = 2
     c.total_steps = 4000
     c.optim.lr, c.optim.warmup_steps = 2e-3, 200
     return c
@@ -45,7 +45,7 @@ def get_config(arg=None):
   c.data.eval_resize = 0  # Scenic evaluates on min_resize (256) short sides
   large = arg == "large"
   c.model.size = "L" if large else "B"
-  c.model.temporal_depth = 24 if large else 4
+  c.model.vivit.temporal_depth = 24 if large else 4
   c.model.patch_size = (2, 16, 16)
   c.batch_size = 64
   steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size

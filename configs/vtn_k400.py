@@ -31,16 +31,16 @@ def get_config(arg=None):
   c = configuration.base()
   c.model.name, c.model.attention = "vtn", "space_only"
   c.model.patch_size = (1, 16, 16)
-  c.model.temporal_depth = 3  # Longformer layers, width 768, 12 heads, FFN 3072
-  c.model.vtn_window = 9  # HF attention_window=18: 9 frames on each side
-  c.model.vtn_dropout = 0.1
+  c.model.vtn.temporal_depth = 3  # Longformer layers, width 768, 12 heads, FFN 3072
+  c.model.vtn.window = 9  # HF attention_window=18: 9 frames on each side
+  c.model.vtn.dropout = 0.1
   c.model.head_dropout = 0.5
   c.optim.name, c.optim.momentum, c.optim.nesterov = "sgd", 0.9, True
   c.optim.weight_decay = 1e-4
   if arg == "synthetic":
     configuration.cpu_scale(c)  # 8 frames 2 apart of 32^2, width 96, 4 blocks, 4 heads
     c.model.patch_size = (1, 8, 8)
-    c.model.temporal_depth, c.model.vtn_window = 2, 2
+    c.model.vtn.temporal_depth, c.model.vtn.window = 2, 2
     # From scratch on CPU: AdamW, as the other synthetic variants (SGD suits a pre-trained ViT).
     c.optim.name, c.optim.weight_decay = "adamw", 0.05
     c.total_steps = 4000

@@ -52,10 +52,11 @@ def test_mar_recipes_follow_the_paper():
   b, l, b75, ssv2 = (load("mar_k400.py"), load("mar_k400.py", "vit_l"),
                      load("mar_k400.py", "ratio75"), load("mar_ssv2.py"))
   assert (b.model.masking, b.model.mask_ratio, b75.model.mask_ratio) == ("cell_running", 0.5, 0.75)
-  assert (b.model.recon_weight, ssv2.model.recon_weight) == (0.01, 0.1)
+  assert (b.model.mae.recon_weight, ssv2.model.mae.recon_weight) == (0.01, 0.1)
   assert (b.optim.layer_decay, l.optim.layer_decay, ssv2.optim.layer_decay) == (0.65, 0.75, 0.75)
   assert (b.model.head_dropout, l.model.head_dropout, ssv2.model.head_dropout) == (0.0, 0.1, 0.1)
-  assert (b.model.bridge_width, b.model.bridge_depth, b.model.bridge_heads) == (512, 2, 4)
+  bridge = b.model.mae
+  assert (bridge.bridge_width, bridge.bridge_depth, bridge.bridge_heads) == (512, 2, 4)
   assert b.data.num_classes == 400 and ssv2.data.num_classes == 174
   assert (b.data.num_frames, b.data.frame_stride, b.data.crop_size) == (16, 4, 224)
 

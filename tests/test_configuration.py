@@ -1,6 +1,6 @@
 import pytest
 
-from vidtx import configuration
+from vidtx import configuration, errors, sharding
 
 
 def config(**overrides):
@@ -47,11 +47,11 @@ def test_valid_config_passes():
      "model.mask_ratio", "even token grid"),
     ({"model.name": "mae"}, "model.masking", "needs masked tokens"),
     ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
-      "model.classifier": "linear"}, "model.classifier", "bridge"),
+      "model.mae.classifier": "linear"}, "model.mae.classifier", "bridge"),
     ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
-      "model.pos_embed": "learned"}, "model.pos_embed", "sincos"),
+      "model.head_init_scale": 0.001}, "model.head_init_scale", "does not read it"),
     ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
-      "model.decoder_heads": 5}, "model.decoder_width", "decoder_heads=5"),
+      "model.mae.decoder_heads": 5}, "model.mae.decoder_width", "decoder_heads=5"),
     ({"optim.layer_decay": 0.0}, "optim.layer_decay", "(0, 1]"),
 ])
 def test_impossible_settings_name_the_field(overrides, field, hint):
@@ -72,25 +72,25 @@ def mesh(**fields):
 
 
 def test_mesh_shape_resolves_minus_one():
-  assert configuration.mesh_shape(mesh(shape=(-1, 2, 1)), 8) == (4, 2, 1)
-  assert configuration.mesh_shape(mesh(shape=(2, 2, 2)), 8) == (2, 2, 2)
+  assert sharding.mesh_shape(mesh(shape=(-1, 2, 1)), 8) == (4, 2, 1)
+  assert sharding.mesh_shape(mesh(shape=(2, 2, 2)), 8) == (2, 2, 2)
 
 
 @pytest.mark.parametrize("preset, shape", [
     ("data", (8, 1, 1)), ("fsdp", (1, 8, 1)), ("fsdp_per_host", (2, 4, 1)), ("tensor", (2, 1, 4))])
 def test_parallelism_presets_set_the_mesh_shape(preset, shape):
   # 2 hosts of 4 devices; the preset wins over mesh.shape.
-  assert configuration.mesh_shape(mesh(parallelism=preset, shape=(1, 1, 8)), 8, 2) == shape
+  assert sharding.mesh_shape(mesh(parallelism=preset, shape=(1, 1, 8)), 8, 2) == shape
 
 
 def test_unknown_parallelism_and_micro_batches_that_do_not_split_are_named():
-  with pytest.raises(configuration.ConfigError, match="mesh.parallelism='zero3'"):
-    configuration.mesh_shape(mesh(parallelism="zero3"), 8)
-  with pytest.raises(configuration.ConfigError,
+  with pytest.raises(errors.ConfigError, match="mesh.parallelism='zero3'"):
+    sharding.mesh_shape(mesh(parallelism="zero3"), 8)
+  with pytest.raises(errors.ConfigError,
                      match="config.grad_accum_steps=4: each micro-batch of .* = 4 clips"):
     configuration.validate(config(batch_size=16, grad_accum_steps=4), num_devices=8,
                            num_processes=1)
-  with pytest.raises(configuration.ConfigError, match="config.grad_accum_steps=3: must divide"):
+  with pytest.raises(errors.ConfigError, match="config.grad_accum_steps=3: must divide"):
     configuration.validate(config(batch_size=16, grad_accum_steps=3), num_devices=1,
                            num_processes=1)
 
@@ -105,7 +105,7 @@ def test_configs_are_locked_against_unknown_fields():
 def test_dataset_names_are_checked_and_kinetics600_has_600_classes():
   c = configuration.base()
   c.data.name = "kinetics700"
-  with pytest.raises(configuration.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match="data.name='kinetics700'.*kinetics600.*custom.*tfds:<name>"):
     configuration.validate(c, num_devices=1, num_processes=1)
   configuration.use_dataset(c, "kinetics600")
@@ -121,11 +121,11 @@ def test_a_label_map_or_metadata_of_another_size_than_num_classes_is_an_error(tm
   (tmp_path / dmvr.LABELS).write_text(json.dumps(["a", "b", "c"]))
   c = configuration.base()
   c.data.update({"name": "custom", "data_dir": str(tmp_path), "num_classes": 5})
-  with pytest.raises(configuration.ConfigError, match="num_classes=5.*names 3 classes.*=3"):
+  with pytest.raises(errors.ConfigError, match="num_classes=5.*names 3 classes.*=3"):
     data.prepare(c.data, "")
   c.data.num_classes = 3
   assert data.prepare(c.data, "") == str(tmp_path)
   (tmp_path / dmvr.METADATA).write_text(json.dumps({"num_classes": 4}))
-  with pytest.raises(configuration.ConfigError, match="num_classes=3.*metadata.json says "
+  with pytest.raises(errors.ConfigError, match="num_classes=3.*metadata.json says "
                      "num_classes=4.*=4"):
     data.prepare(c.data, "")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration, evaluate, sharding, train
+from vidtx import builder, configuration, evaluate, sharding
 
 
 def softmax(x):
@@ -40,7 +40,7 @@ def setup_for(**overrides):
   c = configuration.base()
   c.update_from_flattened_dict({**TINY, **overrides})
   c.lock()
-  return train.build(c)
+  return builder.build(c)
 
 
 def multi_view_batch():
@@ -53,12 +53,12 @@ def multi_view_batch():
 
 def test_eval_step_averages_the_views_of_each_video():
   setup = setup_for()
-  state = train.init_state(setup)
+  state = builder.init_state(setup)
   batch = multi_view_batch()
   eval_step = evaluate.make_eval_step(setup)
   with jax.set_mesh(setup.mesh):
     sums = eval_step(state, sharding.to_global(batch, setup.batch_sharding))
-    one_view = jax.jit(lambda state, video: nnx.merge(setup.graphdef, state)[0](
+    one_view = jax.jit(lambda state, video: nnx.merge(setup.graphdef, state)["model"](
         video, train=False)[0])
     logits = jnp.stack([one_view(state, batch["video"][:, v]) for v in range(6)],
                        axis=1)  # [b, V, classes], view by view
@@ -77,11 +77,11 @@ def test_eval_step_averages_the_views_of_each_video():
 
 
 def test_pretraining_model_is_evaluated_on_the_centre_view():
-  pretraining = {"model.name": "mae", "model.classifier": "none", "model.masking": "tube",
-                 "model.mask_ratio": 0.5, "model.decoder_width": 16, "model.decoder_depth": 1,
-                 "model.decoder_heads": 2}
+  pretraining = {"model.name": "mae", "model.mae.classifier": "none", "model.masking": "tube",
+                 "model.mask_ratio": 0.5, "model.mae.decoder_width": 16,
+                 "model.mae.decoder_depth": 1, "model.mae.decoder_heads": 2}
   setup = setup_for(**pretraining)
-  state = train.init_state(setup)
+  state = builder.init_state(setup)
   one_view = setup_for(**pretraining, **{"data.eval_clips": 1, "data.eval_crops": 1})
   batch = multi_view_batch()
   with jax.set_mesh(setup.mesh):

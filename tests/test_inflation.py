@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import checkpoint, configuration, train
+from vidtx import builder, checkpoint, configuration, errors, models
 from vidtx.models import masking, vit
 
 
@@ -23,14 +23,15 @@ def image_model_dir(tmp_path, pool="cls"):
 def video_model(tmp_path, inflation="average", **overrides):
   c = configuration.base()
   c.update_from_flattened_dict({
-      "model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.pos_embed": "learned",
-      "model.pool": "cls", "model.patch_size": (2, 8, 8), "data.num_frames": 4,
+      "model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.vit.pos_embed": "learned",
+      "model.vit.pool": "cls", "model.patch_size": (2, 8, 8), "data.num_frames": 4,
       "data.num_classes": 5, "init_from_inflation": inflation, **overrides})
-  setup = train.build(c)
+  setup = builder.build(c)
   with jax.set_mesh(setup.mesh):
-    state = checkpoint.init_from(train.init_state(setup), str(tmp_path / "image"),
-                                 masking.token_grid(c.model, c.data), inflation)
-  return nnx.merge(setup.graphdef, state)[0]
+    state = checkpoint.init_from(builder.init_state(setup), str(tmp_path / "image"),
+                                 models.family(c.model), masking.token_grid(c.model, c.data),
+                                 inflation)
+  return nnx.merge(setup.graphdef, state)["model"]
 
 
 @pytest.mark.parametrize("inflation", ["average", "central"])
@@ -39,7 +40,7 @@ def test_an_inflated_vit_gives_the_image_logits_on_a_clip_of_one_repeated_frame(
   # Mean-pooled: joint attention over two equal copies of every token is the image's (a CLS
   # token, not repeated, would get another share of the softmax).
   image, _ = image_model_dir(tmp_path, pool="mean")
-  video = video_model(tmp_path, inflation, **{"model.pool": "mean"})
+  video = video_model(tmp_path, inflation, **{"model.vit.pool": "mean"})
   kernel = np.asarray(video.encoder.patch_embed.kernel[...])
   image_kernel = np.asarray(image.encoder.patch_embed.kernel[...])[0]
   if inflation == "average":
@@ -83,7 +84,7 @@ def test_timesformer_from_an_image_vit_starts_as_the_image_model(tmp_path):
 def test_a_bad_inflation_is_a_config_error():
   c = configuration.base()
   c.init_from_inflation = "tile"
-  with pytest.raises(configuration.ConfigError, match="init_from_inflation='tile'"):
+  with pytest.raises(errors.ConfigError, match="init_from_inflation='tile'"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
 

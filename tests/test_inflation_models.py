@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import checkpoint, configuration
+from vidtx import checkpoint, configuration, errors
 
 from test_inflation import image_model_dir, video_model  # noqa: E402  (tests/ is on the path)
 
@@ -61,7 +61,7 @@ def test_vtn_backbone_from_an_hf_vit_gives_its_feature_per_frame_and_a_fresh_hea
   hf = hf_image_vit(tmp_path, classifier=True)  # 5 labels; the VTN has 7 classes
   vtn = video_model(tmp_path, **{
       "model.name": "vtn", "model.attention": "space_only", "model.patch_size": (1, 8, 8),
-      "model.temporal_depth": 1, "model.vtn_window": 1, "data.num_classes": 7})
+      "model.temporal_depth": 1, "model.vtn.window": 1, "data.num_classes": 7})
   assert vtn.head.kernel.shape == (WIDTH, 7)  # the classifier of 5 classes is not read
   frames = np.random.default_rng(1).standard_normal((1, 3, 3, SIZE, SIZE)).astype(np.float32)
   ours = nnx.jit(lambda m, v: m.frame_features(v))(
@@ -73,7 +73,7 @@ def test_vivit_model_3_gets_the_image_positions_without_cls_and_a_silent_time_st
   """(Model 4 takes the same position table: no CLS row, one row per tubelet.)"""
   image, _ = image_model_dir(tmp_path)
   video = video_model(tmp_path, **{"model.name": "vivit", "model.attention": "factorised_self",
-                                   "model.pool": "mean"})
+                                   "model.vit.pool": "mean"})
   table = np.asarray(image.encoder.pos_embed.embedding[...])  # CLS + 4 x 4
   inflated = np.asarray(video.encoder.pos_embed.embedding[...])
   np.testing.assert_array_equal(inflated, np.tile(table[1:], (2, 1)))  # 2 x 4 x 4, no CLS
@@ -124,7 +124,7 @@ def test_a_time_embedding_follows_the_frame_count():
 def test_shapes_no_rule_maps_are_named(tmp_path):
   image_model_dir(tmp_path)
   # 2x4x4 tubelets: the image's 8x8 patch kernel cannot become one.
-  with pytest.raises(configuration.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"(?s)no inflation rule maps.*encoder/patch_embed/kernel: the "
                            r"model's \(2, 4, 4, 3, 32\), the checkpoint's "
                            r"encoder/patch_embed/kernel \(1, 8, 8, 3, 32\)"):
@@ -151,7 +151,7 @@ def test_an_hf_clip_tower_inflated_into_a_clip_style_model_gives_its_feature(tmp
       if name == "timesformer" else {"model.patch_size": (2, 8, 8), "data.num_frames": 2})}
   c = configuration.base()
   c.update_from_flattened_dict({"model.width": WIDTH, "model.depth": 2, "model.num_heads": 2,
-                                "model.pos_embed": "learned", "model.pool": "cls",
+                                "model.vit.pos_embed": "learned", "model.vit.pool": "cls",
                                 "data.num_classes": 5, **fields})
   params = convert_weights.convert(c, str(tmp_path / "hf"), str(tmp_path / "image"))
   assert "head" not in params and "norm_pre" in params["encoder"]
@@ -178,5 +178,5 @@ def test_a_clip_checkpoint_asks_for_clip_style(tmp_path):
     convert.convert_clip_image_vit({}, configuration.base().model)
   c = configuration.base()
   c.update_from_flattened_dict({"model.name": "vivit", "model.clip_style": True})
-  with pytest.raises(configuration.ConfigError, match="model.clip_style=True"):
+  with pytest.raises(errors.ConfigError, match="model.clip_style=True"):
     configuration.validate(c, num_devices=1, num_processes=1)

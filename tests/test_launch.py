@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from test_train import ROOT, data_dir, final_params, flag_args  # noqa: F401 (data_dir: fixture)
-from vidtx import checkpoint, configuration, train
+from vidtx import builder, checkpoint, configuration
 
 TPU_ARGS = ["--name=vidtx-pod", "--zone=us-central2-b", "--project=proj",
             "--accelerator_type=v4-32", "--config=configs/mar_k400.py:vit_l"]
@@ -163,7 +163,7 @@ save = checkpoint.Checkpointer.save
 
 def save_and_keep(self, step, state, meta):
   kept.clear()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state[0])[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state["model"])[0]:
     name = jax.tree_util.keystr(path, simple=True, separator="/")
     for shard in leaf.addressable_shards:
       where = ",".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}"
@@ -209,13 +209,13 @@ def test_sigterm_to_one_host_saves_on_all_and_fsdp_shards_restore_in_one_process
   kept = {**np.load(tmp_path / "kept_0.npz"), **np.load(tmp_path / "kept_1.npz")}
   config = configuration.base()
   config.update_from_flattened_dict({**overrides, "mesh.parallelism": ""})
-  setup = train.build(config)
+  setup = builder.build(config)
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
   state, meta = ckpt.restore(setup.abstract_state)
   ckpt.close()
   assert meta["step"] == saved[0]
   params = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(x)
-            for p, x in jax.tree_util.tree_flatten_with_path(state[0])[0]}
+            for p, x in jax.tree_util.tree_flatten_with_path(state["model"])[0]}
   qkv_shards = [k for k in kept if k.startswith("encoder/blocks/0/attn/qkv")]
   assert len(qkv_shards) == 4  # split 4 ways over fsdp, 2 per process
   for key, shard in kept.items():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration, optim
+from vidtx import configuration, errors, optim
 from vidtx.models import vit
 
 
@@ -47,19 +47,27 @@ def test_lr_drops_give_a_step_schedule_after_the_warm_up():
 def test_bad_lr_drops_are_named(drops):
   c = configuration.base()
   c.optim.lr_drops = drops
-  with pytest.raises(configuration.ConfigError, match="optim.lr_drops=.*fraction of total_steps"):
+  with pytest.raises(errors.ConfigError, match="optim.lr_drops=.*fraction of total_steps"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
 
 def test_gradient_clipping_bounds_the_update():
+  """SGD without momentum steps by -lr x the gradient, so the step's norm is lr x the clipped
+  gradient's: a gradient of norm 300 clipped to 1. (AdamW's step would not show it: it divides
+  the gradient's scale out.)"""
   o = configuration.base().optim
-  o.grad_clip, o.warmup_steps, o.weight_decay = 1.0, 0, 0.0
-  tx = optim.build(o, total_steps=10)
+  o.name, o.momentum, o.nesterov = "sgd", 0.0, False
+  o.lr, o.warmup_steps, o.weight_decay = 0.1, 0, 0.0
   params = {"w": np.zeros((3, 3), np.float32)}
-  state = tx.init(params)
-  big = {"w": np.full((3, 3), 100.0, np.float32)}
-  updates, _ = tx.update(big, state, params)
-  assert np.all(np.isfinite(updates["w"]))
+  big = {"w": np.full((3, 3), 100.0, np.float32)}  # norm 300
+  norms = {}
+  for clip in (0.0, 1.0):
+    o.grad_clip = clip
+    tx = optim.build(o, total_steps=10)
+    updates, _ = tx.update(big, tx.init(params), params)
+    norms[clip] = float(np.linalg.norm(updates["w"]))
+  assert norms[0.0] == pytest.approx(0.1 * 300, rel=1e-5)
+  assert norms[1.0] == pytest.approx(0.1 * 1.0, rel=1e-5)
 
 
 def test_layer_decay_scales_each_layers_update():
@@ -122,10 +130,10 @@ def test_a_group_pattern_that_matches_nothing_is_an_error():
     optim.build(o, total_steps=10).init(params)
   c = configuration.base()
   c.optim.lr_scales = (("^encoder/", -1.0),)
-  with pytest.raises(configuration.ConfigError, match="optim.lr_scales"):
+  with pytest.raises(errors.ConfigError, match="optim.lr_scales"):
     configuration.validate(c, num_devices=1, num_processes=1)
   c.optim.lr_scales, c.optim.frozen = (), ("encoder/(",)
-  with pytest.raises(configuration.ConfigError, match="optim.frozen.*not a regular expression"):
+  with pytest.raises(errors.ConfigError, match="optim.frozen.*not a regular expression"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
 
@@ -157,5 +165,5 @@ def test_sgd_follows_torch_sgd_with_nesterov_momentum_and_l2_decay():
 def test_an_unknown_optimizer_is_named():
   c = configuration.base()
   c.optim.name = "lamb"
-  with pytest.raises(configuration.ConfigError, match="optim.name='lamb': choose one of"):
+  with pytest.raises(errors.ConfigError, match="optim.name='lamb': choose one of"):
     configuration.validate(c, num_devices=1, num_processes=1)

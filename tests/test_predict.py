@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from test_train import ROOT, untrained_run
-from vidtx import configuration, data, predict, train
+from vidtx import builder, configuration, data, predict
 
 CLASSES = ("left", "right")
 
@@ -47,7 +47,7 @@ def run(tmp_path_factory):
   config = configuration.base()
   config.update_from_flattened_dict({
       "model.width": 32, "model.depth": 2, "model.num_heads": 4, "model.patch_size": (2, 8, 8),
-      "model.pos_embed": "learned", "data.name": "custom", "data.data_dir": data_dir,
+      "model.vit.pos_embed": "learned", "data.name": "custom", "data.data_dir": data_dir,
       "data.num_classes": 2, "data.num_frames": 4, "data.frame_stride": 2,
       "data.min_resize": 40, "data.eval_clips": 2, "data.eval_crops": 3, "batch_size": 2,
       "optim.warmup_steps": 1, "total_steps": 2})
@@ -65,7 +65,7 @@ def test_a_video_file_gets_the_probabilities_evaluation_gives_its_record(run):
   # model's mean softmax over them.
   batch = next(data.build(config.data, "validation", batch_size=2, seed=0))
   assert batch["video"].shape == (2, 6, 4, 32, 32, 3)
-  model, _ = train.restore_model(config, workdir)
+  model, _ = builder.restore_model(config, workdir)
   for i, label in enumerate(CLASSES):
     path = str(videos / "validation" / label / "a.mp4")
     np.testing.assert_allclose(predictor.views(path), batch["video"][i], atol=1e-6)

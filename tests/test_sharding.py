@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from test_train import ROOT
-from vidtx import configuration, memory, train
+from vidtx import builder, configuration, memory
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 EIGHT_DEVICES = r"""
 import json, sys
 import jax, numpy as np
-from vidtx import configuration, sharding, train
+from vidtx import builder, configuration, errors, sharding, train
 
 def config(**fields):
   c = configuration.base()
@@ -34,12 +34,12 @@ batches = [{"video": rng.normal(size=(16, 4, 32, 32, 3)).astype(np.float32),
 out = {}
 for name, fields in json.loads(sys.argv[1]).items():
   try:
-    setup = train.build(config(**fields))
-  except configuration.ConfigError as e:
+    setup = builder.build(config(**fields))
+  except errors.ConfigError as e:
     out[name] = str(e)
     continue
   with jax.set_mesh(setup.mesh):
-    state = train.init_state(setup)
+    state = builder.init_state(setup)
     step = train.make_train_step(setup)
     key = np.asarray(jax.random.key_data(jax.random.key(0)), np.uint32)
     losses = []
@@ -47,7 +47,7 @@ for name, fields in json.loads(sys.argv[1]).items():
       state, metrics = step(state, sharding.to_global(batch, setup.batch_sharding), key,
                             train.stop_flags(setup.mesh, False))
       losses.append(float(metrics["loss"]))
-  model, optimizer = state[0], state[1]
+  model, optimizer = state["model"], state["optimizer"]
   qkv = model["encoder"]["blocks"][0]["attn"]["qkv"][...]
   adam_mu = optimizer["opt_state"][0][0]["mu"]["encoder"]["blocks"][0]["attn"]["qkv"][...]
   out[name] = {
@@ -113,9 +113,9 @@ def test_memory_estimate_counts_parameters_optimizer_and_saved_activations():
   c.update_from_flattened_dict({"model.width": 64, "model.depth": 2, "model.num_heads": 4,
                                 "model.patch_size": (2, 8, 8), "data.num_frames": 4,
                                 "batch_size": 8})
-  setup = train.build(c)
+  setup = builder.build(c)
   sizes = memory.estimate(setup)
-  num_params = sum(np.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state[0]))
+  num_params = sum(np.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state["model"]))
   assert sizes["params"] == 4 * num_params
   # AdamW: two moments per parameter, plus step counters.
   assert 2 * sizes["params"] <= sizes["optimizer"] < 2 * sizes["params"] + 64
@@ -125,5 +125,5 @@ def test_memory_estimate_counts_parameters_optimizer_and_saved_activations():
   assert per_clip > 8 * 2 * 32 * 64 * 4
   c.unlock()
   c.grad_accum_steps = 2
-  assert memory.estimate(train.build(c))["activations"] == pytest.approx(sizes["activations"] / 2,
+  assert memory.estimate(builder.build(c))["activations"] == pytest.approx(sizes["activations"] / 2,
                                                                          rel=0.01)

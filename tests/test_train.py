@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from vidtx import checkpoint, configuration, train
+from vidtx import builder, checkpoint, configuration, evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def data_dir(tmp_path_factory):
 
 def final_params(workdir, data_dir, **overrides):
   config = tiny_config(data_dir, **overrides)
-  setup = train.build(config, mesh=None)
+  setup = builder.build(config, mesh=None)
   ckpt = checkpoint.Checkpointer(workdir, keep=3)
   state, meta = ckpt.restore(setup.abstract_state)
   ckpt.close()
@@ -70,9 +70,9 @@ def final_params(workdir, data_dir, **overrides):
 def untrained_run(config, workdir, step):
   """A workdir as training leaves it (config.json and a checkpoint at `step`), with the
   model's initial weights."""
-  setup = train.build(config)
+  setup = builder.build(config)
   with jax.set_mesh(setup.mesh):
-    state = train.init_state(setup)
+    state = builder.init_state(setup)
   ckpt = checkpoint.Checkpointer(workdir, keep=1)
   ckpt.save(step, state, {"step": step, "data_position": step, "rng": [0, 0]})
   ckpt.wait()
@@ -106,7 +106,7 @@ def test_training_learns_and_writes_summaries_and_checkpoints(data_dir, tmp_path
   saved = json.load(open(tmp_path / "eval_metrics.json"))
   assert saved["step"] == 60 and saved["top1"] == pytest.approx(metrics["top1"])
   # --mode=eval on the same workdir reproduces the final evaluation.
-  again = train.evaluate_checkpoint(config, str(tmp_path))
+  again = evaluate.evaluate_checkpoint(config, str(tmp_path))
   assert again["top1"] == pytest.approx(metrics["top1"]) and again["step"] == 60
 
 
@@ -128,13 +128,13 @@ def test_frozen_parameters_stay_as_initialised_through_training(data_dir, tmp_pa
   overrides = {"optim.frozen": ("^encoder/patch_embed/",), "optim.warmup_steps": 1}
   config = tiny_config(data_dir, total_steps=2, checkpoint_every_steps=2, **overrides)
   train.train_and_evaluate(config, str(tmp_path))
-  setup = train.build(config)
+  setup = builder.build(config)
   with jax.set_mesh(setup.mesh):
-    initial = nnx.state(nnx.merge(setup.graphdef, train.init_state(setup))[0], nnx.Param)
+    initial = nnx.state(nnx.merge(setup.graphdef, builder.init_state(setup))["model"], nnx.Param)
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
   state, _ = ckpt.restore(setup.abstract_state)
   ckpt.close()
-  trained = nnx.state(nnx.merge(setup.graphdef, state)[0], nnx.Param)
+  trained = nnx.state(nnx.merge(setup.graphdef, state)["model"], nnx.Param)
   patch = lambda s: np.asarray(s["encoder"]["patch_embed"]["kernel"][...])
   qkv = lambda s: np.asarray(s["encoder"]["blocks"][0]["attn"]["qkv"][...])
   np.testing.assert_array_equal(patch(trained), patch(initial))
@@ -160,8 +160,8 @@ def test_mixup_cutmix_and_label_smoothing_reach_the_train_step(data_dir, tmp_pat
   assert sorted(train_loss) == [1, 2, 3, 4, 5] and all(np.isfinite(list(train_loss.values())))
 
 
-MASKED = {"model.name": "mae", "model.decoder_width": 16, "model.decoder_depth": 1,
-          "model.decoder_heads": 2, "model.bridge_width": 32, "model.bridge_depth": 1}
+MASKED = {"model.name": "mae", "model.mae.decoder_width": 16, "model.mae.decoder_depth": 1,
+          "model.mae.decoder_heads": 2, "model.mae.bridge_width": 32, "model.mae.bridge_depth": 1}
 
 
 def test_pretraining_then_mar_fine_tuning_from_it(data_dir, tmp_path):
@@ -172,11 +172,11 @@ def test_pretraining_then_mar_fine_tuning_from_it(data_dir, tmp_path):
   assert 0 < metrics["recon_mse"] < 2
   mse = scalars(str(tmp_path / "pre"), "train/recon_mse")
   # Evaluation draws its masks from a fixed key: the same number twice.
-  again = train.evaluate_checkpoint(tiny_config(data_dir, **pretrain), str(tmp_path / "pre"))
+  again = evaluate.evaluate_checkpoint(tiny_config(data_dir, **pretrain), str(tmp_path / "pre"))
   assert again["recon_mse"] == pytest.approx(metrics["recon_mse"])
 
-  mar = {**MASKED, "model.classifier": "bridge", "model.masking": "cell_running",
-         "model.mask_ratio": 0.5, "model.recon_weight": 0.1, "total_steps": 4,
+  mar = {**MASKED, "model.mae.classifier": "bridge", "model.masking": "cell_running",
+         "model.mask_ratio": 0.5, "model.mae.recon_weight": 0.1, "total_steps": 4,
          "checkpoint_every_steps": 4, "init_from": str(tmp_path / "pre"),
          "optim.warmup_steps": 1}
   metrics = train.train_and_evaluate(tiny_config(data_dir, **mar), str(tmp_path / "mar"))

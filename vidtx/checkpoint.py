@@ -7,7 +7,6 @@ checkpoint written on one topology restores on another.
 
 import math
 import os
-import re
 
 import jax
 import numpy as np
@@ -15,7 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from vidtx import configuration
+from vidtx import errors
 
 
 class Checkpointer:
@@ -88,7 +87,7 @@ def _step_directory(path: str) -> str:
       os.path.join(path, "checkpoints")) else path
   steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
   if not steps:
-    raise configuration.ConfigError(
+    raise errors.ConfigError(
         f"config.init_from={path!r}: no checkpoint there; give a workdir of a run, its "
         "checkpoints/ directory, or one step's directory")
   return os.path.join(directory, str(max(steps)))
@@ -99,7 +98,8 @@ def save_params(directory: str, params: dict) -> str:
   `directory`, readable by `init_from`. Returns the step directory."""
   manager = ocp.CheckpointManager(os.path.abspath(directory),
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
-  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"0": params})), force=True)
+  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"model": params})),
+               force=True)
   manager.wait_until_finished()
   manager.close()
   return os.path.join(os.path.abspath(directory), "0")
@@ -108,9 +108,19 @@ def save_params(directory: str, params: dict) -> str:
 INFLATIONS = ("average", "central")
 
 
-def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average") -> nnx.State:
-  """`state` (model, optimizer) with the model parameters of the checkpoint at `path` copied
-  in by name where the shapes agree, restored straight into their current shardings.
+def check_config(config) -> None:
+  """The checkpoint fields of the config."""
+  if config.init_from_inflation not in INFLATIONS:
+    errors.fail("init_from_inflation", config.init_from_inflation,
+                f"choose one of {INFLATIONS}")
+
+
+def init_from(state: nnx.State, path: str, family, grid=None,
+              inflation: str = "average") -> nnx.State:
+  """`state` ({"model", "optimizer"}) with the model parameters of the checkpoint at `path`
+  copied in by name where the shapes agree, restored straight into their current shardings.
+  `family` (`vidtx.models.family.Family`) gives the model's name rules: which checkpoint names
+  may initialise a parameter (`init_names`), and which start at zero (`init_zero`).
 
   An image model's weights (e.g. a 2-D ViT converted by vidtx.tools.convert_weights) are
   inflated to video, given the model's token `grid` (T', H', W'):
@@ -120,10 +130,9 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
   - learned position embeddings of the image's h x w patches are resized bicubically to H' x W'
     and tiled over the T' frames when the model has a row per tubelet; the image's CLS row is
     kept for a model with a CLS token and dropped for one without (ViViT models 3 and 4);
-  - "encoder/..." names also fill a model without that prefix (TimeSformer), and a temporal
-    attention the image model lacks (blocks/i/temporal) starts as a copy of the block's spatial
-    one, its output at zero so that the model starts as the image model: TimeSformer's
-    temporal_fc stays zero, ViViT model 3's attention output projection is set to zero;
+  - the family's name rules, e.g. TimeSformer's: "encoder/..." names fill it without that
+    prefix, and a temporal attention the image model lacks (blocks/i/temporal) starts as a copy
+    of the block's spatial one;
   - a video model's time embedding of another number of frames is resized (nearest, as
     TimeSformer's reference).
   Parameters the checkpoint lacks (a new head) keep their fresh values, parameters the model
@@ -132,32 +141,33 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
   ConfigError naming it.
   """
   if inflation not in INFLATIONS:
-    raise configuration.ConfigError(f"config.init_from_inflation={inflation!r}: choose one of "
+    raise errors.ConfigError(f"config.init_from_inflation={inflation!r}: choose one of "
                                     f"{INFLATIONS}")
   step_dir = _step_directory(path)
   saved = _flat(ocp.PyTreeCheckpointer().metadata(
-      os.path.join(step_dir, "state")).item_metadata.tree["0"])
+      os.path.join(step_dir, "state")).item_metadata.tree["model"])
   pure = nnx.to_pure_dict(state)
-  current = _flat(pure[0])
-  source = {k: _source_name(k, saved) for k in current}
-  zeroed = {k for k, v in source.items() if v is not None and _starts_at_zero(k, current, saved)}
+  current = _flat(pure["model"])
+  source = {k: next((n for n in family.init_names(k) if n in saved), None) for k in current}
+  zeroed = {k for k, v in source.items()
+            if v is not None and family.init_zero(k, frozenset(saved))}
   source = {k: v for k, v in source.items() if v is not None and k not in zeroed}
   same = {k for k, v in source.items() if v == k and tuple(saved[k].shape) == current[k].shape}
-  target = {"0": _nest({k: jax.ShapeDtypeStruct(current[k].shape, current[k].dtype,
+  target = {"model": _nest({k: jax.ShapeDtypeStruct(current[k].shape, current[k].dtype,
                                                 sharding=current[k].sharding) for k in same})}
   restored = _flat(ocp.PyTreeCheckpointer().restore(
       os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True))["0"]) if same else {}
+          partial_restore=True))["model"]) if same else {}
   surgery = {k: v for k, v in source.items() if k not in same}
   if surgery:
     names = sorted(set(surgery.values()))
     host = _flat(ocp.PyTreeCheckpointer().restore(
         os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-            item={"0": _nest({n: saved[n] for n in names})},
-            restore_args={"0": _nest({n: ocp.RestoreArgs(restore_type=np.ndarray)
+            item={"model": _nest({n: saved[n] for n in names})},
+            restore_args={"model": _nest({n: ocp.RestoreArgs(restore_type=np.ndarray)
                                       for n in names})},
-            partial_restore=True))["0"])
+            partial_restore=True))["model"])
     for k, name in surgery.items():
       value = _inflate(k, np.asarray(host[name]), current[k].shape, grid, inflation)
       if value is not None:
@@ -166,22 +176,23 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
     restored[k] = jax.device_put(np.zeros(current[k].shape, current[k].dtype),
                                  current[k].sharding)
   if not restored:
-    raise configuration.ConfigError(
+    raise errors.ConfigError(
         f"config.init_from={path!r}: none of its parameters matches the model by name and shape "
         f"(it has e.g. {sorted(saved)[:3]}, the model {sorted(current)[:3]}); was it written for "
         "another model? PyTorch weights go through vidtx.tools.convert_weights first")
-  classes = _class_axis_params(state[0])
+  classes = _class_axis_params(state["model"])
   incompatible = [f"{k}: the model's {tuple(current[k].shape)}, the checkpoint's {surgery[k]} "
                   f"{tuple(saved[surgery[k]].shape)}" for k in sorted(surgery)
                   if k not in restored and k not in classes]
   if incompatible:
-    raise configuration.ConfigError(
+    raise errors.ConfigError(
         f"config.init_from={path!r}: parameters whose shapes no inflation rule maps (a patch "
         "kernel of one frame, an image's position embedding, a time embedding; a classifier "
         "of another class count starts fresh):\n  " + "\n  ".join(incompatible)
         + "\nWas the checkpoint written for another width, patch size or model?")
-  pure[0] = jax.tree_util.tree_map_with_path(
-      lambda p, v: restored.get(jax.tree_util.keystr(p, simple=True, separator="/"), v), pure[0])
+  pure["model"] = jax.tree_util.tree_map_with_path(
+      lambda p, v: restored.get(jax.tree_util.keystr(p, simple=True, separator="/"), v),
+      pure["model"])
   nnx.replace_by_pure_dict(state, pure)
   fresh = sorted(current.keys() - restored.keys())
   unused = sorted(saved.keys() - set(source[k] for k in restored if k in source))
@@ -194,9 +205,6 @@ def init_from(state: nnx.State, path: str, grid=None, inflation: str = "average"
   return state
 
 
-_TEMPORAL = re.compile(r"(.*blocks/\d+/)temporal/(attn|norm)/(.*)")
-
-
 def _class_axis_params(model_state) -> set:
   """Names of the parameters with a "classes" logical axis (classifier heads)."""
   leaves = jax.tree_util.tree_flatten_with_path(
@@ -204,29 +212,6 @@ def _class_axis_params(model_state) -> set:
   return {jax.tree_util.keystr(p, simple=True, separator="/") for p, v in leaves
           if isinstance(v, nnx.Variable)
           and "classes" in tuple(v.get_metadata().get("out_sharding") or ())}
-
-
-def _starts_at_zero(name: str, current: dict, saved: dict) -> bool:
-  """Whether `name` is the output projection of a temporal attention copied from the spatial
-  one into a block without TimeSformer's zero temporal_fc (ViViT model 3): zero, so that the
-  temporal step adds nothing at first. (A zero projection still learns: its input is not
-  zero; a wholly zero attention would not.)"""
-  temporal = _TEMPORAL.fullmatch(name)
-  return bool(temporal and temporal.group(2) == "attn"
-              and temporal.group(3) in ("proj", "proj_bias")
-              and f"{temporal.group(1)}temporal/fc/kernel" not in current
-              and name not in saved and f"encoder/{name}" not in saved)
-
-
-def _source_name(name: str, saved: dict):
-  """The checkpoint entry that initialises parameter `name`, or None."""
-  temporal = _TEMPORAL.fullmatch(name)
-  candidates = [name, f"encoder/{name}"]
-  if temporal:  # TimeSformer's temporal attention from the block's spatial one
-    prefix, part, rest = temporal.groups()
-    spatial = f"{prefix}{'attn' if part == 'attn' else 'norm1'}/{rest}"
-    candidates += [spatial, f"encoder/{spatial}"]
-  return next((c for c in candidates if c in saved), None)
 
 
 def _inflate(name: str, value: np.ndarray, shape, grid, inflation: str):

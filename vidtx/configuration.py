@@ -1,18 +1,19 @@
 """Every config field, documented once, and the checks that run before any work starts.
 
 Experiment files in `configs/` start from `base()` and change what they need. Configs are
-locked, so a misspelt field (in a file or as `--config.<field>=<value>`) is an error.
+locked, so a misspelt field (in a file or as `--config.<field>=<value>`) is an error. The
+fields of a model family's own section, config.model.<family>, are documented in its model file
+(vidtx/models/<family>.py); `base()` holds every family's section with its defaults.
 """
 
 import importlib.util
 import json
-import math
 import os
-import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+
+from vidtx import checkpoint, errors, models, optim, sharding
 
 
 def base() -> ml_collections.ConfigDict:
@@ -20,13 +21,18 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0  # root of all randomness: init, drop path, data order and augmentation
 
   c.model = ml_collections.ConfigDict()
-  # Key of vidtx.models.MODELS: "vit" (classifier on all or masked tokens), "mae" (masked
-  # video model: VideoMAE pre-training, or MAR with model.classifier="bridge"), "timesformer"
-  # or "vivit" (space-time transformers, see model.attention); "ila" (CLIP + implicit learnable
-  # alignment, see model.ila_*); "vtn" (a ViT per frame + a Longformer over frames, model.vtn_*);
-  # "tps" (a 2-D Swin over the frames with temporal patch shift, see model.window_size).
+  # The model family: a key of vidtx.models.FAMILIES ("vit", "mae", "timesformer", "vivit",
+  # "ila", "vtn", "tps"). Its own fields are in config.model.<name>, documented in its model
+  # file (vidtx/models/<name>.py); the fields below are shared, and a family that does not read
+  # one (its FAMILY.reads) stops the run if it is changed.
+  #   vit: a video ViT classifier on all or masked tokens (config.model.vit).
+  #   mae: the masked video model: VideoMAE pre-training, or MAR with mae.classifier="bridge".
+  #   timesformer, vivit: space-time transformers (see model.attention).
+  #   ila: CLIP + implicit learnable alignment. vtn: a ViT per frame + a Longformer over frames.
+  #   tps: a 2-D Swin over the frames with temporal patch shift.
   c.model.name = "vit"
-  # Ti / S / B / L / H: width, depth and heads of the standard ViT sizes; tps: swin_t / swin_b
+  # The family's sizes: Ti / S / B / L / H (width, depth and heads of the standard ViT sizes);
+  # tps: swin_t / swin_b.
   c.model.size = "B"
   c.model.width = 0  # > 0 overrides the size's width
   c.model.depth = 0  # > 0 overrides the size's depth
@@ -36,29 +42,25 @@ def base() -> ml_collections.ConfigDict:
   # Learned q and v biases (VideoMAE); timesformer, vivit and vtn add a k bias, as their
   # references.
   c.model.qkv_bias = True
-  c.model.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"; model.name="vit" only
-  c.model.pool = "mean"  # "mean" (+ fc_norm) or "cls"; model.name="vit" only
   # CLIP's image-tower conventions (a bias-free patch embedding, ln_pre, QuickGELU, LayerNorm eps
   # 1e-5) for model.name="vit" or "timesformer", to start from a CLIP checkpoint (convert_weights,
-  # then init_from). Such a vit wants pos_embed="learned", pool="cls".
+  # then init_from). Such a vit wants vit.pos_embed="learned", vit.pool="cls".
   c.model.clip_style = False
   # Space-time attention of the blocks (vidtx.models.layers.ATTENTIONS):
   #   "joint": every token attends to every token (vit, mae; vivit model 1; timesformer
   #     joint_space_time). The only one masking works with.
-  #   "divided": timesformer (its default): time (+ temporal_fc), then space.
+  #   "divided": timesformer (its reference's default): time (+ temporal_fc), then space.
   #   "space_only": timesformer: each frame apart with its own CLS, averaged at the end. ila:
   #     CLIP's blocks see one frame each (the only value it takes). vtn: its per-frame ViT
   #     (the only value it takes).
   #   "factorised_encoder": vivit model 2: a spatial ViT per time slice, then a temporal
-  #     transformer (model.temporal_depth blocks) over their CLS tokens.
+  #     transformer (model.vivit.temporal_depth blocks) over their CLS tokens.
   #   "factorised_self": vivit model 3: space, then time, each with its own LN and residual.
   #   "factorised_dot": vivit model 4: half the heads attend over time, half over space.
   #   "patch_shift": tps: TPS's temporal patch shift, alternating with a channel shift (tps
   #     with "space_only": the same Swin without the shifts, each frame apart); vit: TPS in
   #     every block (attention within frames over patch-shifted q, k, v; no masking).
   c.model.attention = "joint"
-  c.model.temporal_depth = 4  # vivit model 2: blocks of the temporal transformer (B 4, L 24);
-  # vtn: Longformer layers (3)
   # Recompute each block in the backward pass to save activation memory: "none"; "full" (keep
   # only block inputs); "dots" (also keep the matmul outputs without batch dims).
   c.model.remat = "none"
@@ -70,40 +72,10 @@ def base() -> ml_collections.ConfigDict:
   # Evaluation sees all tokens, except cell_running, which uses its fixed test-time schedule.
   c.model.masking = "none"
   c.model.mask_ratio = 0.0  # fraction of tokens masked; cell_running: 0.25, 0.5 or 0.75
-  # model.name="mae" only. The decoder reconstructs the masked tubelets' normalised pixels.
-  c.model.classifier = "none"  # "none": pre-training; "bridge": MAR's bridging classifier
-  c.model.decoder_width = 0  # > 0 overrides the size's (S 192, B 384, L 512, H 640)
-  c.model.decoder_depth = 0  # > 0 overrides the size's (S/B 4, L/H 12)
-  c.model.decoder_heads = 0  # > 0 overrides the size's (S 3, B 6, L/H 8)
-  c.model.bridge_width = 512  # MAR's bridging classifier: width, blocks, heads
-  c.model.bridge_depth = 2
-  c.model.bridge_heads = 4
-  c.model.recon_weight = 1.0  # lambda: weight of the reconstruction MSE (MAR: 0.01 K400, 0.1 SSv2)
-  # model.name="ila" (vidtx.models.ila): a CLIP ViT per frame (model.patch_size (1, p, p),
-  # attention "space_only") with an ILA module before each block. CLIP's blocks always have
-  # q, k and v biases (model.qkv_bias is not read).
-  c.model.clip_proj_dim = 0  # CLIP's visual projection of the CLS feature: B 512, L 768; 0: none
-  # Interaction convs: "separable" (the K400 code: depthwise 3x3, 1x1 to 256, 3x3) or "dense"
-  # (the SSv2 branch: two 3x3 convs); each + BatchNorm + ReLU.
-  c.model.ila_interaction = "separable"
-  c.model.ila_channels = 256  # of the interaction features (the paper's 256; small for CPU tests)
-  # delta: spread of the 9 jittered interactive points at train time. The reference halves it
-  # every epoch from epoch 30; here it is fixed (lower it for a late phase).
-  c.model.ila_jitter = 0.2
-  c.model.ila_loss_weight = 1.0  # weight of the summed per-block cosine alignment losses
-  # Temporal pooling of the per-frame features before the LN-dropout-Linear head: "mean" or
-  # "mit" (X-CLIP's 1-block multi-frame integration transformer, then the mean).
-  c.model.ila_head = "mean"
-  # model.name="vtn" (vidtx.models.vtn): a 2-D ViT (model.patch_size (1, p, p)) per frame, then
-  # a Longformer (model.temporal_depth layers, the ViT's width and heads) over the frame
-  # features, whose positions are the frames' indices: start + data.frame_stride x i.
-  c.model.vtn_window = 9  # frames each frame attends to on each side (HF attention_window=18)
-  c.model.vtn_dropout = 0.1  # Longformer's hidden and attention-probability dropout
-  # model.name="tps" (vidtx.models.tps): a Swin over frames, model.patch_size (2, p, p) (TPS:
-  # (2, 4, 4)); model.width is the first stage's C and model.num_heads its heads (both double
-  # at every stage); model.depth is not read.
-  c.model.window_size = 7  # side of the per-frame attention windows
-  c.model.stage_depths = ()  # blocks per stage; (): the size's (swin_t 2-2-6-2, swin_b 2-2-18-2)
+  # config.model.<family>: each family's own fields, with its defaults (read only when
+  # model.name is that family).
+  for name, section in models.sections().items():
+    c.model[name] = section
 
   c.data = ml_collections.ConfigDict()
   # "synthetic_motion" is generated; the others are DMVR TFRecord shards in data_dir, written by
@@ -295,8 +267,8 @@ def cpu_scale(c: ml_collections.ConfigDict) -> None:
   c.data.synthetic.num_train = 8192
   c.model.size, c.model.width, c.model.depth, c.model.num_heads = "Ti", 96, 4, 4
   c.model.patch_size = (2, 8, 8)
-  c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 64, 2, 4
-  c.model.bridge_width, c.model.bridge_depth, c.model.bridge_heads = 64, 1, 4
+  c.model.mae.decoder_width, c.model.mae.decoder_depth, c.model.mae.decoder_heads = 64, 2, 4
+  c.model.mae.bridge_width, c.model.mae.bridge_depth, c.model.mae.bridge_heads = 64, 1, 4
   c.batch_size = 32
   c.log_every_steps = 100
   c.eval_every_steps = 0
@@ -331,8 +303,8 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
   def update(node, values, prefix):
     for key, value in values.items():
       if key not in node:
-        raise ConfigError(f"{path}: field {prefix}{key} is not a config field of this vidtx "
-                          "version; pass the config with --config")
+        raise errors.ConfigError(f"{path}: field {prefix}{key} is not a config field of this "
+                                 "vidtx version; pass the config with --config")
       if isinstance(node[key], ml_collections.ConfigDict):
         update(node[key], value, f"{prefix}{key}.")
       elif isinstance(node[key], tuple):  # JSON turned tuples into lists
@@ -345,304 +317,35 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-class ConfigError(ValueError):
-  """A config field that cannot work; the message names the field and the fix."""
-
-
-def _fail(field, value, fix):
-  raise ConfigError(f"config.{field}={value!r}: {fix}")
-
-
-def _validate_ila(config: ml_collections.ConfigDict) -> None:
-  m, d = config.model, config.data
-  from vidtx.models import ila
-  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
-    _fail("model.patch_size", m.patch_size, "CLIP embeds each frame's square 2-D patches: use "
-          "(1, p, p), e.g. (1, 16, 16) for B/16")
-  if d.crop_size // m.patch_size[1] < 4:
-    _fail("data.crop_size", d.crop_size, "ILA's point head max-pools the patch grid twice: "
-          f"give at least 4 x {m.patch_size[1]} pixels")
-  if d.num_frames < 2:
-    _fail("data.num_frames", d.num_frames, "ILA aligns adjacent frames: use at least 2")
-  if m.ila_interaction not in ila.INTERACTIONS:
-    _fail("model.ila_interaction", m.ila_interaction, f"choose one of {ila.INTERACTIONS}")
-  if m.ila_channels < 8 or m.ila_channels % 8:
-    _fail("model.ila_channels", m.ila_channels, "use a positive multiple of 8 (the paper: 256)")
-  if m.ila_head not in ila.HEADS:
-    _fail("model.ila_head", m.ila_head, f"choose one of {ila.HEADS}")
-  for field in ("clip_proj_dim", "ila_jitter", "ila_loss_weight"):
-    if m[field] < 0:
-      _fail(f"model.{field}", m[field], "must be >= 0")
-  if config.optim.layer_decay < 1:
-    # Layer decay numbers the blocks under `encoder/`; ILA's are under `clip/`.
-    _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not supported "
-          "for model.name='ila': keep 1.0 (optim.lr_scales sets per-group lrs)")
-
-
-def _validate_vtn(config: ml_collections.ConfigDict) -> None:
-  m = config.model
-  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
-    _fail("model.patch_size", m.patch_size, "VTN embeds each frame's square 2-D patches: use "
-          "(1, p, p), e.g. (1, 16, 16) for ViT-B/16")
-  if m.temporal_depth < 1:
-    _fail("model.temporal_depth", m.temporal_depth, "VTN's Longformer needs at least 1 layer "
-          "(the reference: 3)")
-  if m.vtn_window < 1:
-    _fail("model.vtn_window", m.vtn_window, "a frame must attend to at least 1 frame on each "
-          "side (the reference: 9, HF attention_window=18)")
-  if not 0 <= m.vtn_dropout < 1:
-    _fail("model.vtn_dropout", m.vtn_dropout, "must be in [0, 1)")
-
-
-def _validate_tps(config: ml_collections.ConfigDict) -> None:
-  m, d = config.model, config.data
-  from vidtx.models import tps
-  if (not isinstance(m.stage_depths, (tuple, list))
-      or any(not isinstance(n, int) or n < 1 for n in m.stage_depths)):
-    _fail("model.stage_depths", m.stage_depths, "give blocks per stage, e.g. (2, 2, 6, 2), or "
-          "() for the size's")
-  width, depths, heads = tps.size(m)
-  if len(m.patch_size) != 3 or m.patch_size[1] != m.patch_size[2]:
-    _fail("model.patch_size", m.patch_size, "TPS embeds square patches of a few frames: use "
-          "(t, p, p), e.g. (2, 4, 4)")
-  if m.window_size < 1:
-    _fail("model.window_size", m.window_size, "must be at least 1 (Swin: 7)")
-  resolution = d.crop_size // m.patch_size[1]
-  for i in range(len(depths)):
-    window, _ = tps.stage_window(resolution, m.window_size)
-    if resolution % window or (i < len(depths) - 1 and resolution % 2):
-      _fail("data.crop_size", d.crop_size, f"stage {i}'s {resolution}x{resolution} token grid "
-            f"must be a multiple of its {window}x{window} windows, and even before patch "
-            "merging: use crop_size = patch x window x 2^(stages - 1), e.g. 224 = 4 x 7 x 8")
-    resolution //= 2
-  if m.attention == "patch_shift" and width // heads < 8:
-    _fail("model.num_heads", heads, f"the channel shift moves 1/8 of each head's channels: "
-          f"model.width / model.num_heads = {width // heads} must be at least 8")
-  if config.optim.layer_decay < 1:
-    _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not "
-          "supported for model.name='tps': keep 1.0 (optim.lr_scales sets per-group lrs)")
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int | None = None) -> None:
-  """Checks what would otherwise fail late or silently. Raises ConfigError naming the field."""
+  """Checks what would otherwise fail late or silently, before any work starts: the loop's
+  fields, then each section by its owner (the model family, data, checkpoint, optimizer, mesh).
+  Raises errors.ConfigError naming the field and the fix."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   num_processes = jax.process_count() if num_processes is None else num_processes
-  m, d, o = config.model, config.data, config.optim
-
-  from vidtx import models  # the registry imports every model family
-  if m.name not in models.MODELS:
-    _fail("model.name", m.name, f"choose one of {sorted(models.MODELS)}")
-  from vidtx.models import tps, vit
-  family = tps if m.name == "tps" else vit  # Swin sizes for tps, ViT sizes for the rest
-  if m.size not in family.SIZES:
-    _fail("model.size", m.size, f"choose one of {list(family.SIZES)} for model.name={m.name!r}")
-  if m.name == "tps":
-    _validate_tps(config)
-  width, _, heads = family.size(m)
-  if width % heads:
-    _fail("model.width", width, f"must be divisible by model.num_heads={heads}")
-  if m.name == "mae":
-    from vidtx.models import mae
-    if m.classifier not in mae.CLASSIFIERS:
-      _fail("model.classifier", m.classifier, f"choose one of {mae.CLASSIFIERS}")
-    if m.masking == "none" or m.mask_ratio == 0:
-      _fail("model.masking", m.masking, "a masked video model needs masked tokens: set "
-            "model.masking (tube, cell_running, random) and model.mask_ratio > 0")
-    if m.pos_embed != "sincos" or m.pool != "mean":
-      _fail("model.pos_embed" if m.pos_embed != "sincos" else "model.pool",
-            m.pos_embed if m.pos_embed != "sincos" else m.pool,
-            "the masked video model uses fixed sinusoids and no CLS token (VideoMAE): keep "
-            "pos_embed='sincos' and pool='mean'")
-    decoder_width, decoder_heads, _ = mae.decoder_size(m)
-    if decoder_width % decoder_heads:
-      _fail("model.decoder_width", decoder_width,
-            f"must be divisible by model.decoder_heads={decoder_heads}")
-    if m.bridge_width % m.bridge_heads:
-      _fail("model.bridge_width", m.bridge_width,
-            f"must be divisible by model.bridge_heads={m.bridge_heads}")
-  if m.attention not in models.ATTENTIONS[m.name]:
-    _fail("model.attention", m.attention,
-          f"model.name={m.name!r} takes one of {models.ATTENTIONS[m.name]}")
-  if m.name not in models.MASKABLE and m.masking != "none":
-    _fail("model.masking", m.masking, f"model.name={m.name!r} sees every token: set "
-          f"model.masking='none' (masking works with {models.MASKABLE})")
-  if m.masking != "none" and m.attention != "joint":
-    _fail("model.masking", m.masking, f"attention={m.attention!r} needs every token of the "
-          "grid: set model.masking='none' (masking works with attention='joint' only)")
-  if m.attention == "factorised_dot" and heads % 2:
-    _fail("model.num_heads", heads, "attention='factorised_dot' gives half the heads to time "
-          "and half to space: use an even number")
-  if m.attention == "factorised_encoder" and m.temporal_depth < 1:
-    _fail("model.temporal_depth", m.temporal_depth, "the factorised encoder's temporal "
-          "transformer needs at least 1 block (ViViT-B: 4)")
-  if m.name == "timesformer" and (len(m.patch_size) != 3 or m.patch_size[0] != 1
-                                  or m.patch_size[1] != m.patch_size[2]):
-    _fail("model.patch_size", m.patch_size, "TimeSformer embeds each frame's square 2-D "
-          "patches: use (1, p, p), e.g. (1, 16, 16)")
-  if m.clip_style and m.name not in ("vit", "timesformer"):
-    _fail("model.clip_style", m.clip_style, f"CLIP's conventions are built for model.name 'vit' "
-          f"and 'timesformer', not {m.name!r} (ila has its own CLIP tower): set it to False")
-  if m.name == "timesformer" and config.optim.layer_decay < 1:
-    # Layer decay numbers the blocks under `encoder/`; TimeSformer keeps the reference's flat
-    # names, so every parameter would get the head's lr.
-    _fail("optim.layer_decay", config.optim.layer_decay, "layer-wise lr decay is not "
-          "supported for model.name='timesformer': keep 1.0")
-  if m.name == "ila":
-    _validate_ila(config)
-  if m.name == "vtn":
-    _validate_vtn(config)
-  from vidtx.models import layers
-  if m.remat not in layers.REMAT:
-    _fail("model.remat", m.remat, f"choose one of {layers.REMAT}")
-  try:
-    jnp.dtype(m.dtype)
-  except TypeError:
-    _fail("model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
-  if len(m.patch_size) != 3:
-    _fail("model.patch_size", m.patch_size, "give (t, h, w)")
-  pt, ph, pw = m.patch_size
-  if d.num_frames % pt:
-    _fail("data.num_frames", d.num_frames,
-          f"must be divisible by the tubelet's time size model.patch_size[0]={pt}")
-  if d.crop_size % ph or d.crop_size % pw:
-    _fail("data.crop_size", d.crop_size,
-          f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
-  if d.name not in DATASET_NAMES and not d.name.startswith("tfds:"):
-    _fail("data.name", d.name, f"choose one of {DATASET_NAMES} ('custom': your own videos "
-          "converted with vidtx.data.convert into data.data_dir) or 'tfds:<name>'")
-  from vidtx.data import dmvr
-  dmvr.check_config(d)
-  from vidtx.models import masking
-  if m.masking not in masking.SCHEDULES:
-    _fail("model.masking", m.masking, f"choose one of {sorted(masking.SCHEDULES)}")
-  if not 0 <= m.mask_ratio < 1:
-    _fail("model.mask_ratio", m.mask_ratio, "must be in [0, 1)")
-  if m.masking == "cell_running":
-    try:
-      masking.cell_running(None, masking.token_grid(m, d), m.mask_ratio)
-    except ValueError as e:
-      _fail("model.mask_ratio", m.mask_ratio, str(e))
-  if d.num_classes < 1:
-    _fail("data.num_classes", d.num_classes, "must be positive")
-
+  d = config.data
   for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
                 "keep_checkpoints"):
     if config[field] < 1:
-      _fail(field, config[field], "must be at least 1")
-  from vidtx import checkpoint
-  if config.init_from_inflation not in checkpoint.INFLATIONS:
-    _fail("init_from_inflation", config.init_from_inflation,
-          f"choose one of {checkpoint.INFLATIONS}")
+      errors.fail(field, config[field], "must be at least 1")
   if config.eval_every_steps < 0:
-    _fail("eval_every_steps", config.eval_every_steps, "must be >= 0 (0: only at the end)")
+    errors.fail("eval_every_steps", config.eval_every_steps, "must be >= 0 (0: only at the end)")
   if not 0 <= config.label_smoothing < 1:
-    _fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
-  if o.warmup_steps >= config.total_steps:  # the cosine needs at least one step
-    _fail("optim.warmup_steps", o.warmup_steps,
-          f"must be below total_steps={config.total_steps}")
-  if o.lr <= 0:
-    _fail("optim.lr", o.lr, "must be positive")
-  from vidtx import optim
-  if o.name not in optim.OPTIMIZERS:
-    _fail("optim.name", o.name, f"choose one of {optim.OPTIMIZERS}")
-  for entry in o.lr_drops:
-    if (not isinstance(entry, (tuple, list)) or len(entry) != 2 or not 0 < entry[0] < 1
-        or not entry[1] > 0):
-      _fail("optim.lr_drops", o.lr_drops, "give (fraction of total_steps in (0, 1), lr factor "
-            "> 0) pairs, e.g. ((0.52, 0.1), (0.96, 0.01))")
-  if not 0 < o.layer_decay <= 1:
-    _fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
-  for entry in o.lr_scales:
-    if (not isinstance(entry, (tuple, list)) or len(entry) != 2
-        or not isinstance(entry[1], (int, float)) or entry[1] < 0):
-      _fail("optim.lr_scales", o.lr_scales, "give (pattern, scale) pairs with scale >= 0, "
-            "e.g. (('^backbone/', 0.1),)")
-  for field, patterns in (("optim.lr_scales", [e[0] for e in o.lr_scales]),
-                          ("optim.frozen", o.frozen)):
-    for pattern in patterns:
-      try:
-        re.compile(pattern)
-      except (re.error, TypeError) as e:
-        _fail(field, pattern, f"not a regular expression ({e})")
-
-  mesh = config.mesh
-  if len(mesh.axes) != len(mesh.shape):
-    _fail("mesh.shape", mesh.shape, f"needs one size per axis in mesh.axes={mesh.axes}")
-  for axis in mesh.batch_axes:
-    if axis not in mesh.axes:
-      _fail("mesh.batch_axes", mesh.batch_axes, f"{axis!r} is not in mesh.axes={mesh.axes}")
-  for logical, axis in mesh.rules:
-    if axis is not None and axis not in mesh.axes:
-      _fail("mesh.rules", (logical, axis), f"{axis!r} is not in mesh.axes={mesh.axes}")
+    errors.fail("label_smoothing", config.label_smoothing, "must be in [0, 1)")
   if config.grad_accum_steps < 1:
-    _fail("grad_accum_steps", config.grad_accum_steps, "must be at least 1 (1: off)")
+    errors.fail("grad_accum_steps", config.grad_accum_steps, "must be at least 1 (1: off)")
   if config.batch_size % config.grad_accum_steps:
-    _fail("grad_accum_steps", config.grad_accum_steps,
-          f"must divide batch_size={config.batch_size}")
-  shape = mesh_shape(mesh, num_devices, num_processes)
-  batch_devices = 1
-  for name, size in zip(mesh.axes, shape):
-    if name in mesh.batch_axes:
-      batch_devices *= size
-  micro_batch = config.batch_size // config.grad_accum_steps
-  if micro_batch % batch_devices:
-    field, value = (("batch_size", config.batch_size) if config.grad_accum_steps == 1 else
-                    ("grad_accum_steps", config.grad_accum_steps))
-    _fail(field, value,
-          f"each micro-batch of batch_size / grad_accum_steps = {micro_batch} clips must split "
-          f"over the {batch_devices} devices of the batch axes {tuple(mesh.batch_axes)}; e.g. "
-          f"--config.batch_size="
-          f"{max(1, micro_batch // batch_devices) * batch_devices * config.grad_accum_steps}")
-  if config.batch_size % num_processes:
-    _fail("batch_size", config.batch_size,
-          f"must be divisible by the number of hosts ({num_processes})")
-  eval_batch = config.eval_batch_size or config.batch_size
-  if config.eval_batch_size < 0 or eval_batch % batch_devices or eval_batch % num_processes:
-    _fail("eval_batch_size", config.eval_batch_size,
-          f"must be 0 (batch_size) or a positive multiple of the {batch_devices} devices of the "
-          f"batch axes and of the {num_processes} hosts")
-
-
-# mesh.parallelism presets: (hosts, devices per host) -> mesh.shape over (data, fsdp, tensor).
-PARALLELISM = {
-    "data": lambda hosts, per_host: (-1, 1, 1),
-    "fsdp": lambda hosts, per_host: (1, -1, 1),
-    "fsdp_per_host": lambda hosts, per_host: (hosts, per_host, 1),
-    "tensor": lambda hosts, per_host: (hosts, 1, per_host),
-}
-
-
-def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int,
-               num_processes: int = 1) -> tuple[int, ...]:
-  """The mesh shape: mesh.parallelism's preset or mesh.shape, with a single -1 resolved.
-
-  Checks that the sizes multiply to the device count.
-  """
-  if mesh_config.parallelism:
-    if mesh_config.parallelism not in PARALLELISM:
-      _fail("mesh.parallelism", mesh_config.parallelism,
-            f"choose one of {sorted(PARALLELISM)}, or '' to use mesh.shape")
-    if tuple(mesh_config.axes) != ("data", "fsdp", "tensor"):
-      _fail("mesh.parallelism", mesh_config.parallelism,
-            f"presets are for mesh.axes=('data', 'fsdp', 'tensor'), not {tuple(mesh_config.axes)}"
-            "; set mesh.shape instead")
-    shape = PARALLELISM[mesh_config.parallelism](num_processes, num_devices // num_processes)
-  else:
-    shape = mesh_config.shape
-  shape = list(shape)
-  if shape.count(-1) > 1:
-    _fail("mesh.shape", tuple(shape), "at most one axis may be -1")
-  known = 1
-  for s in shape:
-    if s != -1:
-      if s < 1:
-        _fail("mesh.shape", tuple(shape), "sizes must be positive or -1")
-      known *= s
-  if -1 in shape:
-    if num_devices % known:
-      _fail("mesh.shape", tuple(shape), f"the fixed sizes do not divide the {num_devices} devices")
-    shape[shape.index(-1)] = num_devices // known
-  if math.prod(shape) != num_devices:
-    _fail("mesh.shape", tuple(shape), f"the sizes must multiply to the {num_devices} devices")
-  return tuple(shape)
+    errors.fail("grad_accum_steps", config.grad_accum_steps,
+                f"must divide batch_size={config.batch_size}")
+  models.check_config(config, base())
+  if d.name not in DATASET_NAMES and not d.name.startswith("tfds:"):
+    errors.fail("data.name", d.name, f"choose one of {DATASET_NAMES} ('custom': your own videos "
+                "converted with vidtx.data.convert into data.data_dir) or 'tfds:<name>'")
+  from vidtx.data import dmvr  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+  dmvr.check_config(d)
+  if d.num_classes < 1:
+    errors.fail("data.num_classes", d.num_classes, "must be positive")
+  checkpoint.check_config(config)
+  optim.check_config(config.optim, config.total_steps, models.family(config.model))
+  sharding.check_config(config, num_devices, num_processes)

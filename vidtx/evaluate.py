@@ -6,13 +6,16 @@ over the views under names ending in the views, e.g. top1_5x3. Pre-training mode
 reconstruction error of the centre view. Records that failed to decode count in num_skipped.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
-from vidtx import models, sharding
+from vidtx import builder, checkpoint, data, models, sharding
 from vidtx.data import dmvr
 from vidtx.models import masking
 
@@ -47,6 +50,19 @@ def averaged_view_metrics(logits, labels, name: str):
           f"top5_{name}": topk_correct(probs, labels, 5)}
 
 
+def describe(metrics: dict[str, float]) -> str:
+  """The headline numbers of a metrics dict, as a log line fragment."""
+  names = {"top1": "top-1", "top5": "top-5", "loss": "loss", "recon_mse": "reconstruction MSE"}
+  parts = [f"{label} {metrics[k]:.4f}" for k, label in names.items() if k in metrics]
+  # Multi-view evaluation: top1_<clips>x<crops>, e.g. top1_5x3.
+  parts += [f"top-1 over {k.removeprefix('top1_')} views {v:.4f}" for k, v in metrics.items()
+            if k.startswith("top1_")]
+  for k in ("num_skipped", "skipped_records"):
+    if metrics.get(k):
+      parts.append(f"{metrics[k]:.0f} corrupt records skipped")
+  return ", ".join(parts)
+
+
 def make_eval_step(setup):
   """jit: (state, batch) -> sums over the unmasked examples of the metrics, their count and the
   number of skipped records.
@@ -54,7 +70,7 @@ def make_eval_step(setup):
   batch["video"] is [b, T, S, S, 3], or [b, V, T, S, S, 3] with V > 1 views (vidtx.data.build);
   the views run one after the other (a lax.map), so memory stays that of one view. Pre-training
   models see only the centre view, masked from a fixed key so evaluations compare.
-  `setup` is the `vidtx.train.Setup` of the run (config, graphdef, shardings, mesh).
+  `setup` is the `vidtx.builder.Setup` of the run (config, graphdef, shardings, mesh).
   """
   config = setup.config
   classifies = models.classifies(config.model)
@@ -62,7 +78,7 @@ def make_eval_step(setup):
   centre = dmvr.centre_view(config.data)
 
   def run(state, video):
-    model, _ = nnx.merge(setup.graphdef, state)
+    model = nnx.merge(setup.graphdef, state)["model"]
     key = None if classifies else jax.random.key(config.seed)
     keep = masking.for_config(config.model, config.data, key, video.shape[0])
     logits, aux = model(video, train=False, keep=keep)
@@ -104,3 +120,32 @@ def evaluate(eval_step, state, batches, batch_sharding) -> dict[str, float]:
                      "eval split's data")
   return {**{k: v / count for k, v in totals.items()}, "num_examples": count,
           "num_skipped": skipped}
+
+
+def eval_batches(setup: builder.Setup, data_dir: str):
+  """This process's batches of the eval split (see vidtx.data.build)."""
+  config = setup.config
+  batch_size = (config.eval_batch_size or config.batch_size) // jax.process_count()
+  return data.build(config.data, config.data.eval_split, batch_size=batch_size, seed=config.seed,
+                    process_index=jax.process_index(), process_count=jax.process_count(),
+                    data_dir=data_dir)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+  """Evaluates the latest checkpoint in `workdir`; returns {"step", **metrics}."""
+  setup = builder.build(config)
+  sharding.check_processes_agree("config", config.to_json())
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before anything is written there
+    raise FileNotFoundError(f"no checkpoint in {workdir}; train first with --mode=train")
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
+  data_dir = builder.prepare_data(config, workdir)
+  with jax.set_mesh(setup.mesh):
+    state, meta = ckpt.restore(setup.abstract_state)
+    eval_step = make_eval_step(setup)
+    metrics = evaluate(eval_step, state, eval_batches(setup, data_dir), setup.batch_sharding)
+  ckpt.close()
+  logging.info("eval of step %d over %d clips: %s", meta["step"], metrics["num_examples"],
+               describe(metrics))
+  return {"step": meta["step"], **metrics}

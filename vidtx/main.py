@@ -34,8 +34,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported after flag parsing: importing jax and tf is slow.
-  from vidtx import configuration, sharding, train
-  from vidtx.data import dmvr
+  from vidtx import errors, evaluate, sharding, train
   if _KEEPS_FREED_MEMORY:
     logging.info("CPU backend: freed memory stays in the process for the next step "
                  "(vidtx.host.keep_freed_memory)")
@@ -44,9 +43,9 @@ def main(argv):
     if _MODE.value == "train":
       metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:
-      metrics = train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
-  except (configuration.ConfigError, dmvr.DataNotFoundError, FileNotFoundError,
-          sharding.ProcessMismatchError) as e:
+      metrics = evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  except (errors.ConfigError, errors.DataNotFoundError, FileNotFoundError,
+          errors.ProcessMismatchError) as e:
     # The message names the field and the fix; a traceback would only bury it.
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -39,7 +39,7 @@ def _saved_activation_bytes(setup) -> int:
   video = jax.ShapeDtypeStruct((batch, d.num_frames, d.crop_size, d.crop_size, 3), jnp.float32)
 
   def backward_residuals(state, video):
-    model, _ = nnx.merge(setup.graphdef, state)
+    model = nnx.merge(setup.graphdef, state)["model"]
     graphdef, params = nnx.split(model)
     key = jax.random.key(0)
     keep = masking.for_config(config.model, d, key, batch)
@@ -64,7 +64,7 @@ def _saved_activation_bytes(setup) -> int:
 
 def estimate(setup) -> dict[str, int]:
   """Bytes per device before compiling: params, optimizer state, saved activations."""
-  model_state, optimizer_state = setup.abstract_state[0], setup.abstract_state[1]
+  model_state, optimizer_state = setup.abstract_state["model"], setup.abstract_state["optimizer"]
   batch_devices = math.prod(setup.mesh.shape[a] for a in setup.config.mesh.batch_axes)
   return {
       "params": _bytes_per_device(model_state),

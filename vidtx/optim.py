@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vidtx import errors
+
 
 def schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warm-up, then cosine decay to min_lr; or with `lr_drops` a step schedule, lr x
@@ -99,6 +101,41 @@ def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformati
 
 
 OPTIMIZERS = ("adamw", "sgd")
+
+
+def check_config(optim_config: ml_collections.ConfigDict, total_steps: int, family) -> None:
+  """config.optim for a run of `total_steps` steps of a model of `family`
+  (`vidtx.models.family.Family`, whose layer_decay_depth says whether it has layer decay)."""
+  o = optim_config
+  if o.name not in OPTIMIZERS:
+    errors.fail("optim.name", o.name, f"choose one of {OPTIMIZERS}")
+  if o.lr <= 0:
+    errors.fail("optim.lr", o.lr, "must be positive")
+  if o.warmup_steps >= total_steps:  # the cosine needs at least one step
+    errors.fail("optim.warmup_steps", o.warmup_steps, f"must be below total_steps={total_steps}")
+  for entry in o.lr_drops:
+    if (not isinstance(entry, (tuple, list)) or len(entry) != 2 or not 0 < entry[0] < 1
+        or not entry[1] > 0):
+      errors.fail("optim.lr_drops", o.lr_drops, "give (fraction of total_steps in (0, 1), lr "
+                  "factor > 0) pairs, e.g. ((0.52, 0.1), (0.96, 0.01))")
+  if not 0 < o.layer_decay <= 1:
+    errors.fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
+  if o.layer_decay < 1 and family.layer_decay_depth is None:
+    errors.fail("optim.layer_decay", o.layer_decay, "layer-wise lr decay is not supported for "
+                f"model.name={family.name!r}, whose blocks are not numbered under "
+                "encoder/blocks: keep 1.0 (optim.lr_scales sets per-group lrs)")
+  for entry in o.lr_scales:
+    if (not isinstance(entry, (tuple, list)) or len(entry) != 2
+        or not isinstance(entry[1], (int, float)) or entry[1] < 0):
+      errors.fail("optim.lr_scales", o.lr_scales, "give (pattern, scale) pairs with scale >= 0, "
+                  "e.g. (('^backbone/', 0.1),)")
+  for field, patterns in (("optim.lr_scales", [e[0] for e in o.lr_scales]),
+                          ("optim.frozen", o.frozen)):
+    for pattern in patterns:
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        errors.fail(field, pattern, f"not a regular expression ({e})")
 
 
 def build(optim_config: ml_collections.ConfigDict, total_steps: int, depth: int = 0):

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from vidtx import configuration, models, train
+from vidtx import builder, configuration, errors, models
 from vidtx.data import convert, dmvr
 from vidtx.models import masking
 
@@ -58,7 +58,7 @@ def class_names(config: ml_collections.ConfigDict, workdir: str):
   try:
     return dmvr.class_names(config.data, config.data.data_dir if tfds
                             else run_data_dir(config, workdir))
-  except dmvr.DataNotFoundError:  # no labels.json, or the TFDS dataset is not on this machine
+  except errors.DataNotFoundError:  # no labels.json, or the TFDS dataset is not on this machine
     return None
 
 
@@ -74,11 +74,10 @@ class Predictor:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     if not models.classifies(config.model):
-      raise ValueError(f"model.name={config.model.name!r} with classifier="
-                       f"{config.model.classifier!r} is a pre-training model and predicts no "
-                       "labels; use a fine-tuned run")
+      raise ValueError(f"this model.name={config.model.name!r} config is a pre-training model "
+                       "and predicts no labels; use a fine-tuned run")
     self.config = config
-    model, self.step = train.restore_model(config, workdir)
+    model, self.step = builder.restore_model(config, workdir)
     self.labels = class_names(config, workdir)
     self.conversion = conversion_settings(config, workdir)
     graphdef, params = nnx.split(model)
@@ -153,7 +152,7 @@ def main(argv):
     else:
       for label, p in predictor.top_k(predictor.predict(f.video), f.top_k):
         print(f"{p:8.4f}  {label}")
-  except (convert.VideoError, FileNotFoundError, configuration.ConfigError) as e:
+  except (convert.VideoError, FileNotFoundError, errors.ConfigError) as e:
     sys.exit(f"error: {f.video}: {e}" if isinstance(e, convert.VideoError) else f"error: {e}")
 
 

@@ -6,6 +6,7 @@ those names to mesh axes. The default rules shard "embed" over `fsdp` and "mlp"/
 """
 
 import hashlib
+import math
 import os
 
 import jax
@@ -16,12 +17,91 @@ from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from vidtx import configuration
+from vidtx import errors
+
+
+# mesh.parallelism presets: (hosts, devices per host) -> mesh.shape over (data, fsdp, tensor).
+PARALLELISM = {
+    "data": lambda hosts, per_host: (-1, 1, 1),
+    "fsdp": lambda hosts, per_host: (1, -1, 1),
+    "fsdp_per_host": lambda hosts, per_host: (hosts, per_host, 1),
+    "tensor": lambda hosts, per_host: (hosts, 1, per_host),
+}
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int,
+               num_processes: int = 1) -> tuple[int, ...]:
+  """The mesh shape: mesh.parallelism's preset or mesh.shape, with a single -1 resolved.
+
+  Checks that the sizes multiply to the device count.
+  """
+  if mesh_config.parallelism:
+    if mesh_config.parallelism not in PARALLELISM:
+      errors.fail("mesh.parallelism", mesh_config.parallelism,
+                  f"choose one of {sorted(PARALLELISM)}, or '' to use mesh.shape")
+    if tuple(mesh_config.axes) != ("data", "fsdp", "tensor"):
+      errors.fail("mesh.parallelism", mesh_config.parallelism,
+                  f"presets are for mesh.axes=('data', 'fsdp', 'tensor'), not "
+                  f"{tuple(mesh_config.axes)}; set mesh.shape instead")
+    shape = PARALLELISM[mesh_config.parallelism](num_processes, num_devices // num_processes)
+  else:
+    shape = mesh_config.shape
+  shape = list(shape)
+  if shape.count(-1) > 1:
+    errors.fail("mesh.shape", tuple(shape), "at most one axis may be -1")
+  known = 1
+  for s in shape:
+    if s != -1:
+      if s < 1:
+        errors.fail("mesh.shape", tuple(shape), "sizes must be positive or -1")
+      known *= s
+  if -1 in shape:
+    if num_devices % known:
+      errors.fail("mesh.shape", tuple(shape),
+                  f"the fixed sizes do not divide the {num_devices} devices")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    errors.fail("mesh.shape", tuple(shape), f"the sizes must multiply to the {num_devices} devices")
+  return tuple(shape)
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int,
+                 num_processes: int) -> None:
+  """config.mesh, and whether the batches split over the mesh's batch axes and the hosts."""
+  mesh = config.mesh
+  if len(mesh.axes) != len(mesh.shape):
+    errors.fail("mesh.shape", mesh.shape, f"needs one size per axis in mesh.axes={mesh.axes}")
+  for axis in mesh.batch_axes:
+    if axis not in mesh.axes:
+      errors.fail("mesh.batch_axes", mesh.batch_axes, f"{axis!r} is not in mesh.axes={mesh.axes}")
+  for logical, axis in mesh.rules:
+    if axis is not None and axis not in mesh.axes:
+      errors.fail("mesh.rules", (logical, axis), f"{axis!r} is not in mesh.axes={mesh.axes}")
+  shape = mesh_shape(mesh, num_devices, num_processes)
+  batch_devices = math.prod(size for name, size in zip(mesh.axes, shape)
+                            if name in mesh.batch_axes)
+  micro_batch = config.batch_size // config.grad_accum_steps
+  if micro_batch % batch_devices:
+    field, value = (("batch_size", config.batch_size) if config.grad_accum_steps == 1 else
+                    ("grad_accum_steps", config.grad_accum_steps))
+    errors.fail(field, value,
+                f"each micro-batch of batch_size / grad_accum_steps = {micro_batch} clips must "
+                f"split over the {batch_devices} devices of the batch axes "
+                f"{tuple(mesh.batch_axes)}; e.g. --config.batch_size="
+                f"{max(1, micro_batch // batch_devices) * batch_devices * config.grad_accum_steps}")
+  if config.batch_size % num_processes:
+    errors.fail("batch_size", config.batch_size,
+                f"must be divisible by the number of hosts ({num_processes})")
+  eval_batch = config.eval_batch_size or config.batch_size
+  if config.eval_batch_size < 0 or eval_batch % batch_devices or eval_batch % num_processes:
+    errors.fail("eval_batch_size", config.eval_batch_size,
+                f"must be 0 (batch_size) or a positive multiple of the {batch_devices} devices "
+                f"of the batch axes and of the {num_processes} hosts")
 
 
 def build_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
-  shape = configuration.mesh_shape(mesh_config, len(devices), jax.process_count())
+  shape = mesh_shape(mesh_config, len(devices), jax.process_count())
   return jax.make_mesh(shape, tuple(mesh_config.axes), axis_types=(AxisType.Auto,) * len(shape),
                        devices=devices)
 
@@ -51,7 +131,7 @@ def check_divisible(abstract_state, shardings) -> None:
       parts = int(np.prod([named.mesh.shape[a] for a in axes]))
       if size % parts:
         name = jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value")
-        raise configuration.ConfigError(
+        raise errors.ConfigError(
             f"config.mesh: parameter {name} of shape {leaf.shape} cannot split its dimension "
             f"{dim} (size {size}) over mesh axes {axes} of {parts} devices; choose a mesh.shape "
             "whose axis divides it, or map that logical axis to None in mesh.rules")
@@ -124,10 +204,6 @@ def _gather_rows(row: np.ndarray) -> np.ndarray:
   return np.stack([gathered[gathered[:, 0] == p][0] for p in range(jax.process_count())])
 
 
-class ProcessMismatchError(ValueError):
-  """Processes of one run started with different configs, code or checkpoints."""
-
-
 def check_processes_agree(what: str, value: str) -> None:
   """Raises on every process unless all processes have the same `value` (e.g. the config JSON).
 
@@ -139,7 +215,7 @@ def check_processes_agree(what: str, value: str) -> None:
   rows = _gather_rows(np.concatenate([[jax.process_index()], digest]))
   differ = [p for p in range(len(rows)) if not np.array_equal(rows[p, 1:], rows[0, 1:])]
   if differ:
-    raise ProcessMismatchError(
+    raise errors.ProcessMismatchError(
         f"processes disagree on the {what}: processes {differ} differ from process 0 (sha256 "
         f"prefixes {[rows[p, 1:].tobytes().hex() for p in range(len(rows))]}). Start every "
         "process with the same command, config file and code version.")

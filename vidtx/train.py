@@ -1,12 +1,10 @@
 """The one training loop: build, restore, step, evaluate, checkpoint, log."""
 
 import collections
-import dataclasses
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,50 +16,12 @@ from clu import metric_writers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from vidtx import checkpoint, configuration, data, evaluate, memory, models, optim, sharding
+from vidtx import builder, checkpoint, data, evaluate, memory, models, optim, sharding
 from vidtx.data import mixup
-from vidtx.models import layers, masking, vit
+from vidtx.models import layers, masking
 
 
-@dataclasses.dataclass
-class Setup:
-  """Everything the loop and evaluation need, built once from the config."""
-  config: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  graphdef: nnx.GraphDef
-  abstract_state: nnx.State  # ShapeDtypeStructs with the mesh's shardings
-  state_shardings: nnx.State
-  batch_sharding: jax.sharding.NamedSharding
-  create: Callable[[], tuple[nnx.Module, nnx.Optimizer]]  # builds model and optimizer
-
-
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Setup:
-  """Validates the config, builds the mesh and the (abstract) model + optimizer state."""
-  configuration.validate(config)
-  mesh = sharding.build_mesh(config.mesh) if mesh is None else mesh
-
-  def create():
-    model = models.build(config.model, config.data, nnx.Rngs(params=config.seed))
-    # Only layer decay reads the depth, of ViT sizes; models with other sizes (tps) refuse it.
-    depth = vit.size(config.model)[1] if config.optim.layer_decay < 1 else 0
-    tx = optim.build(config.optim, config.total_steps, depth=depth)
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
-  shardings = sharding.state_shardings(abstract_state, mesh, config.mesh)
-  sharding.check_divisible(abstract_state[0], shardings[0])  # the optimizer state mirrors it
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings)
-  return Setup(config, mesh, graphdef, abstract_state, shardings,
-               sharding.batch_sharding(mesh, config.mesh), create)
-
-
-def init_state(setup: Setup) -> nnx.State:
-  """Creates parameters and optimizer state directly in their shardings."""
-  return jax.jit(lambda: nnx.state(setup.create()), out_shardings=setup.state_shardings)()
-
-
-def make_train_step(setup: Setup):
+def make_train_step(setup: builder.Setup):
   """jit: (state, batch, rng, stop) -> (state, metrics). The state is donated.
 
   `stop` holds every process's SIGTERM flag (see `stop_flags`); metrics["stop"] is their
@@ -98,7 +58,8 @@ def make_train_step(setup: Setup):
     return loss, ({**metrics, "loss": loss}, nnx.state(model, nnx.BatchStat))
 
   def train_step(state, batch, rng, stop):
-    model, optimizer = nnx.merge(setup.graphdef, state)
+    merged = nnx.merge(setup.graphdef, state)
+    model, optimizer = merged["model"], merged["optimizer"]
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # The step's randomness depends only on the root key and the step: resumes are exact.
     key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
@@ -130,7 +91,7 @@ def make_train_step(setup: Setup):
     nnx.update(model, batch_stats)
     optimizer.update(model, grads)
     metrics.update(grad_norm=optax.tree.norm(grads), stop=jnp.max(stop))
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state({"model": model, "optimizer": optimizer}), metrics
 
   replicated = sharding.replicated(setup.mesh)
   return jax.jit(train_step, donate_argnums=0,
@@ -149,7 +110,7 @@ def stop_flags(mesh, requested: bool) -> jax.Array:
   return jax.make_array_from_process_local_data(_stop_sharding(mesh), local)
 
 
-def compile_train_step(setup: Setup):
+def compile_train_step(setup: builder.Setup):
   """The train step compiled ahead of the first batch; logs the memory figures per device."""
   config, d = setup.config, setup.config.data
   logging.info("Memory per device, estimated before compiling: %s.",
@@ -201,42 +162,13 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _describe(metrics: dict[str, float]) -> str:
-  """The headline numbers of a metrics dict, as a log line fragment."""
-  names = {"top1": "top-1", "top5": "top-5", "loss": "loss", "recon_mse": "reconstruction MSE"}
-  parts = [f"{label} {metrics[k]:.4f}" for k, label in names.items() if k in metrics]
-  # Multi-view evaluation: top1_<clips>x<crops>, e.g. top1_5x3.
-  parts += [f"top-1 over {k.removeprefix('top1_')} views {v:.4f}" for k, v in metrics.items()
-            if k.startswith("top1_")]
-  for k in ("num_skipped", "skipped_records"):
-    if metrics.get(k):
-      parts.append(f"{metrics[k]:.0f} corrupt records skipped")
-  return ", ".join(parts)
-
-
-def _eval_batches(setup: Setup, data_dir: str):
-  config = setup.config
-  batch_size = (config.eval_batch_size or config.batch_size) // jax.process_count()
-  return data.build(config.data, config.data.eval_split, batch_size=batch_size, seed=config.seed,
-                    process_index=jax.process_index(), process_count=jax.process_count(),
-                    data_dir=data_dir)
-
-
-def _prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """data.prepare on process 0 first: processes must not generate one dataset side by side."""
-  if jax.process_index() == 0:
-    data_dir = data.prepare(config.data, workdir)
-  sharding.check_processes_agree("data preparation barrier", "")
-  return data_dir if jax.process_index() == 0 else data.prepare(config.data, workdir)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns eval metrics."""
-  setup = build(config)
+  setup = builder.build(config)
   # Before anything collective (orbax, the step), so a mismatch is an error, not a hang.
   sharding.check_processes_agree("config", config.to_json())
   os.makedirs(workdir, exist_ok=True)
-  data_dir = _prepare_data(config, workdir)
+  data_dir = builder.prepare_data(config, workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
@@ -251,14 +183,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       data_position = meta["data_position"]
       logging.info("Resuming at step %d of %d.", step, config.total_steps)
     else:
-      state = init_state(setup)
+      state = builder.init_state(setup)
       if config.init_from:
-        state = checkpoint.init_from(state, config.init_from,
+        state = checkpoint.init_from(state, config.init_from, models.family(config.model),
                                      masking.token_grid(config.model, config.data),
                                      config.init_from_inflation)
       step, data_position = 0, 0
       rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
-      param_count = layers.count_params(setup.abstract_state[0])  # [0]: the model
+      param_count = layers.count_params(setup.abstract_state["model"])
       logging.info("Training %s (%s parameters) on %d devices, mesh %s, from %s.",
                    config.model.name, f"{param_count:,}", jax.device_count(),
                    dict(setup.mesh.shape), config.init_from or "scratch")
@@ -274,12 +206,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               "rng": rng.tolist()})
 
     def run_eval(step):
-      metrics = evaluate.evaluate(eval_step, state, _eval_batches(setup, data_dir),
+      metrics = evaluate.evaluate(eval_step, state, evaluate.eval_batches(setup, data_dir),
                                   setup.batch_sharding)
       writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
       writer.flush()
       logging.info("eval at step %d over %d clips: %s", step, metrics["num_examples"],
-                   _describe(metrics))
+                   evaluate.describe(metrics))
       return metrics
 
     train_data = data.build(config.data, config.data.train_split,
@@ -314,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write_scalars(step, {**means, "train/lr": float(lr_schedule(step - 1)),
                                       "train/steps_per_s": steps_per_s})
           logging.info("step %d/%d: %s, %.2f steps/s, ETA %s", step, config.total_steps,
-                       _describe({k.removeprefix("train/"): v for k, v in means.items()}),
+                       evaluate.describe({k.removeprefix("train/"): v for k, v in means.items()}),
                        steps_per_s, _format_duration(eta))
           pending, last_log = [], (step, now)
         if stop is not None and bool(stop):
@@ -340,41 +272,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt.wait()
       ckpt.close()
       writer.close()
-
-
-def restore_model(config: ml_collections.ConfigDict, workdir: str,
-                  step: int | None = None) -> tuple[nnx.Module, int]:
-  """The model of `workdir`'s latest checkpoint (or `step`), without its optimizer state, on
-  this process's devices (for prediction and export); and the step it was saved at."""
-  setup = build(config)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    ckpt.close()
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
-  with jax.set_mesh(setup.mesh):
-    state, meta = ckpt.restore(setup.abstract_state, step)
-  ckpt.close()
-  model, _ = nnx.merge(setup.graphdef, state)
-  return model, meta["step"]
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Evaluates the latest checkpoint in `workdir`."""
-  setup = build(config)
-  sharding.check_processes_agree("config", config.to_json())
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before anything is written there
-    raise FileNotFoundError(f"no checkpoint in {workdir}; train first with --mode=train")
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
-  data_dir = _prepare_data(config, workdir)
-  with jax.set_mesh(setup.mesh):
-    state, meta = ckpt.restore(setup.abstract_state)
-    eval_step = evaluate.make_eval_step(setup)
-    metrics = evaluate.evaluate(eval_step, state, _eval_batches(setup, data_dir),
-                                setup.batch_sharding)
-  ckpt.close()
-  logging.info("eval of step %d over %d clips: %s", meta["step"], metrics["num_examples"],
-               _describe(metrics))
-  return {"step": meta["step"], **metrics}

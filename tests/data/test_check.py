@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from vidtx import configuration
+from vidtx import configuration, errors
 from vidtx.data import check, convert, dmvr
 
 
@@ -86,7 +86,7 @@ def test_fails_on_a_missing_shard(broken):
                      "train-00001-of-00002.tfrecord"):
     check.check(data_config(broken))
   shutil.rmtree(broken)
-  with pytest.raises(dmvr.DataNotFoundError, match="does not exist"):
+  with pytest.raises(errors.DataNotFoundError, match="does not exist"):
     check.check(data_config(broken))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vidtx import configuration, data
+from vidtx import configuration, data, errors
 from vidtx.data import dmvr, synthetic, transforms
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -436,8 +436,8 @@ def test_batch_larger_than_host_data_is_an_error(id_dataset):
     ("eval_resize", 16, "eval_resize=16: must be 0 (min_resize) or at least"),
 ])
 def test_bad_config_values_are_named(field, value, message):
-  with pytest.raises(configuration.ConfigError, match="config.data." + message.replace(
+  with pytest.raises(errors.ConfigError, match="config.data." + message.replace(
       "(", r"\(").replace(")", r"\)").replace("[", r"\[").replace(".", r"\.")):
     data.build(make_config(**{field: value}), "train", batch_size=2, seed=0, data_dir="x")
-  with pytest.raises(configuration.ConfigError, match="frame_stride=2: the segment sampler"):
+  with pytest.raises(errors.ConfigError, match="frame_stride=2: the segment sampler"):
     dmvr.check_config(make_config(sampler="segment", frame_stride=2))

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vidtx import configuration, data
+from vidtx import configuration, data, errors
 from vidtx.data import dmvr
 
 NAME = "vidtx_test_videos"
@@ -116,15 +116,15 @@ def test_missing_datasets_splits_and_wrong_class_counts_are_clear_errors(tfds_di
   from vidtx.data import check
   with pytest.raises(check.CheckError, match="checks DMVR shards"):
     check.check(data_config(tfds_dir))
-  with pytest.raises(dmvr.DataNotFoundError, match="not prepared.*tfds build"):
+  with pytest.raises(errors.DataNotFoundError, match="not prepared.*tfds build"):
     data.prepare(data_config(str(tmp_path)), "")
-  with pytest.raises(dmvr.DataNotFoundError, match="tfds:vidtx_no_such_videos"):
+  with pytest.raises(errors.DataNotFoundError, match="tfds:vidtx_no_such_videos"):
     data.prepare(data_config(tfds_dir, name="tfds:vidtx_no_such_videos"), "")
-  with pytest.raises(dmvr.DataNotFoundError, match="no split 'test'"):
+  with pytest.raises(errors.DataNotFoundError, match="no split 'test'"):
     data.prepare(data_config(tfds_dir, eval_split="test"), "")
-  with pytest.raises(configuration.ConfigError, match="num_classes=5.*has 3 classes"):
+  with pytest.raises(errors.ConfigError, match="num_classes=5.*has 3 classes"):
     data.prepare(data_config(tfds_dir, num_classes=5), "")
-  with pytest.raises(configuration.ConfigError, match="'clip' is not a ClassLabel"):
+  with pytest.raises(errors.ConfigError, match="'clip' is not a ClassLabel"):
     data.prepare(data_config(tfds_dir, tfds_features=("video", "clip")), "")
-  with pytest.raises(configuration.ConfigError, match="'label' is not a Video.*'video': 'Video'"):
+  with pytest.raises(errors.ConfigError, match="'label' is not a Video.*'video': 'Video'"):
     data.prepare(data_config(tfds_dir, tfds_features=("label", "label")), "")

@@ -130,20 +130,22 @@ def test_videomae_parameter_names_are_unchanged():
 
 # ---- remat ----
 
-def tiny_config(name, attention="joint", **model):
+def tiny_config(name, attention="joint", mae=None, **model):
   c = configuration.base()
   c.model.name, c.model.attention, c.model.size = name, attention, "Ti"
   c.model.width, c.model.depth, c.model.num_heads = 32, 2, 4
   c.model.patch_size = (1, 8, 8) if name == "timesformer" else (2, 8, 8)
-  c.model.temporal_depth, c.model.drop_path = 1, 0.2
+  c.model.vivit.temporal_depth, c.model.drop_path = 1, 0.2
   c.model.update(model)
+  c.model.mae.update(mae or {})
   c.data.num_frames, c.data.crop_size, c.data.num_classes = 4, 16, 5
   configuration.validate(c, num_devices=1, num_processes=1)
   return c
 
 
-MAR = dict(masking="tube", mask_ratio=0.5, classifier="bridge", decoder_width=32, decoder_depth=1,
-           decoder_heads=4, bridge_width=32, bridge_depth=1)
+MAR = dict(masking="tube", mask_ratio=0.5, mae=dict(
+    classifier="bridge", decoder_width=32, decoder_depth=1, decoder_heads=4, bridge_width=32,
+    bridge_depth=1))
 
 
 def test_remat_gives_the_same_gradients():

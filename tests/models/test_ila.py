@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration, models, train
+from vidtx import builder, configuration, errors, models, train
 from vidtx.data import synthetic
 from vidtx.models import ila, layers
 
@@ -24,7 +24,7 @@ def tiny_config(**model):
   c = configuration.base()
   c.model.name, c.model.attention, c.model.size = "ila", "space_only", "Ti"
   c.model.width, c.model.depth, c.model.num_heads = 32, 2, 4
-  c.model.patch_size, c.model.clip_proj_dim, c.model.ila_channels = (1, 8, 8), 16, 32
+  c.model.patch_size, c.model.ila.proj_dim, c.model.ila.channels = (1, 8, 8), 16, 32
   c.model.update(model)
   c.data.num_frames, c.data.crop_size, c.data.num_classes = 4, 32, 8
   configuration.validate(c, num_devices=1, num_processes=1)
@@ -117,11 +117,11 @@ def synthetic_run():
   batch of synthetic-motion clips of every class."""
   c = configuration.load(os.path.join(ROOT, "configs", "ila_k400.py") + ":synthetic")
   c.unlock()
-  c.model.width, c.model.depth, c.model.num_heads, c.model.clip_proj_dim = 32, 2, 4, 16
-  c.model.ila_channels, c.data.num_frames = 32, 4
+  c.model.width, c.model.depth, c.model.num_heads, c.model.ila.proj_dim = 32, 2, 4, 16
+  c.model.ila.channels, c.data.num_frames = 32, 4
   c.batch_size, c.grad_accum_steps, c.optim.warmup_steps = 8, 2, 1
   c.optim.frozen = ("^clip/",)
-  setup = train.build(c)
+  setup = builder.build(c)
   d = c.data
   clips = np.stack([synthetic.generate_clip((0, i), i % 8, num_frames=d.num_frames,
                                             size=d.crop_size) for i in range(c.batch_size)])
@@ -129,17 +129,17 @@ def synthetic_run():
                                 jnp.float32),
            "label": jnp.arange(c.batch_size, dtype=jnp.int32) % d.num_classes}
   with jax.set_mesh(setup.mesh):
-    state = train.init_state(setup)
+    state = builder.init_state(setup)
   return setup, state, batch
 
 
 def test_at_init_ila_is_clip_and_points_are_centred(synthetic_run):
   setup, state, batch = synthetic_run
-  z = jax.random.normal(jax.random.key(2), (6, 4, 4, setup.config.model.ila_channels))
+  z = jax.random.normal(jax.random.key(2), (6, 4, 4, setup.config.model.ila.channels))
 
   @jax.jit
   def run(state, video, z):
-    model, _ = nnx.merge(setup.graphdef, state, copy=True)
+    model = nnx.merge(setup.graphdef, state, copy=True)["model"]
     features, loss = model.frame_features(video, train=True, key=jax.random.key(1))
     clip_features = model.clip(video)["features"]
     points = [model.ila[0].point_head(z, mode) for mode in (True, False)]
@@ -163,7 +163,7 @@ def test_at_init_ila_is_clip_and_points_are_centred(synthetic_run):
 def test_training_updates_ila_and_batch_statistics_but_not_frozen_clip(synthetic_run):
   """Real train steps of the synthetic config (the accumulating step)."""
   setup, state, batch = synthetic_run
-  initial = jax.tree.map(np.asarray, nnx.to_pure_dict(state[0]))
+  initial = jax.tree.map(np.asarray, nnx.to_pure_dict(state["model"]))
   with jax.set_mesh(setup.mesh):
     state = jax.tree.map(jnp.copy, state)  # the step donates its state
     step = train.make_train_step(setup)
@@ -172,7 +172,7 @@ def test_training_updates_ila_and_batch_statistics_but_not_frozen_clip(synthetic
     for _ in range(6):
       state, metrics = step(state, batch, rng, train.stop_flags(setup.mesh, False))
       losses.append(float(metrics["loss"]))
-  trained = jax.tree.map(np.asarray, nnx.to_pure_dict(state[0]))
+  trained = jax.tree.map(np.asarray, nnx.to_pure_dict(state["model"]))
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   assert float(metrics["align_loss"]) > 0
   flat = lambda tree: {jax.tree_util.keystr(p, simple=True, separator="/"): x
@@ -194,14 +194,13 @@ def test_training_updates_ila_and_batch_statistics_but_not_frozen_clip(synthetic
     ("model.patch_size", (2, 8, 8), "use \\(1, p, p\\)"),
     ("data.crop_size", 24, "at least 4 x 8 pixels"),
     ("data.num_frames", 1, "at least 2"),
-    ("model.ila_interaction", "depthwise", "choose one of \\('separable', 'dense'\\)"),
-    ("model.ila_head", "text", "choose one of \\('mean', 'mit'\\)"),
-    ("model.ila_channels", 100, "multiple of 8"),
+    ("model.ila.interaction", "depthwise", "choose one of \\('separable', 'dense'\\)"),
+    ("model.ila.head", "text", "choose one of \\('mean', 'mit'\\)"),
+    ("model.ila.channels", 100, "multiple of 8"),
     ("model.attention", "joint", "takes one of \\('space_only',\\)"),
 ])
 def test_bad_fields_are_named(field, value, message):
   c = tiny_config()
-  section, name = field.split(".")
-  c[section][name] = value
-  with pytest.raises(configuration.ConfigError, match=f"config.{field}=.*{message}"):
+  c.update_from_flattened_dict({field: value})
+  with pytest.raises(errors.ConfigError, match=f"config.{field}=.*{message}"):
     configuration.validate(c, num_devices=1, num_processes=1)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration
+from vidtx import configuration, errors
 from vidtx.models import layers, timesformer
 
 from conftest import train_losses  # noqa: E402  (tests/models/conftest.py)
@@ -77,7 +77,7 @@ def test_bad_input_is_named():
   c = configuration.base()
   c.model.name, c.model.attention = "timesformer", "divided"
   c.data.num_frames, c.data.crop_size = 8, 32
-  with pytest.raises(configuration.ConfigError, match=r"model\.patch_size=\(2, 16, 16\).*\(1, p, p\)"):
+  with pytest.raises(errors.ConfigError, match=r"model\.patch_size=\(2, 16, 16\).*\(1, p, p\)"):
     configuration.validate(c, num_devices=1, num_processes=1)
   c.model.patch_size = (1, 16, 16)
   for field, value, message in (("attention", "factorised_dot", "takes one of"),
@@ -85,10 +85,10 @@ def test_bad_input_is_named():
                                 ("remat", "all", "choose one of")):
     bad = c.copy_and_resolve_references()
     bad.model[field] = value
-    with pytest.raises(configuration.ConfigError, match=rf"model\.{field}={value!r}: .*{message}"):
+    with pytest.raises(errors.ConfigError, match=rf"model\.{field}={value!r}: .*{message}"):
       configuration.validate(bad, num_devices=1, num_processes=1)
   c.optim.layer_decay = 0.75
-  with pytest.raises(configuration.ConfigError, match="optim.layer_decay=0.75: .*not supported"):
+  with pytest.raises(errors.ConfigError, match="optim.layer_decay=0.75: .*not supported"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
 

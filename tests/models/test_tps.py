@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration, models, optim, train
+from vidtx import builder, configuration, errors, models, optim
 from vidtx.models import layers, tps
 
 from conftest import train_losses  # noqa: E402  (tests/models/conftest.py)
@@ -191,7 +191,7 @@ def test_patch_shift_in_vit_blocks():
     layers.attend_patch_shift(x[:, :, None], x[:, :, None], x[:, :, None],
                               layers.TokenLayout(frames=frames))
   c = configuration.base()
-  c.model.name, c.model.attention, c.model.pool = "vit", "patch_shift", "cls"
+  c.model.name, c.model.attention, c.model.vit.pool = "vit", "patch_shift", "cls"
   c.model.size, c.model.width, c.model.depth, c.model.num_heads = "Ti", 32, 1, 2
   c.model.patch_size, c.data.num_frames, c.data.crop_size = (2, 8, 8), 8, 32
   configuration.validate(c, num_devices=1, num_processes=1)
@@ -200,7 +200,7 @@ def test_patch_shift_in_vit_blocks():
   logits, _ = nnx.eval_shape(lambda m, v: m(v), model, jnp.ones((1, 8, 32, 32, 3)))
   assert logits.shape == (1, 8)
   c.model.masking, c.model.mask_ratio = "tube", 0.5
-  with pytest.raises(configuration.ConfigError, match=r"model\.masking='tube': attention="
+  with pytest.raises(errors.ConfigError, match=r"model\.masking='tube': attention="
                                                       r"'patch_shift' needs every token"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
@@ -213,26 +213,24 @@ def synthetic():
     ({"model.size": "B"}, "model.size", "choose one of .'swin_t', 'swin_b'. for model.name='tps'"),
     ({"data.crop_size": 40}, "data.crop_size", "stage 0's 10x10 token grid"),
     ({"model.num_heads": 8}, "model.num_heads", "must be at least 8"),
-    ({"model.stage_depths": (2, 0)}, "model.stage_depths", "blocks per stage"),
+    ({"model.tps.stage_depths": (2, 0)}, "model.tps.stage_depths", "blocks per stage"),
     ({"model.attention": "joint"}, "model.attention", "takes one of"),
     ({"optim.layer_decay": 0.75}, "optim.layer_decay", "optim.lr_scales"),
     ({"model.masking": "tube", "model.mask_ratio": 0.5}, "model.masking", "sees every token"),
 ])
 def test_config_errors_name_the_field(fields, field, message):
   c = synthetic()
-  for name, value in fields.items():
-    part, key = name.split(".")
-    c[part][key] = value
-  with pytest.raises(configuration.ConfigError, match=rf"config\.{field}=.*{message}"):
+  c.update_from_flattened_dict(fields)
+  with pytest.raises(errors.ConfigError, match=rf"config\.{field}=.*{message}"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
 
 def test_synthetic_config_trains():
   c = synthetic()
-  assert (c.model.width, c.model.num_heads, c.model.stage_depths) == (48, 3, (2, 2))
+  assert (c.model.width, c.model.num_heads, c.model.tps.stage_depths) == (48, 3, (2, 2))
   # One stage of a channel- and a patch-shift block halves the compile (patch merging is
   # covered by the parity test).
-  c.model.stage_depths = (2,)
+  c.model.tps.stage_depths = (2,)
   losses = train_losses(c, steps=6)
   print(losses.round(3))
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0]
@@ -246,8 +244,8 @@ def test_synthetic_config_trains():
 def test_optimizer_scales_the_backbone_and_spares_the_tables():
   c = synthetic()
   c.optim.lr_scales = (("^backbone/", 0.1),)  # the recipe's, which the synthetic run drops
-  setup = train.build(c)  # the model and AdamW, abstractly
-  params = nnx.to_pure_dict(setup.abstract_state[0])  # the model's: all parameters
+  setup = builder.build(c)  # the model and AdamW, abstractly
+  params = nnx.to_pure_dict(setup.abstract_state["model"])  # the model's: all parameters
   attn = params["backbone"]["stages"][0]["blocks"][1]["attn"]
   mask = optim.decay_mask(params)
   assert mask["backbone"]["stages"][0]["blocks"][1]["attn"]["qkv"] and mask["head"]["kernel"]

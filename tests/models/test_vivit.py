@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration
+from vidtx import configuration, errors
 from vidtx.models import layers, vivit
 
 from conftest import train_losses  # noqa: E402  (tests/models/conftest.py)
@@ -53,9 +53,10 @@ def test_model_2_shares_the_spatial_transformer_over_time_slices():
     model(jnp.zeros((1, 6, 16, 16, 3)))
 
 
-def config(attention, **model):
+def config(attention, temporal_depth=4, **model):
   c = configuration.base()
   c.model.name, c.model.attention, c.model.size = "vivit", attention, "Ti"
+  c.model.vivit.temporal_depth = temporal_depth
   c.model.update(model)
   c.data.num_frames, c.data.crop_size = 8, 32
   return c
@@ -63,12 +64,12 @@ def config(attention, **model):
 
 @pytest.mark.parametrize("attention, model, field, message", [
     ("factorised_dot", dict(width=96, num_heads=3), "num_heads", "half the heads"),
-    ("factorised_encoder", dict(temporal_depth=0), "temporal_depth", "at least 1 block"),
+    ("factorised_encoder", dict(temporal_depth=0), "vivit.temporal_depth", "at least 1 block"),
     ("joint", dict(masking="tube", mask_ratio=0.5), "masking", "sees every token"),
     ("divided", {}, "attention", "takes one of"),
 ])
 def test_bad_config_is_named(attention, model, field, message):
-  with pytest.raises(configuration.ConfigError, match=rf"config\.model\.{field}=.*{message}"):
+  with pytest.raises(errors.ConfigError, match=rf"config\.model\.{field}=.*{message}"):
     configuration.validate(config(attention, **model), num_devices=1, num_processes=1)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration
+from vidtx import configuration, errors
 from vidtx.models import layers, vtn
 
 WIDTH, HEADS = 16, 2
@@ -75,7 +75,7 @@ def test_frame_positions_are_strided_frame_indices_mod_286():
 
 
 def test_any_number_of_frames_evaluation_at_frame_0_training_at_a_random_start():
-  c = tiny_config(**{"data.frame_stride": 3, "model.vtn_dropout": 0.0,
+  c = tiny_config(**{"data.frame_stride": 3, "model.vtn.dropout": 0.0,
                      "model.head_dropout": 0.0})  # built for 4 frames; no dropout
 
   @jax.jit
@@ -99,13 +99,13 @@ def test_any_number_of_frames_evaluation_at_frame_0_training_at_a_random_start()
 
 @pytest.mark.parametrize("field, value, message", [
     ("model.patch_size", (2, 8, 8), "VTN embeds each frame's square 2-D patches"),
-    ("model.vtn_window", 0, "at least 1 frame on each side"),
-    ("model.vtn_dropout", 1.0, "must be in"),
+    ("model.vtn.window", 0, "at least 1 frame on each side"),
+    ("model.vtn.dropout", 1.0, "must be in"),
     ("model.attention", "joint", "model.name='vtn' takes one of"),
 ])
 def test_bad_vtn_fields_name_themselves(field, value, message):
   c = tiny_config(**{field: value})
-  with pytest.raises(configuration.ConfigError, match=f"config.{field}=.*{message}"):
+  with pytest.raises(errors.ConfigError, match=f"config.{field}=.*{message}"):
     configuration.validate(c, num_devices=1, num_processes=1)
 
 

@@ -112,7 +112,7 @@ def test_full_clip_model_fills_the_ila_clip_tower(hf_with_projection):
   c = configuration.base()
   c.model.name, c.model.attention, c.model.size = "ila", "space_only", "Ti"
   c.model.width, c.model.depth, c.model.num_heads = WIDTH, DEPTH, HEADS
-  c.model.patch_size, c.model.clip_proj_dim = (1, PATCH, PATCH), PROJ
+  c.model.patch_size, c.model.ila.proj_dim = (1, PATCH, PATCH), PROJ
   c.data.num_frames, c.data.crop_size = FRAMES, SIZE
   configuration.validate(c, num_devices=1, num_processes=1)
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))

@@ -107,7 +107,7 @@ def official_state(hf_state):
   """facebookresearch/TimeSformer's names for a HF state dict, as its trainer saves them."""
   renames = [("timesformer.embeddings.patch_embeddings.projection", "model.patch_embed.proj"),
              ("timesformer.embeddings.cls_token", "model.cls_token"),
-             ("timesformer.embeddings.position_embeddings", "model.pos_embed"),
+             ("timesformer.embeddings.position_embeddings", "model.vit.pos_embed"),
              ("timesformer.embeddings.time_embeddings", "model.time_embed"),
              ("timesformer.encoder.layer.", "model.blocks."),
              (".temporal_attention.attention.qkv", ".temporal_attn.qkv"),

@@ -39,8 +39,8 @@ def hf_model(seed=0):
 def our_config(attention="space_only"):
   c = configuration.base()
   c.model.name, c.model.size, c.model.attention = "tps", "swin_t", attention
-  c.model.width, c.model.num_heads, c.model.stage_depths = WIDTH, HEADS, DEPTHS
-  c.model.window_size, c.model.patch_size = WINDOW, (2, 4, 4)
+  c.model.width, c.model.num_heads, c.model.tps.stage_depths = WIDTH, HEADS, DEPTHS
+  c.model.tps.window_size, c.model.patch_size = WINDOW, (2, 4, 4)
   c.data.num_frames, c.data.crop_size, c.data.num_classes = FRAMES, SIZE, CLASSES
   configuration.validate(c, num_devices=1, num_processes=1)
   return c
@@ -128,7 +128,7 @@ def test_conversion_tiles_tables_and_fills_everything():
 def test_a_wrong_window_names_the_table():
   hf = hf_model()
   c = our_config()
-  c.model.window_size, c.data.crop_size = 2, 32  # 8x8 then 4x4 tokens in 2x2 windows
+  c.model.tps.window_size, c.data.crop_size = 2, 32  # 8x8 then 4x4 tokens in 2x2 windows
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"(?s)not filled.*relative_position_bias_table.*shape "
                                        r"\(49, 2\).*needs \(9, 2\)"):

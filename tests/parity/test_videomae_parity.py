@@ -62,10 +62,10 @@ def our_config(name, classifier="none"):
   c.model.name, c.model.size = name, "Ti"
   c.model.width, c.model.depth, c.model.num_heads = WIDTH, DEPTH, HEADS
   c.model.patch_size = (TUBELET, PATCH, PATCH)
-  c.model.decoder_width, c.model.decoder_depth = DECODER_WIDTH, DECODER_DEPTH
-  c.model.decoder_heads = DECODER_HEADS
-  c.model.classifier = classifier
-  c.model.bridge_width, c.model.bridge_depth, c.model.bridge_heads = 32, 1, 2
+  c.model.mae.decoder_width, c.model.mae.decoder_depth = DECODER_WIDTH, DECODER_DEPTH
+  c.model.mae.decoder_heads = DECODER_HEADS
+  c.model.mae.classifier = classifier
+  c.model.mae.bridge_width, c.model.mae.bridge_depth, c.model.mae.bridge_heads = 32, 1, 2
   c.data.num_frames, c.data.crop_size, c.data.num_classes = FRAMES, SIZE, CLASSES
   # HF un-normalises its pre-training targets with the ImageNet statistics.
   c.data.mean, c.data.std = modeling_videomae.IMAGENET_DEFAULT_MEAN, \
@@ -347,7 +347,7 @@ def test_saved_position_embeddings():
   state = official_finetune(torch_state(hf_classifier()))
   learned = np.random.default_rng(0).standard_normal((1, NUM_TOKENS, WIDTH)).astype(np.float32)
   config = our_config("vit")
-  config.model.pos_embed = "learned"
+  config.model.vit.pos_embed = "learned"
   params = convert.convert({**state, "pos_embed": learned}, build(config))
   np.testing.assert_array_equal(params["encoder"]["pos_embed"]["embedding"], learned[0])
 

@@ -32,7 +32,7 @@ def our_config(attention):
   c = configuration.base()
   c.model.name, c.model.attention, c.model.size = "vivit", attention, "Ti"
   c.model.width, c.model.depth, c.model.num_heads = WIDTH, DEPTH, HEADS
-  c.model.temporal_depth = 2
+  c.model.vivit.temporal_depth = 2
   c.model.patch_size = (TUBELET, PATCH, PATCH)
   c.data.num_frames, c.data.crop_size, c.data.num_classes = FRAMES, SIZE, CLASSES
   configuration.validate(c, num_devices=1, num_processes=1)

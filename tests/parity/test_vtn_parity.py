@@ -96,8 +96,8 @@ def test_hf_attention_window_counts_both_sides():
 def our_config(frame_stride=3):
   c = configuration.base()
   c.model.update(name="vtn", attention="space_only", size="Ti", width=WIDTH, depth=DEPTH,
-                 num_heads=HEADS, patch_size=(1, PATCH, PATCH), temporal_depth=DEPTH,
-                 vtn_window=2)
+                 num_heads=HEADS, patch_size=(1, PATCH, PATCH))
+  c.model.vtn.update(temporal_depth=DEPTH, window=2)
   c.data.update(num_frames=6, frame_stride=frame_stride, crop_size=SIZE, min_resize=SIZE,
                 num_classes=CLASSES)
   configuration.validate(c, num_devices=1, num_processes=1)

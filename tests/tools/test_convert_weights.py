@@ -10,7 +10,7 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vidtx import checkpoint, configuration, train  # noqa: E402
+from vidtx import builder, checkpoint, configuration, models  # noqa: E402
 from vidtx.tools import convert_weights  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
@@ -65,10 +65,11 @@ def test_cli_output_initialises_a_training_run_to_the_hf_logits(tmp_path):
   assert f"--config.init_from={out}" in result.stdout
 
   config.init_from = str(out)
-  setup = train.build(config)
+  setup = builder.build(config)
   with jax.set_mesh(setup.mesh):
-    state = checkpoint.init_from(train.init_state(setup), config.init_from)
-    model, _ = nnx.merge(setup.graphdef, state)
+    state = checkpoint.init_from(builder.init_state(setup), config.init_from,
+                                 models.family(config.model))
+    model = nnx.merge(setup.graphdef, state)["model"]
     rng = np.random.default_rng(0)
     clip = rng.standard_normal((2, 4, 3, 32, 32)).astype(np.float32)  # HF: [B, T, C, H, W]
     logits = nnx.jit(lambda model, video: model(video)[0])(model, clip.transpose(0, 1, 3, 4, 2))
@@ -104,7 +105,7 @@ def test_pretraining_checkpoint_converts_with_the_mae_config(tmp_path):
   config = configuration.base()
   config.model.name, config.model.size = "mae", "Ti"
   config.model.width, config.model.depth, config.model.num_heads = 64, 2, 4
-  config.model.decoder_width, config.model.decoder_depth, config.model.decoder_heads = 32, 1, 2
+  config.model.mae.update(decoder_width=32, decoder_depth=1, decoder_heads=2)
   config.model.patch_size = (2, 8, 8)
   config.model.masking, config.model.mask_ratio = "tube", 0.75
   config.data.num_frames, config.data.crop_size, config.data.min_resize = 4, 32, 32
@@ -118,10 +119,11 @@ def test_pretraining_checkpoint_converts_with_the_mae_config(tmp_path):
   np.testing.assert_array_equal(params["mask_token"], hf.mask_token.detach().numpy())
 
   _, finetune = tiny_config(tmp_path)
-  setup = train.build(finetune)
+  setup = builder.build(finetune)
   with jax.set_mesh(setup.mesh):
-    state = checkpoint.init_from(train.init_state(setup), str(tmp_path / "out"))
-  model, _ = nnx.merge(setup.graphdef, state)
+    state = checkpoint.init_from(builder.init_state(setup), str(tmp_path / "out"),
+                                 models.family(finetune.model))
+  model = nnx.merge(setup.graphdef, state)["model"]
   np.testing.assert_array_equal(
       model.encoder.blocks[1].mlp.fc2.kernel[...],
       hf.videomae.encoder.layer[1].output.dense.weight.detach().numpy().T)

@@ -8,16 +8,16 @@ import pytest
 import tensorflow as tf
 
 from test_train import untrained_run
-from vidtx import configuration, train
+from vidtx import builder, configuration
 from vidtx.tools import export
 
 # A tiny MAR classifier: the export must carry its fixed test-time mask too.
 TINY_MAR = {
-    "model.name": "mae", "model.classifier": "bridge", "model.masking": "cell_running",
+    "model.name": "mae", "model.mae.classifier": "bridge", "model.masking": "cell_running",
     "model.mask_ratio": 0.5, "model.width": 32, "model.depth": 2, "model.num_heads": 4,
-    "model.patch_size": (2, 8, 8), "model.decoder_width": 32, "model.decoder_depth": 1,
-    "model.decoder_heads": 4, "model.bridge_width": 32, "model.bridge_depth": 1,
-    "model.bridge_heads": 4, "data.num_frames": 4, "batch_size": 4, "optim.warmup_steps": 1,
+    "model.patch_size": (2, 8, 8), "model.mae.decoder_width": 32, "model.mae.decoder_depth": 1,
+    "model.mae.decoder_heads": 4, "model.mae.bridge_width": 32, "model.mae.bridge_depth": 1,
+    "model.mae.bridge_heads": 4, "data.num_frames": 4, "batch_size": 4, "optim.warmup_steps": 1,
     "total_steps": 2,
 }
 
@@ -44,7 +44,7 @@ def test_exports_reload_and_give_the_models_logits(run, tmp_path):
   assert info["step"] == 7 and info["input"]["frames_uint8_rgb"] == [None, 4, 32, 32, 3]
   assert json.load(open(tmp_path / "export.json")) == info
 
-  model, _ = train.restore_model(config, workdir)
+  model, _ = builder.restore_model(config, workdir)
   params, fn = export.logits_fn(model, config)
   frames = np.random.default_rng(0).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
   expected = np.asarray(fn(params, frames))
@@ -62,6 +62,6 @@ def test_exports_reload_and_give_the_models_logits(run, tmp_path):
 def test_a_pretraining_model_has_no_logits_to_export(run):
   _, config = run
   config = configuration.base()
-  config.update_from_flattened_dict({**TINY_MAR, "model.classifier": "none"})
+  config.update_from_flattened_dict({**TINY_MAR, "model.mae.classifier": "none"})
   with pytest.raises(ValueError, match="pre-training model: it has no logits"):
     export.logits_fn(None, config)

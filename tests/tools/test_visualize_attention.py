@@ -50,7 +50,7 @@ def test_pictures_of_a_run_on_a_video_file(tmp_path, name, attention):
   config = configuration.base()
   config.update_from_flattened_dict({
       "model.name": name, "model.attention": attention, "model.width": 32, "model.depth": 2,
-      "model.num_heads": 2, "model.pos_embed": "learned", "model.pool": "cls",
+      "model.num_heads": 2, "model.vit.pos_embed": "learned", "model.vit.pool": "cls",
       "model.patch_size": (2, 8, 8) if name == "vit" else (1, 8, 8), "data.num_frames": 4,
       "data.min_resize": 32, "data.name": "custom", "data.data_dir": str(tmp_path),
       "batch_size": 2, "optim.warmup_steps": 1, "total_steps": 2})
@@ -74,10 +74,10 @@ def test_pictures_of_a_run_on_a_video_file(tmp_path, name, attention):
 def test_mae_rolls_out_its_encoder_and_bridging_classifier_not_the_decoder():
   config = configuration.base()
   config.update_from_flattened_dict({
-      "model.name": "mae", "model.classifier": "bridge", "model.masking": "tube",
+      "model.name": "mae", "model.mae.classifier": "bridge", "model.masking": "tube",
       "model.mask_ratio": 0.5, "model.width": 32, "model.depth": 2, "model.num_heads": 2,
-      "model.bridge_width": 32, "model.bridge_depth": 1, "model.bridge_heads": 2,
-      "model.decoder_width": 32, "model.decoder_depth": 1, "model.decoder_heads": 2,
+      "model.mae.bridge_width": 32, "model.mae.bridge_depth": 1, "model.mae.bridge_heads": 2,
+      "model.mae.decoder_width": 32, "model.mae.decoder_depth": 1, "model.mae.decoder_heads": 2,
       "model.patch_size": (2, 8, 8), "data.num_frames": 4, "data.min_resize": 32})
   model, _ = visualize_masks.load_model(config)
   video = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)

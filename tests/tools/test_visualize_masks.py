@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from vidtx import checkpoint, configuration, data, train
+from vidtx import builder, checkpoint, configuration, data
 from vidtx.models import mae
 from vidtx.tools import visualize_masks as vm
 
@@ -21,8 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = {
     "model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.75,
     "model.patch_size": (2, 8, 8), "model.size": "Ti", "model.width": 32, "model.depth": 2,
-    "model.num_heads": 2, "model.decoder_width": 16, "model.decoder_depth": 1,
-    "model.decoder_heads": 2, "data.synthetic.num_train": 16, "data.synthetic.num_val": 24,
+    "model.num_heads": 2, "model.mae.decoder_width": 16, "model.mae.decoder_depth": 1,
+    "model.mae.decoder_heads": 2, "data.synthetic.num_train": 16, "data.synthetic.num_val": 24,
     "data.synthetic.num_shards": 2,
 }
 T, S, SCALE = 8, 32, 4  # frames, frame size, auto upscale of 32-pixel frames
@@ -53,7 +53,7 @@ def run_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("run"))
   config = tiny_config()
   data.prepare(config.data, path)
-  leaves, treedef = jax.tree.flatten(train.build(config).abstract_state)
+  leaves, treedef = jax.tree.flatten(builder.build(config).abstract_state)
   state = jax.tree.unflatten(treedef, [pattern(k, x) for k, x in enumerate(leaves)])
   ckpt = checkpoint.Checkpointer(path, keep=1)
   ckpt.save(SAVED_STEP, state, {"step": SAVED_STEP, "data_position": 0, "rng": [0, 0]})

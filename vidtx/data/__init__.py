@@ -5,9 +5,9 @@ import os
 
 from vidtx.data import dmvr
 from vidtx.data import synthetic
-from vidtx.configuration import ConfigError
+from vidtx.errors import ConfigError, DataNotFoundError
 import tensorflow as tf  # after dmvr, which configures it
-from vidtx.data.dmvr import build, DataNotFoundError, num_examples
+from vidtx.data.dmvr import build, num_examples
 
 SYNTHETIC = "synthetic_motion"
 
@@ -63,4 +63,4 @@ def _check_num_classes(data_config):
                       f"num_classes={stated}: set --config.data.num_classes={stated}")
 
 
-__all__ = ["build", "prepare", "num_examples", "DataNotFoundError", "SYNTHETIC"]
+__all__ = ["build", "prepare", "num_examples", "SYNTHETIC"]

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from vidtx import errors
 from vidtx.data import convert, dmvr
 
 
@@ -258,11 +259,10 @@ if __name__ == "__main__":
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from vidtx.configuration import ConfigError
     try:
       counts = check(_CONFIG.value.data, _SPLIT.value or None, num_examples=_NUM_EXAMPLES.value,
                      full=_FULL.value)
-    except (CheckError, ConfigError, dmvr.DataNotFoundError) as e:
+    except (CheckError, errors.ConfigError, errors.DataNotFoundError) as e:
       sys.exit(f"error: {e}")
     print(f"OK: {counts}")
 

@@ -30,7 +30,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from vidtx.configuration import ConfigError  # pylint: disable=g-import-not-at-top
+from vidtx.errors import ConfigError, DataNotFoundError  # pylint: disable=g-import-not-at-top
 from vidtx.data import transforms  # pylint: disable=g-import-not-at-top
 
 FRAMES_KEY = "image/encoded"
@@ -53,10 +53,6 @@ def _hide_accelerators_from_tf():
 
 
 _hide_accelerators_from_tf()
-
-
-class DataNotFoundError(FileNotFoundError, ValueError):
-  """The data directory or the shards of a split are missing."""
 
 
 def shard_pattern(split):

@@ -1,41 +1,96 @@
-"""Model registry: `config.model.name` -> constructor(model_config, data_config, rngs).
+"""The model families: `FAMILIES` maps config.model.name to each model file's `FAMILY` record
+(`vidtx.models.family.Family`), the only registry of models.
 
 Every model is called as `model(video, train=, key=, keep=) -> (logits or None, aux)`; see
-`vidtx.models.vit` for the contract.
+`vidtx.models.family.Family` for the contract.
 """
 
-from vidtx.models import ila, mae, timesformer, tps, vit, vivit, vtn
+import jax.numpy as jnp
+import ml_collections
 
-MODELS = {
-    "vit": vit.build,
-    "mae": mae.build,
-    "timesformer": timesformer.build,
-    "vivit": vivit.build,
-    "ila": ila.build,
-    "vtn": vtn.build,
-    "tps": tps.build,
-}
-# The values of config.model.attention each model takes.
-ATTENTIONS = {
-    "vit": ("joint", "patch_shift"),  # patch_shift: TPS in ViT blocks, without masking
-    "mae": ("joint",),
-    "timesformer": timesformer.ATTENTIONS,
-    "vivit": vivit.ATTENTIONS,
-    "ila": ("space_only",),  # CLIP encodes each frame apart; ILA modules connect them
-    "vtn": ("space_only",),  # a ViT per frame; a Longformer over the frames connects them
-    "tps": tps.ATTENTIONS,  # patch_shift: TPS; space_only: the same Swin without the shifts
-}
-# Models that take masked tokens (config.model.masking); the others see every token.
-MASKABLE = ("vit", "mae")
+from vidtx import errors
+from vidtx.models import ila, layers, mae, masking, timesformer, tps, vit, vivit, vtn
+from vidtx.models.family import SHARED_FIELDS, Family
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    vit.FAMILY, mae.FAMILY, timesformer.FAMILY, vivit.FAMILY, ila.FAMILY, vtn.FAMILY, tps.FAMILY,
+)}
 
 
-def build(model_config, data_config, rngs):
-  if model_config.name not in MODELS:
-    raise ValueError(f"config.model.name={model_config.name!r} is not a known model; "
-                     f"choose one of {sorted(MODELS)}")
-  return MODELS[model_config.name](model_config, data_config, rngs)
+def family(model_config: ml_collections.ConfigDict) -> Family:
+  """The family of config.model.name; a ConfigError naming the choices for an unknown one."""
+  if model_config.name not in FAMILIES:
+    errors.fail("model.name", model_config.name, f"choose one of {sorted(FAMILIES)}")
+  return FAMILIES[model_config.name]
 
 
-def classifies(model_config) -> bool:
+def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
+          rngs):
+  """The model of config.model (an nnx.Module), for clips of config.data."""
+  return family(model_config).build(model_config, data_config, rngs)
+
+
+def classifies(model_config: ml_collections.ConfigDict) -> bool:
   """False for pre-training models, which output no logits (only a reconstruction loss)."""
-  return not (model_config.name == "mae" and model_config.classifier == "none")
+  return family(model_config).classifies(model_config)
+
+
+def sections() -> ml_collections.ConfigDict:
+  """config.model's family sections, each with its defaults (for `configuration.base`)."""
+  c = ml_collections.ConfigDict()
+  for f in FAMILIES.values():
+    if f.section is not None:
+      c[f.name] = f.section()
+  return c
+
+
+def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  """The checks of config.model: the shared fields where they mean something for the family,
+  then the family's own. `defaults` is the base config, whose shared fields a family that does
+  not read them must keep. Raises errors.ConfigError naming the field."""
+  m, d = config.model, config.data
+  f = family(m)
+  if m.size not in f.sizes:
+    errors.fail("model.size", m.size, f"choose one of {list(f.sizes)} for model.name={m.name!r}")
+  if m.masking != "none" and not f.maskable:
+    maskable = tuple(name for name, other in FAMILIES.items() if other.maskable)
+    errors.fail("model.masking", m.masking, f"model.name={m.name!r} sees every token: set "
+                f"model.masking='none' (masking works with {maskable})")
+  for field in SHARED_FIELDS:
+    if field not in f.reads and m[field] != defaults.model[field]:
+      errors.fail(f"model.{field}", m[field], f"model.name={m.name!r} does not read it: leave "
+                  f"it at {defaults.model[field]!r}")
+  if "attention" in f.reads and m.attention not in f.attentions:
+    errors.fail("model.attention", m.attention, f"model.name={m.name!r} takes one of "
+                f"{f.attentions}")
+  if m.remat not in layers.REMAT:
+    errors.fail("model.remat", m.remat, f"choose one of {layers.REMAT}")
+  try:
+    jnp.dtype(m.dtype)
+  except TypeError:
+    errors.fail("model.dtype", m.dtype, "use 'float32' or 'bfloat16'")
+  if not 0 <= m.drop_path < 1:
+    errors.fail("model.drop_path", m.drop_path, "must be in [0, 1)")
+  if not 0 <= m.head_dropout < 1:
+    errors.fail("model.head_dropout", m.head_dropout, "must be in [0, 1)")
+  if f.tubelets:
+    if len(m.patch_size) != 3:
+      errors.fail("model.patch_size", m.patch_size, "give (t, h, w)")
+    pt, ph, pw = m.patch_size
+    if d.num_frames % pt:
+      errors.fail("data.num_frames", d.num_frames,
+                  f"must be divisible by the tubelet's time size model.patch_size[0]={pt}")
+    if d.crop_size % ph or d.crop_size % pw:
+      errors.fail("data.crop_size", d.crop_size,
+                  f"must be divisible by the tubelet's spatial size {ph}x{pw} (model.patch_size)")
+  if m.masking not in masking.SCHEDULES:
+    errors.fail("model.masking", m.masking, f"choose one of {sorted(masking.SCHEDULES)}")
+  if not 0 <= m.mask_ratio < 1:
+    errors.fail("model.mask_ratio", m.mask_ratio, "must be in [0, 1)")
+  if m.masking == "cell_running":
+    try:
+      masking.cell_running(None, masking.token_grid(m, d), m.mask_ratio)
+    except ValueError as e:
+      errors.fail("model.mask_ratio", m.mask_ratio, str(e))
+  f.check(config)
+

@@ -313,18 +313,18 @@ def _encoder(reader, layout, target, encoder, path="encoder"):
     if layout.pos_embed is None:
       reader.reasons[f"{path}/pos_embed/embedding"] = [
           f"{layout.name} checkpoints have fixed sinusoid position embeddings: use "
-          "config.model.pos_embed='sincos'"]
+          "config.model.vit.pos_embed='sincos'"]
     else:
       value = reader.take(layout.pos_embed, (1, *_shape(table)), f"{path}/pos_embed/embedding")
     out["pos_embed"] = {"embedding": None if value is None else value[0]}
   elif layout.pos_embed is not None:  # ours is the fixed table: a saved one must equal it
     width = _shape(target["patch_embed"]["bias"])[0]
     _check_sincos(reader, layout.pos_embed, encoder.num_patches, width, f"{path}/pos_embed",
-                  "; learned position embeddings need config.model.pos_embed='learned' (the "
+                  "; learned position embeddings need config.model.vit.pos_embed='learned' (the "
                   "'vit' model)")
   if "cls_token" in target:
     reader.reasons[f"{path}/cls_token"] = [
-        "VideoMAE-family models have no CLS token: use config.model.pool='mean'"]
+        "VideoMAE-family models have no CLS token: use config.model.vit.pool='mean'"]
   return out
 
 
@@ -354,7 +354,7 @@ def _convert_masked(reader, layout, target, model):
     if layout.bridge_proj is None:
       reader.reasons["classifier"] = [
           f"{layout.name} checkpoints have no MAR bridging classifier: convert with "
-          "config.model.classifier='none' and start MAR from the result with config.init_from "
+          "config.model.mae.classifier='none' and start MAR from the result with config.init_from "
           "(the classifier then starts fresh)"]
     else:
       out["classifier"] = {
@@ -394,7 +394,7 @@ TIMESFORMER_NAMES = {
     "official": {
         "patch_embed": "model.patch_embed.proj",
         "cls_token": "model.cls_token",
-        "pos_embed": "model.pos_embed",
+        "pos_embed": "model.vit.pos_embed",
         "time_embed": "model.time_embed",
         "blocks": "model.blocks.{}",
         "norm": "model.norm",

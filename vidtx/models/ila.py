@@ -35,7 +35,7 @@ datasets use the linear head.
 
 Training: `aux["loss"]` = `loss_weight` x the summed alignment loss (weight 1 in the
 reference), per clip; `aux["align_loss"]` unweighted. The reference halves delta every epoch
-from epoch 30; here delta is the fixed config field `model.ila_jitter` (lower it for a
+from epoch 30; here delta is the fixed config field `model.ila.jitter` (lower it for a
 resumed late phase to follow that schedule). BatchNorm (`nnx.BatchNorm`, PyTorch momentum 0.1)
 normalises with the batch's statistics in training, which also update its running averages
 (nnx.BatchStat, carried by the train step), and with those averages in evaluation. Under data
@@ -52,7 +52,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import clip, layers, vit
+from vidtx.models.family import Family
 
 INTERACTIONS = ("separable", "dense")
 HEADS = ("mean", "mit")
@@ -210,10 +212,10 @@ class ILAModule(nnx.Module):
                channels: int = 256, jitter: float = 0.2, drop_path: float = 0.0,
                dtype=jnp.float32, rngs: nnx.Rngs):
     if interaction not in INTERACTIONS:
-      raise ValueError(f"config.model.ila_interaction={interaction!r}: choose one of "
+      raise ValueError(f"config.model.ila.interaction={interaction!r}: choose one of "
                        f"{INTERACTIONS}")
     if channels % 8:
-      raise ValueError(f"config.model.ila_channels={channels}: use a multiple of 8 (256)")
+      raise ValueError(f"config.model.ila.channels={channels}: use a multiple of 8 (256)")
     self.grid, self.jitter, self.drop_path, self.dtype = tuple(grid), jitter, drop_path, dtype
     self.channels = channels
     self.message_fc = layers.Dense(width, width, ("embed", None), dtype=dtype, rngs=rngs)
@@ -300,7 +302,7 @@ class ILA(nnx.Module):
                loss_weight: float = 1.0, head: str = "mean", head_dropout: float = 0.5,
                drop_path: float = 0.0, remat: str = "none", dtype=jnp.float32, rngs: nnx.Rngs):
     if head not in HEADS:
-      raise ValueError(f"config.model.ila_head={head!r}: choose one of {HEADS}")
+      raise ValueError(f"config.model.ila.head={head!r}: choose one of {HEADS}")
     if num_frames < 2:
       raise ValueError(f"config.data.num_frames={num_frames}: ILA aligns adjacent frames, it "
                        "needs at least 2")
@@ -351,14 +353,69 @@ class ILA(nnx.Module):
 
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> ILA:
+  s = model_config.ila
   width, depth, heads = vit.size(model_config)
-  _, patch, _ = model_config.patch_size  # (1, p, p), checked by configuration.validate
+  _, patch, _ = model_config.patch_size  # (1, p, p), checked by _check
   return ILA(
       num_classes=data_config.num_classes, num_frames=data_config.num_frames,
       image_size=data_config.crop_size, patch_size=patch, width=width, depth=depth,
-      num_heads=heads, mlp_ratio=model_config.mlp_ratio, proj_dim=model_config.clip_proj_dim,
-      interaction=model_config.ila_interaction, channels=model_config.ila_channels,
-      jitter=model_config.ila_jitter,
-      loss_weight=model_config.ila_loss_weight, head=model_config.ila_head,
+      num_heads=heads, mlp_ratio=model_config.mlp_ratio, proj_dim=s.proj_dim,
+      interaction=s.interaction, channels=s.channels, jitter=s.jitter,
+      loss_weight=s.loss_weight, head=s.head,
       head_dropout=model_config.head_dropout, drop_path=model_config.drop_path,
       remat=model_config.remat, dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+
+
+def section() -> ml_collections.ConfigDict:
+  # A CLIP ViT per frame (model.patch_size (1, p, p), attention "space_only") with an ILA
+  # module before each block. CLIP's blocks always have q, k and v biases.
+  s = ml_collections.ConfigDict()
+  s.proj_dim = 0  # CLIP's visual projection of the CLS feature: B 512, L 768; 0: none
+  # Interaction convs: "separable" (the K400 code: depthwise 3x3, 1x1 to 256, 3x3) or "dense"
+  # (the SSv2 branch: two 3x3 convs); each + BatchNorm + ReLU.
+  s.interaction = "separable"
+  s.channels = 256  # of the interaction features (the paper's 256; small for CPU tests)
+  # delta: spread of the 9 jittered interactive points at train time. The reference halves it
+  # every epoch from epoch 30; here it is fixed (lower it for a late phase).
+  s.jitter = 0.2
+  s.loss_weight = 1.0  # weight of the summed per-block cosine alignment losses
+  # Temporal pooling of the per-frame features before the LN-dropout-Linear head: "mean" or
+  # "mit" (X-CLIP's 1-block multi-frame integration transformer, then the mean).
+  s.head = "mean"
+  return s
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  m, d, s = config.model, config.data, config.model.ila
+  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
+    errors.fail("model.patch_size", m.patch_size, "CLIP embeds each frame's square 2-D "
+                "patches: use (1, p, p), e.g. (1, 16, 16) for B/16")
+  vit.check_heads(config)
+  if d.crop_size // m.patch_size[1] < 4:
+    errors.fail("data.crop_size", d.crop_size, "ILA's point head max-pools the patch grid "
+                f"twice: give at least 4 x {m.patch_size[1]} pixels")
+  if d.num_frames < 2:
+    errors.fail("data.num_frames", d.num_frames, "ILA aligns adjacent frames: use at least 2")
+  if s.interaction not in INTERACTIONS:
+    errors.fail("model.ila.interaction", s.interaction, f"choose one of {INTERACTIONS}")
+  if s.channels < 8 or s.channels % 8:
+    errors.fail("model.ila.channels", s.channels, "use a positive multiple of 8 (the paper: 256)")
+  if s.head not in HEADS:
+    errors.fail("model.ila.head", s.head, f"choose one of {HEADS}")
+  for field in ("proj_dim", "jitter", "loss_weight"):
+    if s[field] < 0:
+      errors.fail(f"model.ila.{field}", s[field], "must be >= 0")
+
+
+FAMILY = Family(
+    name="ila",
+    build=build,
+    sizes=vit.SIZES,
+    reads=("size", "width", "depth", "num_heads", "mlp_ratio", "patch_size", "attention",
+           "remat", "drop_path", "head_dropout", "dtype"),
+    section=section,
+    check=_check,
+    # CLIP encodes each frame apart; the ILA modules connect them.
+    attentions=("space_only",),
+    tubelets=True,
+)

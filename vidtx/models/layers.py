@@ -13,6 +13,7 @@ before or after the block's attention. A new factorisation is a new rule and one
 import contextlib
 import dataclasses
 import math
+import re
 from typing import Callable
 
 import jax
@@ -369,6 +370,20 @@ class TemporalAttention(nnx.Module):
     residual = drop_path(self.attn(self.norm(x)), rate, key)
     x = x + (residual if self.fc is None else self.fc(residual))
     return x if cls is None else jnp.concatenate([cls, x], axis=1)
+
+
+_TEMPORAL = re.compile(r"(.*blocks/\d+/)temporal/(attn|norm)/(.*)")
+
+
+def temporal_from_spatial(name: str) -> tuple[str, ...]:
+  """For a block's temporal attention or its norm (blocks/<i>/temporal/...), which an image
+  model lacks, the block's spatial one (blocks/<i>/attn/..., blocks/<i>/norm1/...): init_from
+  starts it as a copy. () for any other name."""
+  temporal = _TEMPORAL.fullmatch(name)
+  if not temporal:
+    return ()
+  prefix, part, rest = temporal.groups()
+  return (f"{prefix}{'attn' if part == 'attn' else 'norm1'}/{rest}",)
 
 
 @dataclasses.dataclass(frozen=True)

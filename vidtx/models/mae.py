@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers, vit
+from vidtx.models.family import Family
 
 # Decoder width, heads and depth per encoder size (VideoMAE's pre-training scripts; Ti is ours).
 DECODER_SIZES = {
@@ -97,7 +99,7 @@ class MaskedVideoModel(nnx.Module):
                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), remat: str = "none",
                dtype=jnp.float32, rngs: nnx.Rngs):
     if classifier not in CLASSIFIERS:
-      raise ValueError(f"config.model.classifier={classifier!r}: use one of {CLASSIFIERS}")
+      raise ValueError(f"config.model.mae.classifier={classifier!r}: use one of {CLASSIFIERS}")
     self.patch_size, self.mean, self.std = tuple(patch_size), tuple(mean), tuple(std)
     self.recon_weight = recon_weight
     self.encoder = vit.Encoder(num_frames=num_frames, image_size=image_size,
@@ -166,12 +168,13 @@ class MaskedVideoModel(nnx.Module):
 def decoder_size(model_config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(width, heads, depth) of the decoder: the encoder size's, unless overridden."""
   width, heads, depth = DECODER_SIZES[model_config.size]
-  return (model_config.decoder_width or width, model_config.decoder_heads or heads,
-          model_config.decoder_depth or depth)
+  s = model_config.mae
+  return (s.decoder_width or width, s.decoder_heads or heads, s.decoder_depth or depth)
 
 
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> MaskedVideoModel:
+  s = model_config.mae
   decoder_width, decoder_heads, decoder_depth = decoder_size(model_config)
   return MaskedVideoModel(
       num_classes=data_config.num_classes,
@@ -179,13 +182,70 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
       decoder_width=decoder_width,
       decoder_depth=decoder_depth,
       decoder_heads=decoder_heads,
-      classifier=model_config.classifier,
-      bridge_width=model_config.bridge_width,
-      bridge_depth=model_config.bridge_depth,
-      bridge_heads=model_config.bridge_heads,
+      classifier=s.classifier,
+      bridge_width=s.bridge_width,
+      bridge_depth=s.bridge_depth,
+      bridge_heads=s.bridge_heads,
       head_dropout=model_config.head_dropout,
-      recon_weight=model_config.recon_weight,
+      recon_weight=s.recon_weight,
       mean=tuple(data_config.mean),
       std=tuple(data_config.std),
       rngs=rngs,
   )
+
+
+def section() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  s.classifier = "none"  # "none": VideoMAE pre-training; "bridge": MAR's bridging classifier
+  # The decoder reconstructs the masked tubelets' normalised pixels.
+  s.decoder_width = 0  # > 0 overrides the size's (S 192, B 384, L 512, H 640)
+  s.decoder_depth = 0  # > 0 overrides the size's (S/B 4, L/H 12)
+  s.decoder_heads = 0  # > 0 overrides the size's (S 3, B 6, L/H 8)
+  s.bridge_width = 512  # MAR's bridging classifier: width, blocks, heads
+  s.bridge_depth = 2
+  s.bridge_heads = 4
+  s.recon_weight = 1.0  # lambda: weight of the reconstruction MSE (MAR: 0.01 K400, 0.1 SSv2)
+  return s
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  m, s = config.model, config.model.mae
+  vit.check_heads(config)
+  if s.classifier not in CLASSIFIERS:
+    errors.fail("model.mae.classifier", s.classifier, f"choose one of {CLASSIFIERS}")
+  if m.masking == "none" or m.mask_ratio == 0:
+    errors.fail("model.masking", m.masking, "a masked video model needs masked tokens: set "
+                "model.masking (tube, cell_running, random) and model.mask_ratio > 0")
+  decoder_width, decoder_heads, _ = decoder_size(m)
+  if decoder_width % decoder_heads:
+    errors.fail("model.mae.decoder_width", decoder_width,
+                f"must be divisible by model.mae.decoder_heads={decoder_heads}")
+  if s.bridge_width % s.bridge_heads:
+    errors.fail("model.mae.bridge_width", s.bridge_width,
+                f"must be divisible by model.mae.bridge_heads={s.bridge_heads}")
+
+
+def _classify_all_tokens(model: MaskedVideoModel, video):
+  """MAR's inference over every token: the encoder and the bridging classifier (None for
+  pre-training); the decoder, which attends over mask tokens, is left out."""
+  tokens = model.norm(model.encoder(video))
+  return None if model.classifier is None else model.classifier(tokens)
+
+
+FAMILY = Family(
+    name="mae",
+    build=build,
+    sizes=vit.SIZES,
+    reads=("size", "width", "depth", "num_heads", "mlp_ratio", "patch_size", "qkv_bias",
+           "attention", "remat", "drop_path", "head_dropout", "dtype", "masking", "mask_ratio"),
+    section=section,
+    check=_check,
+    attentions=("joint",),
+    tubelets=True,
+    classifies=lambda model_config: model_config.mae.classifier != "none",
+    layer_decay_depth=lambda model_config: vit.size(model_config)[1],
+    image_init=True,
+    rollout_attentions=("joint",),
+    rollout_forward=_classify_all_tokens,
+    reconstructs=True,
+)

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers, vit
+from vidtx.models.family import Family
 
 ATTENTIONS = ("divided", "joint", "space_only")
 
@@ -104,7 +106,7 @@ class TimeSformer(nnx.Module):
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> TimeSformer:
   width, depth, heads = vit.size(model_config)
-  _, patch, _ = model_config.patch_size  # (1, p, p), checked by configuration.validate
+  _, patch, _ = model_config.patch_size  # (1, p, p), checked by _check
   return TimeSformer(
       num_classes=data_config.num_classes, num_frames=data_config.num_frames,
       image_size=data_config.crop_size, patch_size=patch, width=width, depth=depth,
@@ -113,3 +115,39 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
       drop_path=model_config.drop_path,
       head_init_scale=model_config.head_init_scale, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+
+
+def check_frame_patches(config: ml_collections.ConfigDict, what: str) -> None:
+  """Families that embed each frame's square 2-D patches want model.patch_size (1, p, p)."""
+  patch = tuple(config.model.patch_size)
+  if len(patch) != 3 or patch[0] != 1 or patch[1] != patch[2]:
+    errors.fail("model.patch_size", patch, f"{what} embeds each frame's square 2-D patches: "
+                "use (1, p, p), e.g. (1, 16, 16)")
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  check_frame_patches(config, "TimeSformer")
+  vit.check_heads(config)
+
+
+def _init_names(name: str) -> tuple[str, ...]:
+  # TimeSformer keeps the reference's flat names; image ViTs have theirs under "encoder/".
+  # Its temporal_fc starts at zero, so a copied temporal attention adds nothing at first.
+  names = (name, *layers.temporal_from_spatial(name))
+  return tuple(n for own in names for n in (own, f"encoder/{own}"))
+
+
+FAMILY = Family(
+    name="timesformer",
+    build=build,
+    sizes=vit.SIZES,
+    reads=("size", "width", "depth", "num_heads", "mlp_ratio", "patch_size", "qkv_bias",
+           "clip_style", "attention", "remat", "drop_path", "head_init_scale", "dtype"),
+    check=_check,
+    # "divided" is the paper's; "space_only" averages the frames, each encoded apart.
+    attentions=ATTENTIONS,
+    tubelets=True,
+    image_init=True,
+    init_names=_init_names,
+    rollout_attentions=("divided", "joint"),
+)

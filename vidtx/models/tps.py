@@ -38,7 +38,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers, vit
+from vidtx.models.family import Family
 
 # config.model.size -> (C, blocks per stage, heads of the first stage); widths and heads
 # double at every stage.
@@ -53,9 +55,9 @@ MASKED = -100.0  # logit added across shifted-window boundaries (Swin's value)
 
 def size(model_config: ml_collections.ConfigDict) -> tuple[int, tuple[int, ...], int]:
   """(C, blocks per stage, first-stage heads) of the configured size, unless overridden by
-  model.width, model.stage_depths and model.num_heads."""
+  model.width, model.tps.stage_depths and model.num_heads."""
   width, depths, heads = SIZES[model_config.size]
-  return (model_config.width or width, tuple(model_config.stage_depths) or depths,
+  return (model_config.width or width, tuple(model_config.tps.stage_depths) or depths,
           model_config.num_heads or heads)
 
 
@@ -221,7 +223,7 @@ class Stage(nnx.Module):
     if resolution % window:
       raise ValueError(f"the {resolution}x{resolution} token grid is not divisible by the "
                        f"{window}x{window} windows: choose data.crop_size and "
-                       "model.window_size so that crop / patch / 2^stage is a multiple of the "
+                       "model.tps.window_size so that crop / patch / 2^stage is a multiple of the "
                        "window at every stage (e.g. 224, patch 4, window 7)")
     if downsample and resolution % 2:
       raise ValueError(f"patch merging needs an even grid, not {resolution}x{resolution}: "
@@ -311,8 +313,59 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
   return TPS(
       num_classes=data_config.num_classes, num_frames=data_config.num_frames,
       image_size=data_config.crop_size, patch_size=tuple(model_config.patch_size), width=width,
-      depths=depths, num_heads=heads, window=model_config.window_size,
+      depths=depths, num_heads=heads, window=model_config.tps.window_size,
       mlp_ratio=model_config.mlp_ratio, shift=model_config.attention == "patch_shift",
       drop_path=model_config.drop_path, head_dropout=model_config.head_dropout,
       head_init_scale=model_config.head_init_scale, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+
+
+def section() -> ml_collections.ConfigDict:
+  # A Swin over frames: model.patch_size (2, p, p) (TPS: (2, 4, 4)); model.width is the first
+  # stage's C and model.num_heads its heads (both double at every stage).
+  s = ml_collections.ConfigDict()
+  s.window_size = 7  # side of the per-frame attention windows
+  s.stage_depths = ()  # blocks per stage; (): the size's (swin_t 2-2-6-2, swin_b 2-2-18-2)
+  return s
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  m, d, s = config.model, config.data, config.model.tps
+  if (not isinstance(s.stage_depths, (tuple, list))
+      or any(not isinstance(n, int) or n < 1 for n in s.stage_depths)):
+    errors.fail("model.tps.stage_depths", s.stage_depths, "give blocks per stage, e.g. "
+                "(2, 2, 6, 2), or () for the size's")
+  width, depths, heads = size(m)
+  if width % heads:
+    errors.fail("model.width", width, f"must be divisible by model.num_heads={heads}")
+  if len(m.patch_size) != 3 or m.patch_size[1] != m.patch_size[2]:
+    errors.fail("model.patch_size", m.patch_size, "TPS embeds square patches of a few frames: "
+                "use (t, p, p), e.g. (2, 4, 4)")
+  if s.window_size < 1:
+    errors.fail("model.tps.window_size", s.window_size, "must be at least 1 (Swin: 7)")
+  resolution = d.crop_size // m.patch_size[1]
+  for i in range(len(depths)):
+    window, _ = stage_window(resolution, s.window_size)
+    if resolution % window or (i < len(depths) - 1 and resolution % 2):
+      errors.fail("data.crop_size", d.crop_size, f"stage {i}'s {resolution}x{resolution} token "
+                  f"grid must be a multiple of its {window}x{window} windows, and even before "
+                  "patch merging: use crop_size = patch x window x 2^(stages - 1), e.g. 224 = "
+                  "4 x 7 x 8")
+    resolution //= 2
+  if m.attention == "patch_shift" and width // heads < 8:
+    errors.fail("model.num_heads", heads, f"the channel shift moves 1/8 of each head's channels: "
+                f"model.width / model.num_heads = {width // heads} must be at least 8")
+
+
+FAMILY = Family(
+    name="tps",
+    build=build,
+    sizes=SIZES,
+    reads=("size", "width", "num_heads", "mlp_ratio", "patch_size", "attention", "remat",
+           "drop_path", "head_dropout", "head_init_scale", "dtype"),
+    section=section,
+    check=_check,
+    # patch_shift: TPS; space_only: the same Swin without the shifts, each frame apart.
+    attentions=ATTENTIONS,
+    tubelets=True,
+)

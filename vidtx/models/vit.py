@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers
+from vidtx.models.family import SHARED_FIELDS, Family
 
 # width, depth, heads of the standard ViT sizes.
 SIZES = {
@@ -72,7 +74,7 @@ class Encoder(nnx.Module):
     elif pos_embed == "learned":
       self.pos_embed = layers.LearnedPosEmbed(num_positions, width, rngs=rngs)
     else:
-      raise ValueError(f"config.model.pos_embed={pos_embed!r}: use 'sincos' or 'learned'")
+      raise ValueError(f"config.model.vit.pos_embed={pos_embed!r}: use 'sincos' or 'learned'")
     self.norm_pre = layers.LayerNorm(width, eps=CLIP_NORM_EPS, rngs=rngs) if clip_style else None
     layout = layers.TokenLayout(frames=self.grid[0], cls_token=cls_token, width=self.grid[2])
     self.blocks = nnx.List([
@@ -125,7 +127,7 @@ class VideoViT(nnx.Module):
                head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
     if pool not in ("mean", "cls"):
-      raise ValueError(f"config.model.pool={pool!r}: use 'mean' or 'cls'")
+      raise ValueError(f"config.model.vit.pool={pool!r}: use 'mean' or 'cls'")
     self.pool, self.head_dropout = pool, head_dropout
     self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                            width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -165,11 +167,63 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
   return VideoViT(
       num_classes=data_config.num_classes,
       **encoder_args(model_config, data_config),
-      pos_embed=model_config.pos_embed,
-      pool=model_config.pool,
+      pos_embed=model_config.vit.pos_embed,
+      pool=model_config.vit.pool,
       attention=model_config.attention,
       clip_style=model_config.clip_style,
       head_dropout=model_config.head_dropout,
       head_init_scale=model_config.head_init_scale,
       rngs=rngs,
   )
+
+
+def section() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  s.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"
+  s.pool = "mean"  # "mean" (+ fc_norm) or "cls"
+  return s
+
+
+POS_EMBEDS = ("sincos", "learned")
+POOLS = ("mean", "cls")
+
+
+def check_heads(config: ml_collections.ConfigDict) -> None:
+  """The encoder's width must split into its heads (every family built on `Encoder`)."""
+  width, _, heads = size(config.model)
+  if width % heads:
+    errors.fail("model.width", width, f"must be divisible by model.num_heads={heads}")
+
+
+def check_masking(config: ml_collections.ConfigDict) -> None:
+  """Masking drops tokens, which only joint attention does without."""
+  m = config.model
+  if m.masking != "none" and m.attention != "joint":
+    errors.fail("model.masking", m.masking, f"attention={m.attention!r} needs every token of "
+                "the grid: set model.masking='none' (masking works with attention='joint' only)")
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  s = config.model.vit
+  check_heads(config)
+  check_masking(config)
+  if s.pos_embed not in POS_EMBEDS:
+    errors.fail("model.vit.pos_embed", s.pos_embed, f"choose one of {POS_EMBEDS}")
+  if s.pool not in POOLS:
+    errors.fail("model.vit.pool", s.pool, f"choose one of {POOLS}")
+
+
+FAMILY = Family(
+    name="vit",
+    build=build,
+    sizes=SIZES,
+    reads=SHARED_FIELDS,
+    section=section,
+    check=_check,
+    # patch_shift: TPS in ViT blocks (attention within frames over patch-shifted q, k, v)
+    attentions=("joint", "patch_shift"),
+    tubelets=True,
+    layer_decay_depth=lambda model_config: size(model_config)[1],
+    image_init=True,
+    rollout_attentions=("joint",),
+)

@@ -17,12 +17,16 @@ tokens, and the head (zero-initialised in Scenic: config.model.head_init_scale=0
   space, with one output projection. No CLS: the mean token -> head.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers, vit
+from vidtx.models.family import Family
 
 ATTENTIONS = ("joint", "factorised_encoder", "factorised_self", "factorised_dot")
 
@@ -130,5 +134,52 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
   args = dict(num_classes=data_config.num_classes, **vit.encoder_args(model_config, data_config),
               head_init_scale=model_config.head_init_scale, rngs=rngs)
   if model_config.attention == "factorised_encoder":
-    return FactorisedEncoder(**args, temporal_depth=model_config.temporal_depth)
+    return FactorisedEncoder(**args, temporal_depth=model_config.vivit.temporal_depth)
   return ViViT(**args, attention=model_config.attention)
+
+
+def section() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  # Model 2 (attention "factorised_encoder"): blocks of the temporal transformer (B 4, L 24).
+  s.temporal_depth = 4
+  return s
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  m = config.model
+  vit.check_heads(config)
+  if m.attention == "factorised_dot" and vit.size(m)[2] % 2:
+    errors.fail("model.num_heads", vit.size(m)[2], "attention='factorised_dot' gives half the "
+                "heads to time and half to space: use an even number")
+  if m.attention == "factorised_encoder" and m.vivit.temporal_depth < 1:
+    errors.fail("model.vivit.temporal_depth", m.vivit.temporal_depth, "the factorised "
+                "encoder's temporal transformer needs at least 1 block (ViViT-B: 4)")
+
+
+_TEMPORAL_OUTPUT = re.compile(r".*blocks/\d+/temporal/attn/(proj|proj_bias)")
+
+
+def _init_zero(name: str, names: frozenset) -> bool:
+  """Model 3's temporal attention starts as a copy of the block's spatial one (init_from from an
+  image model), but its output projection at zero, so that the temporal step adds nothing at
+  first. (A zero projection still learns: its input is not zero; a wholly zero attention would
+  not.) TimeSformer has a zero temporal_fc for this; model 3 has none."""
+  return bool(_TEMPORAL_OUTPUT.fullmatch(name)) and name not in names
+
+
+FAMILY = Family(
+    name="vivit",
+    build=build,
+    sizes=vit.SIZES,
+    reads=("size", "width", "depth", "num_heads", "mlp_ratio", "patch_size", "qkv_bias",
+           "attention", "remat", "drop_path", "head_init_scale", "dtype"),
+    section=section,
+    check=_check,
+    attentions=ATTENTIONS,  # models 1, 2, 3, 4
+    tubelets=True,
+    layer_decay_depth=lambda model_config: vit.size(model_config)[1],
+    image_init=True,
+    init_names=lambda name: (name, *layers.temporal_from_spatial(name)),
+    init_zero=_init_zero,
+    rollout_attentions=("joint", "factorised_self", "factorised_dot"),
+)

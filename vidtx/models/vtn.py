@@ -45,7 +45,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers, vit
+from vidtx.models.family import Family
 
 NUM_POSITIONS = 288  # the reference's max_position_embeddings
 CLS_POSITION = NUM_POSITIONS - 2  # 286; frame indices are taken mod 286
@@ -174,7 +176,7 @@ class VTN(nnx.Module):
                drop_path: float = 0.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
     if window < 1:
-      raise ValueError(f"config.model.vtn_window={window}: a frame must see at least 1 frame "
+      raise ValueError(f"config.model.vtn.window={window}: a frame must see at least 1 frame "
                        "on each side (the reference: 9)")
     self.frame_stride, self.head_dropout = frame_stride, head_dropout
     self.encoder = vit.Encoder(
@@ -214,13 +216,57 @@ class VTN(nnx.Module):
 
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> VTN:
+  s = model_config.vtn
   width, depth, heads = vit.size(model_config)
-  _, patch, _ = model_config.patch_size  # (1, p, p), checked by configuration.validate
+  _, patch, _ = model_config.patch_size  # (1, p, p), checked by _check
   return VTN(
       num_classes=data_config.num_classes, image_size=data_config.crop_size, patch_size=patch,
       width=width, depth=depth, num_heads=heads, mlp_ratio=model_config.mlp_ratio,
-      qkv_bias=model_config.qkv_bias, temporal_depth=model_config.temporal_depth,
-      window=model_config.vtn_window, temporal_dropout=model_config.vtn_dropout,
+      qkv_bias=model_config.qkv_bias, temporal_depth=s.temporal_depth,
+      window=s.window, temporal_dropout=s.dropout,
       frame_stride=data_config.frame_stride, head_dropout=model_config.head_dropout,
       drop_path=model_config.drop_path, remat=model_config.remat,
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+
+
+def section() -> ml_collections.ConfigDict:
+  # A 2-D ViT (model.patch_size (1, p, p)) per frame, then a Longformer (the ViT's width and
+  # heads) over the frame features, whose positions are the frames' indices:
+  # start + data.frame_stride x i.
+  s = ml_collections.ConfigDict()
+  s.temporal_depth = 3  # Longformer layers (the reference: 3)
+  s.window = 9  # frames each frame attends to on each side (HF attention_window=18)
+  s.dropout = 0.1  # Longformer's hidden and attention-probability dropout
+  return s
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
+  m, s = config.model, config.model.vtn
+  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
+    errors.fail("model.patch_size", m.patch_size, "VTN embeds each frame's square 2-D patches: "
+                "use (1, p, p), e.g. (1, 16, 16) for ViT-B/16")
+  vit.check_heads(config)
+  if s.temporal_depth < 1:
+    errors.fail("model.vtn.temporal_depth", s.temporal_depth, "VTN's Longformer needs at least "
+                "1 layer (the reference: 3)")
+  if s.window < 1:
+    errors.fail("model.vtn.window", s.window, "a frame must attend to at least 1 frame on each "
+                "side (the reference: 9, HF attention_window=18)")
+  if not 0 <= s.dropout < 1:
+    errors.fail("model.vtn.dropout", s.dropout, "must be in [0, 1)")
+
+
+FAMILY = Family(
+    name="vtn",
+    build=build,
+    sizes=vit.SIZES,
+    reads=("size", "width", "depth", "num_heads", "mlp_ratio", "patch_size", "qkv_bias",
+           "attention", "remat", "drop_path", "head_dropout", "dtype"),
+    section=section,
+    check=_check,
+    # A ViT per frame; the Longformer over the frames connects them.
+    attentions=("space_only",),
+    tubelets=True,
+    layer_decay_depth=lambda model_config: vit.size(model_config)[1],
+    image_init=True,
+)

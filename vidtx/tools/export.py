@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from vidtx import configuration, models, predict, train
+from vidtx import builder, configuration, models, predict
 from vidtx.data import dmvr
 from vidtx.models import masking
 
@@ -36,9 +36,8 @@ def logits_fn(model: nnx.Module, config: ml_collections.ConfigDict):
   """(params, fn): fn(params, uint8 frames [b, T, S, S, 3]) -> float32 logits [b, classes],
   the evaluation forward pass (MAR: on its fixed test mask)."""
   if not models.classifies(config.model):
-    raise ValueError(f"model.name={config.model.name!r} with classifier="
-                     f"{config.model.classifier!r} is a pre-training model: it has no logits to "
-                     "export; export a fine-tuned classifier")
+    raise ValueError(f"this model.name={config.model.name!r} config is a pre-training model: "
+                     "it has no logits to export; export a fine-tuned classifier")
   graphdef, params = nnx.split(model)
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)
@@ -103,7 +102,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, output: str,
   unknown = set(formats) - set(FORMATS)
   if unknown:
     raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {FORMATS}")
-  model, step = train.restore_model(config, workdir)
+  model, step = builder.restore_model(config, workdir)
   os.makedirs(output, exist_ok=True)
   if "stablehlo" in formats:
     with open(os.path.join(output, "model.stablehlo"), "wb") as f:

@@ -26,22 +26,16 @@ import contextlib
 import os
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from vidtx import configuration, predict
+from vidtx import configuration, errors, models, predict
 from vidtx.data import convert, dmvr
 from vidtx.models import layers
 from vidtx.tools import visualize_masks
-
-# Models whose attention steps all mix the same tokens of one clip.
-SUPPORTED = {"vit": ("joint",), "mae": ("joint",), "timesformer": ("divided", "joint"),
-             "vivit": ("joint", "factorised_self", "factorised_dot")}
-
 
 def mixing_matrix(attend, q, k, layout):
   """[B, N, N]: row n says how much each token's value makes up token n's output, averaged over
@@ -94,13 +88,10 @@ def rollout(matrices, num_tokens: int) -> np.ndarray:
 
 def infer(config, model, clips):
   """Logits (None for pre-training) of the model's inference over every token of clips
-  [B, T, H, W, 3]. MAE: the encoder and, for MAR, its bridging classifier; the pre-training
-  decoder, which attends over mask tokens, is left out."""
-  if config.model.name != "mae":
-    logits, _ = model(clips, train=False)
-    return logits
-  tokens = model.norm(model.encoder(clips))
-  return None if model.classifier is None else model.classifier(tokens)
+  [B, T, H, W, 3], as its family's `rollout_forward` runs it (for MAE: the encoder and, for
+  MAR, its bridging classifier; not the pre-training decoder, which attends over mask
+  tokens)."""
+  return models.family(config.model).rollout_forward(model, clips)
 
 
 def relevance(config, model, video) -> np.ndarray:
@@ -137,10 +128,12 @@ def picture_rows(video, heat, patch, mean, std) -> np.ndarray:
 
 def check_supported(config):
   m = config.model
-  if m.name not in SUPPORTED or m.attention not in SUPPORTED[m.name]:
+  supported = {name: f.rollout_attentions for name, f in models.FAMILIES.items()
+               if f.rollout_attentions}
+  if m.attention not in supported.get(m.name, ()):
     raise visualize_masks.VisualizeError(
         f"model.name={m.name!r} with attention={m.attention!r}: attention rollout needs every "
-        f"attention over the clip's tokens; supported: {SUPPORTED}")
+        f"attention over the clip's tokens; supported: {supported}")
   if m.masking == "cell_running":
     raise visualize_masks.VisualizeError(
         "model.masking='cell_running' evaluates on a fixed subset of the tokens; rollout "
@@ -183,7 +176,7 @@ def main(argv):
                                            "or --config")
     config = f.config if f.config is not None else configuration.from_workdir(f.workdir)
     run(config, f.out, workdir=f.workdir, video_path=f.video, index=f.index, scale=f.scale)
-  except (configuration.ConfigError, dmvr.DataNotFoundError, convert.VideoError,
+  except (errors.ConfigError, errors.DataNotFoundError, convert.VideoError,
           visualize_masks.VisualizeError) as e:
     sys.exit(f"error: {e}")
 

@@ -31,8 +31,8 @@ from flax import nnx
 from ml_collections import config_flags
 from PIL import Image, ImageDraw, ImageFont
 
-from vidtx import checkpoint, configuration, data, models, train
-from vidtx.data import dmvr, synthetic
+from vidtx import builder, configuration, data, errors, models
+from vidtx.data import synthetic
 from vidtx.models import layers, mae, masking
 
 
@@ -260,19 +260,14 @@ def load_model(config, workdir=None):
     raise VisualizeError(f"--workdir={workdir} has no checkpoints/ directory: give the workdir "
                          "of a trained run, or leave --workdir out to see the masks on a "
                          "randomly initialised model")
-  setup = train.build(config)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
   try:
-    if ckpt.latest_step() is None:
-      raise VisualizeError(f"--workdir={workdir}: no checkpoint in {ckpt.directory} yet; train "
-                           "first, or leave --workdir out for a randomly initialised model")
-    with jax.set_mesh(setup.mesh):
-      state, meta = ckpt.restore(setup.abstract_state)
-  finally:
-    ckpt.close()
+    model, step = builder.restore_model(config, workdir)
+  except FileNotFoundError:
+    raise VisualizeError(f"--workdir={workdir}: no checkpoint in {ckpt_dir} yet; train first, "
+                         "or leave --workdir out for a randomly initialised model") from None
   # One clip needs no sharding: gather the parameters onto one device.
-  model, _ = nnx.merge(setup.graphdef, jax.device_put(state, jax.devices()[0]))
-  return model, meta["step"]
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, jax.device_put(state, jax.devices()[0])), step
 
 
 def _check_workdir(workdir):
@@ -303,7 +298,7 @@ def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale:
     raise VisualizeError(f"--scale={scale} is negative; give a factor >= 1, or 0 for auto")
   video, label = load_clip(config, index, workdir)
   model, step = None, None
-  if config.model.name == "mae":
+  if models.family(config.model).reconstructs:
     model, step = load_model(config, workdir)
   keep = keep_for(config, seed)
   rows, labels = frame_rows(config, video, keep, model, step=step)
@@ -317,7 +312,7 @@ def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale:
   print(f"mask: {config.model.masking}, {masked} of {num_tokens} tokens masked "
         f"({masked / num_tokens:.1%}; config.model.mask_ratio={config.model.mask_ratio})")
   if model is None:
-    print(f"model: {config.model.name} has no decoder: input and mask rows only")
+    print(f"model: {config.model.name} reconstructs nothing: input and mask rows only")
   elif step is None:
     print("model: randomly initialised (no --workdir): the reconstruction row is untrained")
   else:
@@ -331,7 +326,7 @@ def main(argv):
   try:
     f = flags.FLAGS
     run(f.config, f.out, workdir=f.workdir, index=f.index, seed=f.seed, scale=f.scale)
-  except (configuration.ConfigError, dmvr.DataNotFoundError, VisualizeError) as e:
+  except (errors.ConfigError, errors.DataNotFoundError, VisualizeError) as e:
     sys.exit(f"error: {e}")
 
 

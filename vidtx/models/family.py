@@ -1,0 +1,105 @@
+"""The record each model file exports as `FAMILY`: everything vidtx needs to know of a model
+family, so that the training loop, the config checks, the optimizer, init_from and the tools
+never name a family.
+
+Adding a family: one model file with its `FAMILY`, one entry in `vidtx.models.FAMILIES`, its
+configs and its tests (the contract test in tests/models/test_families.py runs every family).
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import ml_collections
+
+# The fields of config.model that the shared machinery reads (sizes, attention, masking,
+# precision, ...), each documented in `vidtx.configuration.base`. A family lists those it reads
+# in `Family.reads`; the others must keep their defaults, so a field that would be silently
+# ignored is an error at start.
+SHARED_FIELDS = ("size", "width", "depth", "num_heads", "mlp_ratio", "patch_size", "qkv_bias",
+                 "clip_style", "attention", "remat", "drop_path", "head_dropout",
+                 "head_init_scale", "dtype", "masking", "mask_ratio")
+
+
+def _no_checks(config: ml_collections.ConfigDict) -> None:
+  del config
+
+
+def _always(model_config: ml_collections.ConfigDict) -> bool:
+  del model_config
+  return True
+
+
+def _same_name(name: str) -> tuple[str, ...]:
+  return (name,)
+
+
+def _never(name: str, names: frozenset) -> bool:
+  del name, names
+  return False
+
+
+def _logits(model, video):
+  return model(video, train=False)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family.
+
+  Every model is called as `model(video, train=, key=, keep=) -> (logits or None, aux)`: video
+  [B, T, H, W, 3]; logits [B, classes] float32 (None for a model that only pre-trains); aux a
+  dict of per-example [B] float32 extras, where "loss" is an already weighted loss term the
+  train step adds and the rest are logged. Running statistics (BatchNorm) are `nnx.BatchStat`
+  variables, which the train step updates and checkpoints carry.
+  """
+  name: str  # config.model.name
+  # (model_config, data_config, rngs) -> the model (an nnx.Module).
+  build: Callable
+  # config.model.size -> the size's dimensions (the family's own tuple).
+  sizes: Mapping[str, tuple]
+  # The SHARED_FIELDS of config.model it reads; the others must keep their defaults.
+  reads: tuple[str, ...]
+  # () -> the defaults of its own section config.model.<name>, each field documented where it
+  # is set. None: no section.
+  section: Callable[[], ml_collections.ConfigDict] | None = None
+  # (config) -> None: its own checks of its section and of how the shared fields combine for it,
+  # raising errors.ConfigError naming the field and the fix.
+  check: Callable[[ml_collections.ConfigDict], None] = _no_checks
+  # The values of config.model.attention it takes (when "attention" is in `reads`).
+  attentions: tuple[str, ...] = ()
+  # Whether it cuts clips into model.patch_size tubelets, which must then tile the clip.
+  tubelets: bool = False
+  # (model_config) -> whether the model outputs logits (False: pre-training only).
+  classifies: Callable[[ml_collections.ConfigDict], bool] = _always
+  # (model_config) -> the number of blocks under "encoder/blocks/<i>", which layer-wise lr decay
+  # numbers (vidtx.optim.layer_id); None: the family does not support layer decay.
+  layer_decay_depth: Callable[[ml_collections.ConfigDict], int] | None = None
+  # vidtx.weights.Source's this family converts PyTorch checkpoints from (convert_weights).
+  converters: tuple = ()
+  # Whether init_from may start it from a one-frame image checkpoint (an image ViT or a CLIP
+  # tower written by convert_weights; see vidtx.weights.image and vidtx.weights.inflate).
+  image_init: bool = False
+  # init_from's name rules: (parameter name) -> the checkpoint names that may initialise it, in
+  # order of preference; and (parameter name, checkpoint names) -> whether it starts at zero
+  # instead (see vidtx.weights.inflate).
+  init_names: Callable[[str], tuple[str, ...]] = _same_name
+  init_zero: Callable[[str, frozenset], bool] = _never
+  # Attention rollout (vidtx.tools.visualize_attention): the attentions under which every
+  # attention step mixes the same tokens of one clip, and (model, clips) -> the logits (or None)
+  # of the inference whose attention is pictured.
+  rollout_attentions: tuple[str, ...] = ()
+  rollout_forward: Callable = _logits
+  # Whether the model reconstructs masked tubelets (`reconstruct(tokens, keep)`), which
+  # vidtx.tools.visualize_masks pictures.
+  reconstructs: bool = False
+
+  def __post_init__(self):
+    unknown = set(self.reads) - set(SHARED_FIELDS)
+    if unknown:
+      raise ValueError(f"family {self.name!r} reads unknown shared fields {sorted(unknown)}; "
+                       f"the shared ones are {SHARED_FIELDS}")
+
+  @property
+  def maskable(self) -> bool:
+    """Whether it takes masked tokens (config.model.masking)."""
+    return "masking" in self.reads
