@@ -9,7 +9,7 @@ setup(
     # Ranges are the versions tested together.
     install_requires=[
         "absl-py>=2.1",
-        "av>=18.1,<19",  # PyAV: video decoding in vidtx.data.convert
+        "av>=18.1,<19",  # PyAV: video decoding in vidtx.data.video_files
         "clu>=0.0.12",
         "flax>=0.12.8,<0.13",
         "jax>=0.10.2,<0.11",

@@ -3,8 +3,8 @@
   python benchmarks/input_pipeline.py [--videos=16] [--seconds=10] [--clips=96] [--cores=1]
 
 Writes `--videos` H.264 videos (456x256, 30 fps, `--seconds` long, moving shapes over noise,
-like a short-side-256 Kinetics copy), converts them with `vidtx.data.convert` (short side 256,
-JPEG 90), then, pinned to `--cores` cores, times `--clips` training clips of 16 frames 4 apart
+like a short-side-256 Kinetics copy), converts them with `vidtx.data.convert_videos` (short side
+256, JPEG 90), then, pinned to `--cores` cores, times `--clips` training clips of 16 frames 4 apart
 at 224x224 through:
 - vidtx: `vidtx.data.build` on the shards with the Kinetics fine-tuning augmentation of
   `configs/videomae_k400.py` (Inception crop, flip, RandAugment m7 n4, random erasing, 2 clips
@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 
 from vidtx import configuration, data
-from vidtx.data import convert
+from vidtx.data import convert_videos
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("videos", 16, "Videos to generate.")
@@ -118,7 +118,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     videos, shards = os.path.join(tmp, "videos"), os.path.join(tmp, "shards")
     write_videos(videos, FLAGS.videos, FLAGS.seconds)
-    convert.convert(shards, format="folders", video_root=videos, examples_per_shard=4)
+    convert_videos.convert(shards, format="folders", video_root=videos, examples_per_shard=4)
     os.sched_setaffinity(0, set(range(FLAGS.cores)))  # threads started from here on inherit it
     ours = vidtx_clips_per_s(shards, FLAGS.clips) / FLAGS.cores
     baseline = pyav_clips_per_s(videos, FLAGS.clips) / FLAGS.cores

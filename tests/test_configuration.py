@@ -115,17 +115,17 @@ def test_dataset_names_are_checked_and_kinetics600_has_600_classes():
 def test_a_label_map_or_metadata_of_another_size_than_num_classes_is_an_error(tmp_path):
   import json
   from vidtx import data
-  from vidtx.data import dmvr
+  from vidtx.data import records
   for split in ("train", "validation"):
-    dmvr.write_records(str(tmp_path / dmvr.shard_name(split, 0, 1)), [])
-  (tmp_path / dmvr.LABELS).write_text(json.dumps(["a", "b", "c"]))
+    records.write_records(str(tmp_path / records.shard_name(split, 0, 1)), [])
+  (tmp_path / records.LABELS).write_text(json.dumps(["a", "b", "c"]))
   c = configuration.base()
   c.data.update({"name": "custom", "data_dir": str(tmp_path), "num_classes": 5})
   with pytest.raises(errors.ConfigError, match="num_classes=5.*names 3 classes.*=3"):
     data.prepare(c.data, "")
   c.data.num_classes = 3
   assert data.prepare(c.data, "") == str(tmp_path)
-  (tmp_path / dmvr.METADATA).write_text(json.dumps({"num_classes": 4}))
+  (tmp_path / records.METADATA).write_text(json.dumps({"num_classes": 4}))
   with pytest.raises(errors.ConfigError, match="num_classes=3.*metadata.json says "
                      "num_classes=4.*=4"):
     data.prepare(c.data, "")

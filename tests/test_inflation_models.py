@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import checkpoint, configuration, errors
+from vidtx import configuration, errors
+from vidtx.weights import inflate
 
 from test_inflation import image_model_dir, video_model  # noqa: E402  (tests/ is on the path)
 
@@ -90,15 +91,15 @@ def test_position_tables_are_kept_tiled_or_dropped_of_cls_as_the_model_needs():
   table = np.random.default_rng(0).standard_normal((1 + 16, 4)).astype(np.float32)
   name = "encoder/pos_embed/embedding"
   grid = (2, 4, 4)  # the image's 4 x 4 patches, 2 tubelet frames
-  same = checkpoint._inflate(name, table, (1 + 16, 4), grid, "average")  # a CLS per frame grid
+  same = inflate.parameter(name, table, (1 + 16, 4), grid, "average")  # a CLS per frame grid
   np.testing.assert_array_equal(same, table)
-  tiled = checkpoint._inflate(name, table, (1 + 32, 4), grid, "average")
+  tiled = inflate.parameter(name, table, (1 + 32, 4), grid, "average")
   np.testing.assert_array_equal(tiled, np.concatenate([table, table[1:]]))
-  no_cls = checkpoint._inflate(name, table, (32, 4), grid, "average")
+  no_cls = inflate.parameter(name, table, (32, 4), grid, "average")
   np.testing.assert_array_equal(no_cls, np.tile(table[1:], (2, 1)))
   # A table without a CLS row cannot give a model's CLS row; a video's table is no image's.
-  assert checkpoint._inflate(name, table[1:], (1 + 16, 4), grid, "average") is None
-  assert checkpoint._inflate(name, np.tile(table, (3, 1)), (1 + 16, 4), grid, "average") is None
+  assert inflate.parameter(name, table[1:], (1 + 16, 4), grid, "average") is None
+  assert inflate.parameter(name, np.tile(table, (3, 1)), (1 + 16, 4), grid, "average") is None
 
 
 def test_position_tables_are_resized_bicubically():
@@ -107,7 +108,7 @@ def test_position_tables_are_resized_bicubically():
   x / 2 - 1 / 4 (centres aligned), so rows and columns 3 and 4 hold 1.25 and 1.75."""
   ramp = np.stack(np.meshgrid(np.arange(4.0), np.arange(4.0), indexing="ij"), -1)
   table = np.concatenate([np.full((1, 2), 9.0), ramp.reshape(16, 2)]).astype(np.float32)
-  out = checkpoint._inflate("pos_embed/embedding", table, (1 + 64, 2), (1, 8, 8), "average")
+  out = inflate.parameter("pos_embed/embedding", table, (1 + 64, 2), (1, 8, 8), "average")
   np.testing.assert_array_equal(out[0], [9.0, 9.0])
   grid = out[1:].reshape(8, 8, 2)
   np.testing.assert_allclose(grid[3:5, 3:5, 0], [[1.25, 1.25], [1.75, 1.75]], atol=1e-6)
@@ -117,7 +118,7 @@ def test_position_tables_are_resized_bicubically():
 
 def test_a_time_embedding_follows_the_frame_count():
   table = np.arange(8.0, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-  out = checkpoint._inflate("time_embed/embedding", table, (16, 3), None, "average")
+  out = inflate.parameter("time_embed/embedding", table, (16, 3), None, "average")
   np.testing.assert_array_equal(out[:, 0], np.repeat(np.arange(8.0), 2))  # nearest
 
 
@@ -173,9 +174,14 @@ def test_an_hf_clip_tower_inflated_into_a_clip_style_model_gives_its_feature(tmp
 
 
 def test_a_clip_checkpoint_asks_for_clip_style(tmp_path):
-  from vidtx.models import convert
-  with pytest.raises(ValueError, match="model.clip_style=True"):
-    convert.convert_clip_image_vit({}, configuration.base().model)
+  from safetensors import numpy as safetensors_numpy
+  from vidtx.tools import convert_weights
+  path = str(tmp_path / "clip.safetensors")  # enough of a CLIP tower to be told apart
+  safetensors_numpy.save_file(
+      {"vision_model.embeddings.class_embedding": np.zeros(WIDTH, np.float32)}, path)
+  with pytest.raises(ValueError, match=r"model.clip_style=True.*'vit'.*or use model.name in "
+                                       r"\['ila'\]"):
+    convert_weights.convert(configuration.base(), path, str(tmp_path / "out"))
   c = configuration.base()
   c.update_from_flattened_dict({"model.name": "vivit", "model.clip_style": True})
   with pytest.raises(errors.ConfigError, match="model.clip_style=True"):

@@ -42,8 +42,9 @@ def run(tmp_path_factory):
       os.makedirs(videos / split / label)
       write_mp4(videos / split / label / "a.mp4", seed=len(label))
   data_dir = str(tmp_path_factory.mktemp("converted"))
-  from vidtx.data import convert
-  convert.convert(data_dir, format="folders", video_root=str(videos), short_side=40, workers=1)
+  from vidtx.data import convert_videos
+  convert_videos.convert(data_dir, format="folders", video_root=str(videos), short_side=40,
+                         workers=1)
   config = configuration.base()
   config.update_from_flattened_dict({
       "model.width": 32, "model.depth": 2, "model.num_heads": 4, "model.patch_size": (2, 8, 8),

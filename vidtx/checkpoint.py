@@ -5,7 +5,6 @@ state is restored against an abstract target carrying the *current* mesh's shard
 checkpoint written on one topology restores on another.
 """
 
-import math
 import os
 
 import jax
@@ -15,6 +14,7 @@ from absl import logging
 from flax import nnx
 
 from vidtx import errors
+from vidtx.weights import inflate
 
 
 class Checkpointer:
@@ -105,14 +105,11 @@ def save_params(directory: str, params: dict) -> str:
   return os.path.join(os.path.abspath(directory), "0")
 
 
-INFLATIONS = ("average", "central")
-
-
 def check_config(config) -> None:
   """The checkpoint fields of the config."""
-  if config.init_from_inflation not in INFLATIONS:
+  if config.init_from_inflation not in inflate.INFLATIONS:
     errors.fail("init_from_inflation", config.init_from_inflation,
-                f"choose one of {INFLATIONS}")
+                f"choose one of {inflate.INFLATIONS}")
 
 
 def init_from(state: nnx.State, path: str, family, grid=None,
@@ -123,10 +120,11 @@ def init_from(state: nnx.State, path: str, family, grid=None,
   may initialise a parameter (`init_names`), and which start at zero (`init_zero`).
 
   An image model's weights (e.g. a 2-D ViT converted by vidtx.tools.convert_weights) are
-  inflated to video, given the model's token `grid` (T', H', W'):
-  - a patch kernel of one frame [1, h, w, C, D] becomes [t, h, w, C, D]: repeated over t and
-    divided by t ("average": a clip of equal frames gives the image's tokens) or placed at the
-    central frame with zeros elsewhere ("central");
+  inflated to video by the rules of `vidtx.weights.inflate`, given the model's token `grid`
+  (T', H', W'):
+  - a convolution kernel of one frame [1, h, w, C, D] (a patch embedding) becomes
+    [t, h, w, C, D]: repeated over t and divided by t ("average": a clip of equal frames gives
+    the image's tokens) or placed at the central frame with zeros elsewhere ("central");
   - learned position embeddings of the image's h x w patches are resized bicubically to H' x W'
     and tiled over the T' frames when the model has a row per tubelet; the image's CLS row is
     kept for a model with a CLS token and dropped for one without (ViViT models 3 and 4);
@@ -140,9 +138,9 @@ def init_from(state: nnx.State, path: str, family, grid=None,
   parameter both have in shapes no rule maps (other than a classifier's class count) is a
   ConfigError naming it.
   """
-  if inflation not in INFLATIONS:
+  if inflation not in inflate.INFLATIONS:
     raise errors.ConfigError(f"config.init_from_inflation={inflation!r}: choose one of "
-                                    f"{INFLATIONS}")
+                             f"{inflate.INFLATIONS}")
   step_dir = _step_directory(path)
   saved = _flat(ocp.PyTreeCheckpointer().metadata(
       os.path.join(step_dir, "state")).item_metadata.tree["model"])
@@ -169,7 +167,7 @@ def init_from(state: nnx.State, path: str, family, grid=None,
                                       for n in names})},
             partial_restore=True))["model"])
     for k, name in surgery.items():
-      value = _inflate(k, np.asarray(host[name]), current[k].shape, grid, inflation)
+      value = inflate.parameter(k, np.asarray(host[name]), current[k].shape, grid, inflation)
       if value is not None:
         restored[k] = jax.device_put(value.astype(current[k].dtype), current[k].sharding)
   for k in zeroed:
@@ -186,9 +184,9 @@ def init_from(state: nnx.State, path: str, family, grid=None,
                   if k not in restored and k not in classes]
   if incompatible:
     raise errors.ConfigError(
-        f"config.init_from={path!r}: parameters whose shapes no inflation rule maps (a patch "
-        "kernel of one frame, an image's position embedding, a time embedding; a classifier "
-        "of another class count starts fresh):\n  " + "\n  ".join(incompatible)
+        f"config.init_from={path!r}: parameters whose shapes no inflation rule maps (a kernel "
+        "of one frame, an image's position embedding, a time embedding; a classifier of "
+        "another class count starts fresh):\n  " + "\n  ".join(incompatible)
         + "\nWas the checkpoint written for another width, patch size or model?")
   pure["model"] = jax.tree_util.tree_map_with_path(
       lambda p, v: restored.get(jax.tree_util.keystr(p, simple=True, separator="/"), v),
@@ -212,42 +210,6 @@ def _class_axis_params(model_state) -> set:
   return {jax.tree_util.keystr(p, simple=True, separator="/") for p, v in leaves
           if isinstance(v, nnx.Variable)
           and "classes" in tuple(v.get_metadata().get("out_sharding") or ())}
-
-
-def _inflate(name: str, value: np.ndarray, shape, grid, inflation: str):
-  """`value` reshaped for parameter `name` of `shape` by the image -> video rules, or None."""
-  shape = tuple(shape)
-  if value.shape == shape:
-    return value
-  if name.endswith("patch_embed/kernel") and value.shape[0] == 1 and value.shape[1:] == shape[1:]:
-    t = shape[0]
-    if inflation == "average":
-      return np.repeat(value, t, axis=0) / t
-    out = np.zeros(shape, value.dtype)
-    out[t // 2] = value[0]
-    return out
-  if name.endswith("pos_embed/embedding") and grid is not None and value.shape[1] == shape[1]:
-    frames, height, width = grid
-    # The model's rows: a CLS row or none, then one per patch of a frame or per tubelet.
-    rows = {cls: shape[0] - cls for cls in (0, 1)
-            if shape[0] - cls in (height * width, frames * height * width)}
-    # The image's: a CLS row or none, then side x side patches.
-    side = math.isqrt(value.shape[0])
-    image_cls = value.shape[0] - side * side
-    if len(rows) != 1 or image_cls not in (0, 1) or (1 in rows and not image_cls):
-      return None
-    (cls, patch_rows), = rows.items()
-    patches = value[image_cls:].reshape(side, side, -1)
-    if (side, side) != (height, width):
-      patches = np.asarray(jax.image.resize(patches, (height, width, patches.shape[-1]),
-                                            "bicubic"))
-    patches = patches.reshape(height * width, -1)
-    if patch_rows == frames * height * width:
-      patches = np.tile(patches, (frames, 1))  # time-major rows t * H'W' + s
-    return np.concatenate([value[:1], patches]) if cls else patches
-  if name.endswith("time_embed/embedding") and value.shape[1:] == shape[1:]:
-    return np.asarray(jax.image.resize(value, shape, "nearest"))
-  return None
 
 
 def _check_shapes(saved, target) -> None:

@@ -21,45 +21,36 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0  # root of all randomness: init, drop path, data order and augmentation
 
   c.model = ml_collections.ConfigDict()
-  # The model family: a key of vidtx.models.FAMILIES ("vit", "mae", "timesformer", "vivit",
-  # "ila", "vtn", "tps"). Its own fields are in config.model.<name>, documented in its model
-  # file (vidtx/models/<name>.py); the fields below are shared, and a family that does not read
-  # one (its FAMILY.reads) stops the run if it is changed.
-  #   vit: a video ViT classifier on all or masked tokens (config.model.vit).
-  #   mae: the masked video model: VideoMAE pre-training, or MAR with mae.classifier="bridge".
-  #   timesformer, vivit: space-time transformers (see model.attention).
-  #   ila: CLIP + implicit learnable alignment. vtn: a ViT per frame + a Longformer over frames.
-  #   tps: a 2-D Swin over the frames with temporal patch shift.
+  # The model family: a key of vidtx.models.FAMILIES (the README's table of configs shows them
+  # all). A family's own fields are in config.model.<name>, documented in its model file
+  # (vidtx/models/<name>.py). The fields below are shared: a family reads those in its
+  # FAMILY.reads, and one it does not read stops the run if it is changed, rather than being
+  # silently ignored.
   c.model.name = "vit"
-  # The family's sizes: Ti / S / B / L / H (width, depth and heads of the standard ViT sizes);
-  # tps: swin_t / swin_b.
+  # One of the family's sizes (FAMILY.sizes; the ViT-based families: Ti / S / B / L / H, the
+  # width, depth and heads of the standard ViT sizes).
   c.model.size = "B"
   c.model.width = 0  # > 0 overrides the size's width
   c.model.depth = 0  # > 0 overrides the size's depth
   c.model.num_heads = 0  # > 0 overrides the size's number of heads
   c.model.mlp_ratio = 4.0
   c.model.patch_size = (2, 16, 16)  # tubelet (t, h, w); must divide num_frames and crop_size
-  # Learned q and v biases (VideoMAE); timesformer, vivit and vtn add a k bias, as their
-  # references.
+  # Learned q and v biases (VideoMAE); families whose references have a k bias add it.
   c.model.qkv_bias = True
   # CLIP's image-tower conventions (a bias-free patch embedding, ln_pre, QuickGELU, LayerNorm eps
-  # 1e-5) for model.name="vit" or "timesformer", to start from a CLIP checkpoint (convert_weights,
-  # then init_from). Such a vit wants vit.pos_embed="learned", vit.pool="cls".
+  # 1e-5), to start a ViT-based family from a CLIP checkpoint (convert_weights, then init_from).
+  # A vit then wants vit.pos_embed="learned", vit.pool="cls".
   c.model.clip_style = False
-  # Space-time attention of the blocks (vidtx.models.layers.ATTENTIONS):
-  #   "joint": every token attends to every token (vit, mae; vivit model 1; timesformer
-  #     joint_space_time). The only one masking works with.
-  #   "divided": timesformer (its reference's default): time (+ temporal_fc), then space.
-  #   "space_only": timesformer: each frame apart with its own CLS, averaged at the end. ila:
-  #     CLIP's blocks see one frame each (the only value it takes). vtn: its per-frame ViT
-  #     (the only value it takes).
-  #   "factorised_encoder": vivit model 2: a spatial ViT per time slice, then a temporal
-  #     transformer (model.vivit.temporal_depth blocks) over their CLS tokens.
-  #   "factorised_self": vivit model 3: space, then time, each with its own LN and residual.
-  #   "factorised_dot": vivit model 4: half the heads attend over time, half over space.
-  #   "patch_shift": tps: TPS's temporal patch shift, alternating with a channel shift (tps
-  #     with "space_only": the same Swin without the shifts, each frame apart); vit: TPS in
-  #     every block (attention within frames over patch-shifted q, k, v; no masking).
+  # Space-time attention: which tokens attend to which. Each family takes the values in its
+  # FAMILY.attentions (its model file says what each means for it):
+  #   "joint": every token attends to every token; the only one masking works with.
+  #   "divided": time (+ temporal_fc), then space, in each block (TimeSformer).
+  #   "space_only": each frame apart (CLIP-style towers, per-frame backbones).
+  #   "factorised_encoder": a spatial transformer per time slice, then a temporal one over
+  #     their CLS tokens (ViViT model 2).
+  #   "factorised_self": space, then time, each with its own LN and residual (ViViT model 3).
+  #   "factorised_dot": half the heads attend over time, half over space (ViViT model 4).
+  #   "patch_shift": TPS's temporal patch shift in the attention (TPS's Swin; a ViT's blocks).
   c.model.attention = "joint"
   # Recompute each block in the backward pass to save activation memory: "none"; "full" (keep
   # only block inputs); "dots" (also keep the matmul outputs without batch dims).
@@ -79,15 +70,16 @@ def base() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # "synthetic_motion" is generated; the others are DMVR TFRecord shards in data_dir, written by
-  # vidtx.data.convert: "kinetics400", "kinetics600", "ssv2" (their standard settings are in
-  # DATASETS) or "custom" (your own videos). num_classes must match the labels.json and
+  # vidtx.data.convert_videos: "kinetics400", "kinetics600", "ssv2" (their standard settings are
+  # in DATASETS) or "custom" (your own videos). num_classes must match the labels.json and
   # metadata.json there. "tfds:<name>" reads a prepared TFDS video dataset (data_dir: its TFDS
   # data_dir, "" for the default) through the same samplers and transforms; num_classes must
   # match its label feature.
   c.data.name = "synthetic_motion"
   # "tfds:" datasets: the names of their tfds.features.Video and ClassLabel features.
   c.data.tfds_features = ("video", "label")
-  c.data.data_dir = ""  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
+  # DMVR TFRecord shards; "" for synthetic_motion: <workdir>/data/synthetic_motion
+  c.data.data_dir = ""
   c.data.num_classes = 8
   c.data.num_frames = 8  # frames sampled per clip
   # Which frames (vidtx.data.transforms). "dense": num_frames frames frame_stride apart, at a
@@ -164,7 +156,8 @@ def base() -> ml_collections.ConfigDict:
   c.init_from = ""
   # An image model's one-frame patch kernel inflated over the tubelet's frames: "average"
   # (repeated / t: a clip of equal frames gives the image's tokens) or "central" (zeros but
-  # the central frame). Position embeddings are resized and tiled over time (checkpoint.py).
+  # the central frame). Position embeddings are resized and tiled over time
+  # (vidtx.weights.inflate).
   c.init_from_inflation = "average"
 
   c.optim = ml_collections.ConfigDict()
@@ -215,6 +208,12 @@ def base() -> ml_collections.ConfigDict:
       ("head_dim", None),
       ("classes", None),
       ("norm", None),
+      # Convolution kernels [kT, kH, kW, in, out]: FSDP splits the output channels, tensor
+      # parallelism the input channels (each device convolves its channels, the partial sums
+      # are added). Not the other way round: XLA (jax 0.10.2) then computes wrong gradients
+      # for strided convolutions with BatchNorm on a data x fsdp x tensor mesh.
+      ("conv_in", "tensor"),
+      ("conv_out", "fsdp"),
   )
   return c
 
@@ -341,9 +340,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   models.check_config(config, base())
   if d.name not in DATASET_NAMES and not d.name.startswith("tfds:"):
     errors.fail("data.name", d.name, f"choose one of {DATASET_NAMES} ('custom': your own videos "
-                "converted with vidtx.data.convert into data.data_dir) or 'tfds:<name>'")
-  from vidtx.data import dmvr  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
-  dmvr.check_config(d)
+                "converted with vidtx.data.convert_videos into data.data_dir) or 'tfds:<name>'")
+  from vidtx.data import pipeline  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+  pipeline.check_config(d)
   if d.num_classes < 1:
     errors.fail("data.num_classes", d.num_classes, "must be positive")
   checkpoint.check_config(config)

@@ -16,7 +16,7 @@ from absl import logging
 from flax import nnx
 
 from vidtx import builder, checkpoint, data, models, sharding
-from vidtx.data import dmvr
+from vidtx.data import clips
 from vidtx.models import masking
 
 
@@ -74,8 +74,8 @@ def make_eval_step(setup):
   """
   config = setup.config
   classifies = models.classifies(config.model)
-  multi_view = dmvr.num_views(config.data) > 1
-  centre = dmvr.centre_view(config.data)
+  multi_view = clips.num_views(config.data) > 1
+  centre = clips.centre_view(config.data)
 
   def run(state, video):
     model = nnx.merge(setup.graphdef, state)["model"]

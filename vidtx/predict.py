@@ -3,12 +3,13 @@
   python -m vidtx.predict --workdir=RUN --video=clip.mp4 [--top_k=5]
   python -m vidtx.predict --workdir=RUN --video=folder/ --output=predictions.csv
 
-The file is decoded and stored as the converter stores a training video (`vidtx.data.convert`:
-short side, frame rate and JPEG quality from the run's dataset metadata.json, else the
-converter's defaults), then goes through the evaluation processing (`dmvr.eval_views`: the same
-sampler, resize, crops and normalisation, `data.eval_clips` x `data.eval_crops` views) and the
-model; probabilities are the softmax averaged over the views, as multi-view evaluation does.
-Class names come from the dataset's labels.json (a TFDS dataset's label feature, if prepared).
+The file is decoded and stored as the converter stores a training video
+(`vidtx.data.video_files`: short side, frame rate and JPEG quality from the run's dataset
+metadata.json, else the converter's defaults), then goes through the evaluation processing
+(`vidtx.data.clips.eval_views`: the same sampler, resize, crops and normalisation,
+`data.eval_clips` x `data.eval_crops` views) and the model; probabilities are the softmax
+averaged over the views, as multi-view evaluation does. Class names come from the dataset's
+labels.json (a TFDS dataset's label feature, if prepared).
 A folder gives one CSV row per video; videos that cannot be read get their error in the row and
 do not stop the others.
 """
@@ -28,7 +29,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from vidtx import builder, configuration, errors, models
-from vidtx.data import convert, dmvr
+from vidtx.data import clips, records, tfds_datasets, video_files
 from vidtx.models import masking
 
 DEFAULT_CONVERSION = {"short_side": 256, "fps": 0.0, "jpeg_quality": 90}
@@ -48,15 +49,15 @@ def _read_json(path):
 
 def conversion_settings(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """How the run's dataset stored its videos (metadata.json), else the converter's defaults."""
-  metadata = _read_json(os.path.join(run_data_dir(config, workdir), dmvr.METADATA)) or {}
+  metadata = _read_json(os.path.join(run_data_dir(config, workdir), records.METADATA)) or {}
   return {**DEFAULT_CONVERSION, **metadata.get("settings", {})}
 
 
 def class_names(config: ml_collections.ConfigDict, workdir: str):
   """The dataset's class names (index = label), or None where it has none here."""
-  tfds = dmvr.is_tfds(config.data)  # read from TFDS's data_dir, where "" is its default
+  tfds = tfds_datasets.is_tfds(config.data)  # read from TFDS's data_dir, where "" is its default
   try:
-    return dmvr.class_names(config.data, config.data.data_dir if tfds
+    return tfds_datasets.class_names(config.data, config.data.data_dir if tfds
                             else run_data_dir(config, workdir))
   except errors.DataNotFoundError:  # no labels.json, or the TFDS dataset is not on this machine
     return None
@@ -64,9 +65,9 @@ def class_names(config: ml_collections.ConfigDict, workdir: str):
 
 def file_views(config: ml_collections.ConfigDict, conversion: dict, path: str) -> np.ndarray:
   """float32 [views, T, S, S, 3] of the video file, as evaluation would see it.
-  Raises convert.VideoError naming what is wrong with the file."""
-  frames, _ = convert.read_video(path, **conversion)
-  return dmvr.eval_views(config.data, tf.constant(frames, tf.string)).numpy()
+  Raises video_files.VideoError naming what is wrong with the file."""
+  frames, _ = video_files.read_video(path, **conversion)
+  return clips.eval_views(config.data, tf.constant(frames, tf.string)).numpy()
 
 
 class Predictor:
@@ -81,7 +82,7 @@ class Predictor:
     self.labels = class_names(config, workdir)
     self.conversion = conversion_settings(config, workdir)
     graphdef, params = nnx.split(model)
-    num_views = dmvr.num_views(config.data)
+    num_views = clips.num_views(config.data)
 
     @jax.jit
     def probabilities(params, views):
@@ -110,7 +111,7 @@ def predict_folder(predictor: Predictor, folder: str, output, k: int) -> tuple[i
   """Writes one CSV row per video file under `folder`: path, top-k labels and probabilities,
   or the error. Returns (videos predicted, videos that failed)."""
   paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                 for name in names if name.lower().endswith(convert.VIDEO_EXTENSIONS))
+                 for name in names if name.lower().endswith(video_files.VIDEO_EXTENSIONS))
   writer = csv.writer(output)
   writer.writerow(["path"] + [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "prob")]
                   + ["error"])
@@ -119,7 +120,7 @@ def predict_folder(predictor: Predictor, folder: str, output, k: int) -> tuple[i
     try:
       best = predictor.top_k(predictor.predict(path), k)
       writer.writerow([path] + [x for label, p in best for x in (label, f"{p:.6f}")] + [""])
-    except convert.VideoError as e:
+    except video_files.VideoError as e:
       failed += 1
       writer.writerow([path] + [""] * (2 * k) + [str(e)])
     logging.log_every_n_seconds(logging.INFO, "Predicted %d of %d videos (%d failed).", 10, n,
@@ -152,8 +153,8 @@ def main(argv):
     else:
       for label, p in predictor.top_k(predictor.predict(f.video), f.top_k):
         print(f"{p:8.4f}  {label}")
-  except (convert.VideoError, FileNotFoundError, errors.ConfigError) as e:
-    sys.exit(f"error: {f.video}: {e}" if isinstance(e, convert.VideoError) else f"error: {e}")
+  except (video_files.VideoError, FileNotFoundError, errors.ConfigError) as e:
+    sys.exit(f"error: {f.video}: {e}" if isinstance(e, video_files.VideoError) else f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vidtx import configuration, errors
-from vidtx.data import check, convert, dmvr
+from vidtx.data import check, convert_videos, records
 
 
 def write_video(path, seed, num_frames=12):
@@ -32,8 +32,8 @@ def converted(tmp_path_factory):
   for i, split in enumerate(["train"] * 4 + ["val"] * 2):
     write_video(root / f"{split}/class_{i % 2}/{i}.mp4", seed=i)
   out = tmp_path_factory.mktemp("shards")
-  convert.convert(str(out), format="folders", video_root=str(root), short_side=40,
-                  examples_per_shard=2, workers=1)
+  convert_videos.convert(str(out), format="folders", video_root=str(root), short_side=40,
+                         examples_per_shard=2, workers=1)
   return out
 
 
@@ -92,16 +92,16 @@ def test_fails_on_a_missing_shard(broken):
 
 def test_fails_on_zero_frames_and_wrong_counts(broken):
   shard = str(broken / "validation-00000-of-00001.tfrecord")
-  jpeg = dmvr.encode_jpeg(np.zeros((40, 53, 3), np.uint8), 90)
-  dmvr.write_records(shard, [dmvr.make_example([jpeg] * 3, 0, "class_0"),
-                             dmvr.make_example([], 1, "class_1")])
+  jpeg = records.encode_jpeg(np.zeros((40, 53, 3), np.uint8), 90)
+  records.write_records(shard, [records.make_example([jpeg] * 3, 0, "class_0"),
+                             records.make_example([], 1, "class_1")])
   with pytest.raises(check.CheckError, match="validation-00000-of-00001.tfrecord: record 1 has "
                      "no frames"):
     check.check(data_config(broken), ["validation"])
-  dmvr.write_records(shard, [dmvr.make_example([jpeg] * 3, 0, "class_0")])
+  records.write_records(shard, [records.make_example([jpeg] * 3, 0, "class_0")])
   with pytest.raises(check.CheckError, match="has 1 records, but metadata.json says 2"):
     check.check(data_config(broken), ["validation"])
-  dmvr.write_records(shard, [dmvr.make_example([jpeg] * 3, 0, "class_1")] * 2)
+  records.write_records(shard, [records.make_example([jpeg] * 3, 0, "class_1")] * 2)
   with pytest.raises(check.CheckError, match="named 'class_1', but labels.json calls 0 "
                      "'class_0'"):
     check.check(data_config(broken), ["validation"])

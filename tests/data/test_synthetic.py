@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from vidtx import configuration, data
-from vidtx.data import dmvr
+from vidtx.data import records
 from vidtx.data import synthetic
 
 
@@ -156,7 +156,7 @@ def test_write_dataset_removes_stale_shards(tmp_path):
   (tmp_path / "train-00000-of-00009.tfrecord").write_bytes(b"interrupted run")
   synthetic.write_dataset(tmp_path, num_train=4, num_val=2, num_frames=2, size=16, num_shards=2)
   assert not (tmp_path / "train-00000-of-00009.tfrecord").exists()
-  assert len(dmvr.list_files(str(tmp_path), "train")) == 2
+  assert len(records.list_files(str(tmp_path), "train")) == 2
 
 
 def test_prepare_generates_once(tmp_path, monkeypatch):

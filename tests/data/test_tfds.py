@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vidtx import configuration, data, errors
-from vidtx.data import dmvr
+from vidtx.data import clips, records, tfds_datasets
 
 NAME = "vidtx_test_videos"
 
@@ -70,19 +70,19 @@ def test_train_and_multi_view_eval_batches(tfds_dir):
 
 def test_a_tfds_record_gives_the_clip_its_frames_give_as_a_dmvr_record(tfds_dir):
   cfg = data_config(tfds_dir, randaugment_layers=2, random_erasing=0.5)
-  path = dmvr.split_files(cfg, tfds_dir, "train")[0]
+  path = tfds_datasets.split_files(cfg, tfds_dir, "train")[0]
   record = next(iter(tf.data.TFRecordDataset(path)))
-  frames, label = dmvr.record_parser(cfg)(record)
-  as_dmvr = dmvr.make_example(frames.numpy().tolist(), int(label)).SerializeToString()
+  frames, label = tfds_datasets.record_parser(cfg)(record)
+  as_dmvr = records.make_example(frames.numpy().tolist(), int(label)).SerializeToString()
   dmvr_cfg = data_config(tfds_dir, randaugment_layers=2, random_erasing=0.5)
   dmvr_cfg.name = "custom"
   key = tf.constant([3, 4], tf.int64)
-  ours = dmvr.train_example(cfg, record, key)
-  theirs = dmvr.train_example(dmvr_cfg, as_dmvr, key)
+  ours = clips.train_example(cfg, record, key)
+  theirs = clips.train_example(dmvr_cfg, as_dmvr, key)
   np.testing.assert_array_equal(ours[0], theirs[0])
   assert int(ours[1][0]) == int(label)
-  np.testing.assert_array_equal(dmvr.eval_example(cfg, record)[0],
-                                dmvr.eval_example(dmvr_cfg, as_dmvr)[0])
+  np.testing.assert_array_equal(clips.eval_example(cfg, record)[0],
+                                clips.eval_example(dmvr_cfg, as_dmvr)[0])
 
 
 def test_hosts_read_disjoint_parts_that_together_are_the_split(tfds_dir):

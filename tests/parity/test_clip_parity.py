@@ -15,8 +15,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vidtx import configuration, models  # noqa: E402
-from vidtx.models import clip, convert, layers  # noqa: E402
+from vidtx import configuration, models, weights  # noqa: E402
+from vidtx.models import clip, layers  # noqa: E402
+from vidtx.weights import clip as clip_weights  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, PATCH = 2, 3, 32, 8
@@ -39,7 +40,7 @@ def abstract_tower(proj_dim):
 def ours(state_dict, proj_dim):
   """Our tower with the converted weights (built abstractly: converting needs only shapes)."""
   abstract = abstract_tower(proj_dim)
-  params = convert.convert(state_dict, abstract)
+  params = weights.convert(state_dict, abstract, (clip_weights.TOWER,))
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state)
@@ -116,9 +117,10 @@ def test_full_clip_model_fills_the_ila_clip_tower(hf_with_projection):
   c.data.num_frames, c.data.crop_size = FRAMES, SIZE
   configuration.validate(c, num_devices=1, num_processes=1)
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  params = convert.convert(hf.state_dict(), abstract)
+  params = weights.convert(hf.state_dict(), abstract, models.family(c.model).converters)
   assert list(params) == ["clip"]
-  expected = convert.convert(hf_with_projection.state_dict(), abstract_tower(PROJ))
+  expected = weights.convert(hf_with_projection.state_dict(), abstract_tower(PROJ),
+                             (clip_weights.TOWER,))
   flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
   a, b = flat(params["clip"]), flat(expected)
   assert a.keys() == b.keys()

@@ -18,8 +18,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vidtx import configuration, models  # noqa: E402
-from vidtx.models import convert, layers  # noqa: E402
+from vidtx import configuration, models, weights  # noqa: E402
+from vidtx.models import layers  # noqa: E402
+from vidtx.weights import timesformer  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, PATCH = 2, 4, 32, 8
@@ -54,7 +55,7 @@ def converted(hf, attention):
   abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == sum(
       p.numel() for p in hf.parameters())
-  params = convert.convert(hf.state_dict(), abstract)
+  params = weights.convert(hf.state_dict(), abstract, timesformer.SOURCES)
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state), params
@@ -132,7 +133,8 @@ def test_official_checkpoint_converts_like_hf():
   abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
   state = {k: v.numpy() for k, v in official_state(hf.state_dict()).items()}
   assert any(k.startswith("model.blocks.1.temporal_fc") for k in state)
-  from_official = convert.convert({"model_state": state, "epoch": 15}, abstract)
+  from_official = weights.convert({"model_state": state, "epoch": 15}, abstract,
+                                  timesformer.SOURCES)
   flat = lambda tree: {jax.tree_util.keystr(p): x for p, x in
                        jax.tree_util.tree_flatten_with_path(tree)[0]}
   a, b = flat(from_hf), flat(from_official)
@@ -151,4 +153,4 @@ def test_divided_checkpoint_into_joint_model_names_the_fix():
   abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"(?s)not used.*temporal_dense.*hint: the checkpoint has "
                                        r"divided space-time attention"):
-    convert.convert(hf.state_dict(), abstract)
+    weights.convert(hf.state_dict(), abstract, timesformer.SOURCES)

@@ -18,8 +18,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vidtx import configuration, models  # noqa: E402
-from vidtx.models import convert, layers  # noqa: E402
+from vidtx import configuration, models, weights  # noqa: E402
+from vidtx.models import layers  # noqa: E402
+from vidtx.weights import image, swin  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE = 2, 8, 32  # 4 token frames of 8x8
@@ -49,7 +50,7 @@ def our_config(attention="space_only"):
 def converted(hf, inflation, attention="space_only"):
   config = our_config(attention)
   abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
-  params = convert.convert_swin(hf.state_dict(), abstract, inflation=inflation)
+  params = weights.convert(hf.state_dict(), abstract, (swin.source(inflation),))
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state), params
@@ -109,7 +110,8 @@ def test_conversion_tiles_tables_and_fills_everything():
   kernel_params = hf.swin.embeddings.patch_embeddings.projection.weight.numel()
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == (
       sum(p.numel() for p in hf.parameters()) + 6 * table_params + kernel_params)
-  params = convert.convert(hf.state_dict(), abstract)  # the registry's entry: average
+  # The family's converter: average.
+  params = weights.convert(hf.state_dict(), abstract, models.family(config.model).converters)
   hf_table = hf.state_dict()["swin.encoder.layers.1.blocks.1.attention.self."
                              "relative_position_bias_table"].numpy()
   table = params["backbone"]["stages"][1]["blocks"][1]["attn"]["relative_position_bias_table"]
@@ -118,8 +120,8 @@ def test_conversion_tiles_tables_and_fills_everything():
   # A SwinModel (no "swin." prefix, no classifier) gives everything but the head.
   backbone_only = {k[len("swin."):]: v for k, v in hf.state_dict().items()
                    if k.startswith("swin.")}
-  assert convert.is_swin(backbone_only) and not convert.is_image_vit(backbone_only)
-  without_head = convert.convert(backbone_only, abstract)
+  assert swin.SWIN.detect(list(backbone_only)) and not image.VIT.detect(list(backbone_only))
+  without_head = weights.convert(backbone_only, abstract, (swin.SWIN,))
   assert "head" not in without_head
   np.testing.assert_array_equal(without_head["backbone"]["norm"]["scale"],
                                 params["backbone"]["norm"]["scale"])
@@ -132,4 +134,4 @@ def test_a_wrong_window_names_the_table():
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   with pytest.raises(ValueError, match=r"(?s)not filled.*relative_position_bias_table.*shape "
                                        r"\(49, 2\).*needs \(9, 2\)"):
-    convert.convert(hf.state_dict(), abstract)
+    weights.convert(hf.state_dict(), abstract, (swin.SWIN,))

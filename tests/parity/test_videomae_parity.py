@@ -17,8 +17,9 @@ transformers = pytest.importorskip("transformers")
 
 from transformers.models.videomae import modeling_videomae  # noqa: E402
 
-from vidtx import configuration, models  # noqa: E402
-from vidtx.models import convert, layers  # noqa: E402
+from vidtx import configuration, models, weights  # noqa: E402
+from vidtx.models import layers  # noqa: E402
+from vidtx.weights import files, videomae  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, TUBELET, PATCH = 2, 4, 32, 2, 8
@@ -76,6 +77,11 @@ def our_config(name, classifier="none"):
 def build(config):
   """Our model, abstract: converting needs only the shapes (and skips a slow eager init)."""
   return nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
+
+
+def convert(state_dict, model):
+  """Our parameters of `model` from a checkpoint in one of the VideoMAE-family layouts."""
+  return weights.convert(state_dict, model, videomae.SOURCES)
 
 
 def with_params(abstract_model, params):
@@ -191,7 +197,7 @@ def test_classifier_logits_match_hf():
   hf = hf_classifier()
   abstract = build(our_config("vit"))
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == param_count(hf)
-  model = with_params(abstract, convert.convert(hf.state_dict(), abstract))
+  model = with_params(abstract, convert(hf.state_dict(), abstract))
 
   torch_video, video = videos()
   with torch.no_grad():
@@ -206,7 +212,7 @@ def test_pretraining_reconstruction_and_loss_match_hf():
   hf = hf_pretrainer()
   abstract = build(our_config("mae"))
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == param_count(hf)
-  model = with_params(abstract, convert.convert(hf.state_dict(), abstract))
+  model = with_params(abstract, convert(hf.state_dict(), abstract))
 
   torch_video, video = videos(1)
   bool_masked_pos, keep = random_mask(1)
@@ -235,21 +241,21 @@ def test_pretraining_reconstruction_and_loss_match_hf():
 def test_official_finetune_pth_converts_like_hf(tmp_path):
   hf = hf_classifier()
   model = build(our_config("vit"))
-  from_hf = convert.convert(hf.state_dict(), model)
+  from_hf = convert(hf.state_dict(), model)
   official = {k: torch.from_numpy(v) for k, v in official_finetune(torch_state(hf)).items()}
   path = tmp_path / "checkpoint-best.pth"
   torch.save({"module": official, "epoch": 3}, path)  # released fine-tuned files wrap it
-  assert_same_params(convert.convert(convert.load_state_dict(str(path)), model), from_hf)
+  assert_same_params(convert(files.load_state_dict(str(path)), model), from_hf)
 
 
 def test_official_pretrain_pth_converts_like_hf(tmp_path):
   hf = hf_pretrainer()
   model = build(our_config("mae"))
-  from_hf = convert.convert(hf.state_dict(), model)
+  from_hf = convert(hf.state_dict(), model)
   official = {k: torch.from_numpy(v) for k, v in official_pretrain(torch_state(hf)).items()}
   path = tmp_path / "checkpoint.pth"
   torch.save({"model": official, "epoch": 799}, path)
-  assert_same_params(convert.convert(convert.load_state_dict(str(path)), model), from_hf)
+  assert_same_params(convert(files.load_state_dict(str(path)), model), from_hf)
 
 
 def mar_state(hf, seed=2):
@@ -310,9 +316,9 @@ def test_mar_checkpoint_fills_the_bridging_classifier():
   hf = hf_pretrainer()
   state = mar_state(hf)
   abstract = build(our_config("mae", classifier="bridge"))
-  params = convert.convert({"model_state": state, "epoch": 1}, abstract)
+  params = convert({"model_state": state, "epoch": 1}, abstract)
   # Every parameter is filled (convert raises otherwise) and the shared parts are HF's.
-  pretrain = convert.convert(hf.state_dict(), build(our_config("mae")))
+  pretrain = convert(hf.state_dict(), build(our_config("mae")))
   assert_same_params({k: v for k, v in params.items() if k != "classifier"}, pretrain)
   bridge = params["classifier"]
   attn = bridge["blocks"][0]["attn"]
@@ -339,7 +345,7 @@ def test_mar_statistics_must_match_the_config():
   state = mar_state(hf_pretrainer())
   state["std"] = np.full((1, 3, 1, 1, 1), 0.5, np.float32)
   with pytest.raises(ValueError, match=r"data std.*config\.data\.std"):
-    convert.convert(state, build(our_config("mae", classifier="bridge")))
+    convert(state, build(our_config("mae", classifier="bridge")))
 
 
 def test_saved_position_embeddings():
@@ -348,14 +354,14 @@ def test_saved_position_embeddings():
   learned = np.random.default_rng(0).standard_normal((1, NUM_TOKENS, WIDTH)).astype(np.float32)
   config = our_config("vit")
   config.model.vit.pos_embed = "learned"
-  params = convert.convert({**state, "pos_embed": learned}, build(config))
+  params = convert({**state, "pos_embed": learned}, build(config))
   np.testing.assert_array_equal(params["encoder"]["pos_embed"]["embedding"], learned[0])
 
   sincos = modeling_videomae.get_sinusoid_encoding_table(NUM_TOKENS, WIDTH).numpy()
-  convert.convert({**state, "pos_embed": sincos}, build(our_config("vit")))
+  convert({**state, "pos_embed": sincos}, build(our_config("vit")))
   with pytest.raises(ValueError, match=r"encoder/pos_embed: checkpoint pos_embed .* is not the "
                                        r"fixed sinusoid table.*pos_embed='learned'"):
-    convert.convert({**state, "pos_embed": learned}, build(our_config("vit")))
+    convert({**state, "pos_embed": learned}, build(our_config("vit")))
 
 
 # ---- Errors ----
@@ -368,7 +374,7 @@ def test_unknown_key_is_named():
   state = official_classifier_state()
   state["blocks.0.attn.relative_position_bias"] = np.zeros(3, np.float32)
   with pytest.raises(ValueError, match=r"not used \(1\):\n +blocks\.0\.attn\.relative_position"):
-    convert.convert(state, build(our_config("vit")))
+    convert(state, build(our_config("vit")))
 
 
 def test_missing_key_is_named():
@@ -376,7 +382,7 @@ def test_missing_key_is_named():
   del state["blocks.1.mlp.fc2.bias"]
   with pytest.raises(ValueError, match=r"encoder/blocks/1/mlp/fc2/bias \(64,\): the checkpoint "
                                        r"has no blocks\.1\.mlp\.fc2\.bias"):
-    convert.convert(state, build(our_config("vit")))
+    convert(state, build(our_config("vit")))
 
 
 def test_shape_mismatch_names_parameter_and_both_shapes():
@@ -385,23 +391,23 @@ def test_shape_mismatch_names_parameter_and_both_shapes():
   config.data.num_classes = 7
   with pytest.raises(ValueError, match=r"head/kernel \(64, 7\): checkpoint head\.weight has "
                                        r"shape \(5, 64\), the model needs \(7, 64\)"):
-    convert.convert(state, build(config))
+    convert(state, build(config))
 
 
 def test_deeper_model_than_checkpoint_lists_the_missing_block():
   config = our_config("vit")
   config.model.depth = 3
   with pytest.raises(ValueError, match=r"encoder/blocks/2/attn/qkv .*blocks\.2\.attn\.qkv"):
-    convert.convert(official_classifier_state(), build(config))
+    convert(official_classifier_state(), build(config))
 
 
 def test_pretraining_checkpoint_into_classifier_says_how():
   hf = hf_pretrainer()
   with pytest.raises(ValueError, match=r"(?s)not used.*decoder\.norm\.weight.*hint: this is a "
                                        r"pre-training checkpoint"):
-    convert.convert(hf.state_dict(), build(our_config("vit")))
+    convert(hf.state_dict(), build(our_config("vit")))
 
 
 def test_unrecognised_layout():
   with pytest.raises(ValueError, match="unrecognised checkpoint layout"):
-    convert.convert({"conv1.weight": np.zeros((2, 2))}, build(our_config("vit")))
+    convert({"conv1.weight": np.zeros((2, 2))}, build(our_config("vit")))

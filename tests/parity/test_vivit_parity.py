@@ -20,8 +20,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 F = torch.nn.functional
 
-from vidtx import configuration, models  # noqa: E402
-from vidtx.models import convert, layers  # noqa: E402
+from vidtx import configuration, models, weights  # noqa: E402
+from vidtx.models import layers  # noqa: E402
+from vidtx.weights import vivit  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, TUBELET, PATCH = 2, 4, 32, 2, 8
@@ -85,7 +86,7 @@ def test_model_1_logits_match_hf():
   abstract = abstract_model("joint")
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == sum(
       p.numel() for p in hf.parameters())
-  params = convert.convert(hf.state_dict(), abstract)
+  params = weights.convert(hf.state_dict(), abstract, vivit.SOURCES)
   torch_video, video = videos()
   with torch.no_grad():
     expected = hf(pixel_values=torch_video).logits.numpy()
@@ -96,7 +97,7 @@ def test_model_1_logits_match_hf():
 
 def test_hf_checkpoint_into_other_models_says_model_1():
   with pytest.raises(ValueError, match="HF ViViT checkpoints are model 1.*attention='joint'"):
-    convert.convert(hf_model().state_dict(), abstract_model("factorised_dot"))
+    weights.convert(hf_model().state_dict(), abstract_model("factorised_dot"), vivit.SOURCES)
 
 
 # ---- Scenic's models in PyTorch ----

@@ -15,8 +15,10 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from vidtx import configuration, models  # noqa: E402
-from vidtx.models import convert, layers, vtn  # noqa: E402
+from vidtx import configuration, models, weights  # noqa: E402
+from vidtx.models import layers, vtn  # noqa: E402
+from vidtx.weights import image  # noqa: E402
+from vidtx.weights import vtn as vtn_weights  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, SIZE, PATCH, WIDTH, HEADS, DEPTH, CLASSES = 2, 32, 8, 32, 4, 2, 5
@@ -65,7 +67,7 @@ def temporal_pair(attention_window, window, frames, stride, seed=0):
   abstract = nnx.eval_shape(lambda: vtn.TemporalEncoder(
       WIDTH, DEPTH, HEADS, mlp_ratio=4.0, window=window, dropout=0.1, dtype=jnp.float32,
       rngs=nnx.Rngs(0)))
-  params = convert.convert_longformer(hf.state_dict(), abstract)
+  params = weights.convert(hf.state_dict(), abstract, (vtn_weights.LONGFORMER,))
   assert "cls_token" not in params  # a LongformerModel has none: VTN keeps it apart
   params["cls_token"] = np.random.default_rng(seed).standard_normal((1, 1, WIDTH)).astype(
       np.float32)
@@ -104,6 +106,22 @@ def our_config(frame_stride=3):
   return c
 
 
+
+def test_the_family_converts_a_longformer_into_its_temporal_encoder():
+  """An HF LongformerModel fills a VTN's `temporal/` but its CLS token, which VTN keeps apart
+  (convert_weights writes that part; init_from keeps the rest fresh)."""
+  hf = hf_longformer(attention_window=4)
+  c = our_config()
+  abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
+  params = weights.convert(hf.state_dict(), abstract, models.family(c.model).converters)
+  assert list(params) == ["temporal"] and "cls_token" not in params["temporal"]
+  alone = weights.convert(hf.state_dict(), abstract.temporal, (vtn_weights.LONGFORMER,))
+  flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
+  a, b = flat(params["temporal"]), flat(alone)
+  assert a.keys() == b.keys()
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name])
+
 def with_params(abstract, params):
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
@@ -121,12 +139,12 @@ def test_backbone_gives_hf_vit_cls_features_per_frame():
   hf = hf_vit()
   c = our_config()
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  image = convert.convert_image_vit(hf.state_dict(), c.model)  # a ViTModel: no head
-  assert set(image) == {"encoder", "norm"}
+  one_frame = image.convert(hf.state_dict(), c.model)  # a ViTModel: no head
+  assert set(one_frame) == {"encoder", "norm"}
   # The rest (temporal encoder, head) plays no part in the frame features.
   params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                         nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
-  params.update(image)
+  params.update(one_frame)
   model = with_params(abstract, params)
   torch_clip, clip = video(5)
   with torch.no_grad():
@@ -177,7 +195,8 @@ def test_pyslowfast_vtn_checkpoint_gives_the_reference_logits():
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == sum(
       v.numel() for k, v in state.items() if "position_ids" not in k)
-  model = with_params(abstract, convert.convert({"model_state": state}, abstract))
+  model = with_params(abstract, weights.convert({"model_state": state}, abstract,
+                                                (vtn_weights.PYSLOWFAST,)))
 
   torch_clip, clip = video(frames)
   positions = torch.arange(frames) * c.data.frame_stride
@@ -192,5 +211,5 @@ def test_pyslowfast_vtn_checkpoint_gives_the_reference_logits():
 def test_a_checkpoint_of_another_model_is_named():
   c = our_config()
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  with pytest.raises(ValueError, match="unrecognised VTN checkpoint.*init_from"):
-    convert.convert(hf_vit().state_dict(), abstract)
+  with pytest.raises(ValueError, match="unrecognised checkpoint layout for VTN.*init_from"):
+    weights.convert(hf_vit().state_dict(), abstract, models.family(c.model).converters)

@@ -127,3 +127,16 @@ def test_pretraining_checkpoint_converts_with_the_mae_config(tmp_path):
   np.testing.assert_array_equal(
       model.encoder.blocks[1].mlp.fc2.kernel[...],
       hf.videomae.encoder.layer[1].output.dense.weight.detach().numpy().T)
+
+
+def test_a_checkpoint_of_another_family_names_that_family(tmp_path):
+  from safetensors import numpy as safetensors_numpy
+  path = str(tmp_path / "timesformer.safetensors")  # enough of HF TimeSformer to be told apart
+  safetensors_numpy.save_file(
+      {"timesformer.embeddings.cls_token": np.zeros((1, 1, 64), np.float32)}, path)
+  _, config = tiny_config(tmp_path)
+  with pytest.raises(ValueError, match=r"(?s)model.name='vit' does not convert this checkpoint.*"
+                                       r"HF VideoMAE.*image model from HF image ViT.*Its keys "
+                                       r"fit model.name in \['timesformer'\]"):
+    convert_weights.convert(config, path, str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()

@@ -1,13 +1,36 @@
-"""Video data: the synthetic motion dataset and the DMVR TFRecord input pipeline."""
+"""Video data: the synthetic motion dataset and the DMVR TFRecord input pipeline.
 
-# dmvr is imported first: it configures TensorFlow (quiet logs, no GPU) before anything uses it.
+The modules, from the disk up: records (the DMVR shard format), tfds_datasets (TFDS datasets as
+a source of records), transforms (per-clip samplers and augmentations), clips (a record ->
+training clips or evaluation views), pipeline (tf.data batches: `build`); video_files (reading
+video files), convert_videos (video files -> shards), check (shards against a config), synthetic
+(the generated dataset), mixup (Mixup/CutMix on device, in the train step).
+
+Importing any of them runs this file first, which sets TensorFlow up once, before it is used:
+quiet logs, and the accelerators hidden from it (they belong to JAX).
+"""
+
 import os
 
-from vidtx.data import dmvr
-from vidtx.data import synthetic
-from vidtx.errors import ConfigError, DataNotFoundError
-import tensorflow as tf  # after dmvr, which configures it
-from vidtx.data.dmvr import build, num_examples
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ logging quiet
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+
+def _hide_accelerators_from_tf():
+  """The input pipeline runs on CPU; the accelerators belong to JAX."""
+  tf.get_logger().setLevel("ERROR")
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):  # TF already initialised its devices, or has no GPU support
+    pass
+
+
+_hide_accelerators_from_tf()  # before the modules below, which use TF
+
+from vidtx.data import records, synthetic, tfds_datasets  # pylint: disable=g-import-not-at-top
+from vidtx.data.pipeline import build, num_examples  # pylint: disable=g-import-not-at-top
+from vidtx.errors import ConfigError, DataNotFoundError  # pylint: disable=g-import-not-at-top
 
 SYNTHETIC = "synthetic_motion"
 
@@ -22,10 +45,11 @@ def prepare(data_config, workdir):
   """
   if data_config.name == SYNTHETIC:
     return synthetic.prepare(data_config, workdir)
-  if dmvr.is_tfds(data_config):
+  if tfds_datasets.is_tfds(data_config):
     for split in (data_config.train_split, data_config.eval_split):
-      dmvr.split_files(data_config, data_config.data_dir, split)  # raises saying how to prepare
-    classes = dmvr.tfds_num_classes(data_config, data_config.data_dir)
+      # Raises saying how to prepare the dataset.
+      tfds_datasets.split_files(data_config, data_config.data_dir, split)
+    classes = tfds_datasets.tfds_num_classes(data_config, data_config.data_dir)
     if classes != data_config.num_classes:
       raise ConfigError(f"config.data.num_classes={data_config.num_classes}, but "
                         f"{data_config.name!r} has {classes} classes: set "
@@ -40,7 +64,7 @@ def prepare(data_config, workdir):
         f"there is nowhere to look. {how}")
   try:
     for split in (data_config.train_split, data_config.eval_split):
-      dmvr.list_files(data_config.data_dir, split)  # raises naming the missing files
+      records.list_files(data_config.data_dir, split)  # raises naming the missing files
   except DataNotFoundError as e:
     raise DataNotFoundError(f"Dataset {data_config.name!r} is not prepared: {e} {how}") from None
   _check_num_classes(data_config)
@@ -52,14 +76,14 @@ def _check_num_classes(data_config):
   config.data.num_classes: a head of another size would train on wrong or missing classes
   without an error."""
   data_dir, want = data_config.data_dir, data_config.num_classes
-  if tf.io.gfile.exists(os.path.join(data_dir, dmvr.LABELS)):
-    names = dmvr.load_class_names(data_dir)
+  if tf.io.gfile.exists(os.path.join(data_dir, records.LABELS)):
+    names = records.load_class_names(data_dir)
     if len(names) != want:
-      raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{dmvr.LABELS} names "
+      raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{records.LABELS} names "
                         f"{len(names)} classes: set --config.data.num_classes={len(names)}")
-  stated = dmvr.load_metadata(data_dir).get("num_classes")
+  stated = records.load_metadata(data_dir).get("num_classes")
   if stated is not None and stated != want:
-    raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{dmvr.METADATA} says "
+    raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{records.METADATA} says "
                       f"num_classes={stated}: set --config.data.num_classes={stated}")
 
 

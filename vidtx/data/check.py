@@ -5,7 +5,7 @@
 
 For each split (default: config.data.train_split and config.data.eval_split) it prints the
 number of records (metadata.json against the files), the stored frame counts and frame sizes of
-the first records, the clips the training pipeline (vidtx.data.dmvr.build) makes of them with
+the first records, the clips the training pipeline (vidtx.data.pipeline.build) makes of them with
 eval processing and, for the train split, train processing, the label range against
 config.data.num_classes, and the label map (labels.json) if present. It exits with an error that
 names the problem when shards are missing, record counts disagree with metadata.json, a record
@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from vidtx import errors
-from vidtx.data import convert, dmvr
+from vidtx.data import pipeline, records, tfds_datasets
 
 
 class CheckError(ValueError):
@@ -46,20 +46,20 @@ def _shard_numbers(files, split):
   missing = sorted(set(range(count)) - indices)
   if missing:
     raise CheckError(f"split {split!r} has {len(indices)} of its {count} shards; missing e.g. "
-                     f"{dmvr.shard_name(split, missing[0], count)}: the conversion did not "
+                     f"{records.shard_name(split, missing[0], count)}: the conversion did not "
                      "finish; run the converter again (it resumes)")
 
 
 def _parse(record):
   context, sequence = tf.io.parse_single_sequence_example(
-      record, context_features={dmvr.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)},
-      sequence_features={dmvr.FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
-  return context[dmvr.LABEL_KEY], tf.shape(sequence[dmvr.FRAMES_KEY], out_type=tf.int64)[0]
+      record, context_features={records.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)},
+      sequence_features={records.FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string)})
+  return context[records.LABEL_KEY], tf.shape(sequence[records.FRAMES_KEY], out_type=tf.int64)[0]
 
 
 def _scan(path, limit=None):
   """(labels, frame counts) of the records of one shard (the first `limit` of them)."""
-  ds = tf.data.TFRecordDataset(path, buffer_size=dmvr.READ_BUFFER_BYTES)
+  ds = records.record_dataset(path)
   if limit is not None:
     ds = ds.take(limit)
   ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
@@ -81,7 +81,7 @@ def _raw_examples(files, num_examples):
     for record in tf.data.TFRecordDataset(path).take(num_examples - len(out)):
       ex = tf.train.SequenceExample.FromString(record.numpy())
       context = ex.context.feature
-      frames = ex.feature_lists.feature_list[dmvr.FRAMES_KEY].feature
+      frames = ex.feature_lists.feature_list[records.FRAMES_KEY].feature
       size = tuple(tf.io.decode_jpeg(frames[0].bytes_list.value[0]).shape[:2]) if frames else None
 
       def text(key, context=context):
@@ -89,10 +89,10 @@ def _raw_examples(files, num_examples):
 
       out.append(dict(
           file=os.path.basename(path), frames=len(frames), size=size,
-          label=context[dmvr.LABEL_KEY].int64_list.value[0],
-          label_string=text(dmvr.LABEL_STRING_KEY), source=text(convert.SOURCE_KEY),
-          rate=(context[convert.FRAME_RATE_KEY].float_list.value[0]
-                if convert.FRAME_RATE_KEY in context else None)))
+          label=context[records.LABEL_KEY].int64_list.value[0],
+          label_string=text(records.LABEL_STRING_KEY), source=text(records.SOURCE_KEY),
+          rate=(context[records.FRAME_RATE_KEY].float_list.value[0]
+                if records.FRAME_RATE_KEY in context else None)))
     if len(out) == num_examples:
       break
   return out
@@ -108,7 +108,7 @@ def _first_batch(data_config, split, batch_size, *, train):
   else:
     cfg.train_split = f"not {split}"  # build() makes an eval pass of any other split
   try:
-    return next(iter(dmvr.build(cfg, split, batch_size=batch_size, seed=0)))
+    return next(iter(pipeline.build(cfg, split, batch_size=batch_size, seed=0)))
   except tf.errors.OpError as e:
     raise CheckError(f"the training pipeline fails on split {split!r} "
                      f"({'train' if train else 'eval'} processing): "
@@ -131,7 +131,7 @@ def _describe_batch(batch):
 
 
 def _label_map(data_dir, num_classes):
-  path = os.path.join(data_dir, dmvr.LABELS)
+  path = os.path.join(data_dir, records.LABELS)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -145,9 +145,9 @@ def _label_map(data_dir, num_classes):
 def check_split(data_config, split, *, num_examples=8, full=True, out=print):
   """Checks one split (see the module docstring); returns its record count."""
   cfg, data_dir = data_config, data_config.data_dir
-  files = dmvr.list_files(data_dir, split)
+  files = records.list_files(data_dir, split)
   _shard_numbers(files, split)
-  path = os.path.join(data_dir, dmvr.METADATA)
+  path = os.path.join(data_dir, records.METADATA)
   metadata = {}
   if os.path.exists(path):
     with open(path) as f:
@@ -162,7 +162,7 @@ def check_split(data_config, split, *, num_examples=8, full=True, out=print):
     if full:
       want = metadata.get("shard_counts", {}).get(split, {}).get(os.path.basename(file))
       if want is not None and want != len(file_labels):
-        raise CheckError(f"{file} has {len(file_labels)} records, but {dmvr.METADATA} says "
+        raise CheckError(f"{file} has {len(file_labels)} records, but {records.METADATA} says "
                          f"{want}: the shard was rewritten after the metadata; convert again")
       if file_frames.size and file_frames.min() == 0:
         raise CheckError(f"{file}: record {int(np.argmin(file_frames))} has no frames; the "
@@ -173,12 +173,12 @@ def check_split(data_config, split, *, num_examples=8, full=True, out=print):
   stated = metadata.get("splits", {}).get(split)
   if full:
     if stated is not None and stated != len(labels):
-      raise CheckError(f"split {split!r}: {dmvr.METADATA} says {stated} records, the shards "
+      raise CheckError(f"split {split!r}: {records.METADATA} says {stated} records, the shards "
                        f"hold {len(labels)}: convert again")
     out(f"records: {len(labels)} counted, {stated if stated is not None else 'no'} in "
-        f"{dmvr.METADATA}")
+        f"{records.METADATA}")
   else:
-    out(f"records: {stated if stated is not None else '?'} in {dmvr.METADATA} "
+    out(f"records: {stated if stated is not None else '?'} in {records.METADATA} "
         f"(not counted: --nofull)")
   if not len(labels):
     raise CheckError(f"split {split!r} has no records")
@@ -205,7 +205,7 @@ def check_split(data_config, split, *, num_examples=8, full=True, out=print):
         + (f" from {ex['source']}" if ex["source"] else ""))
     if names and ex["label_string"] and names[ex["label"]] != ex["label_string"]:
       raise CheckError(f"{ex['file']}: a record of label {ex['label']} is named "
-                       f"{ex['label_string']!r}, but {dmvr.LABELS} calls {ex['label']} "
+                       f"{ex['label_string']!r}, but {records.LABELS} calls {ex['label']} "
                        f"{names[ex['label']]!r}: the label map belongs to another conversion")
 
   batch = min(num_examples, len(labels))
@@ -222,18 +222,19 @@ def check_split(data_config, split, *, num_examples=8, full=True, out=print):
 
 def check(data_config, splits=None, *, num_examples=8, full=True, out=print):
   """Checks `splits` (default: the train and eval splits); returns {split: records read}."""
-  if dmvr.is_tfds(data_config):
+  if tfds_datasets.is_tfds(data_config):
     raise CheckError(f"config.data.name={data_config.name!r}: this checks DMVR shards written by "
-                     "vidtx.data.convert; TFDS datasets are checked by TFDS when they are built")
+                     "vidtx.data.convert_videos; TFDS datasets are checked by TFDS when they are "
+                     "built")
   if not data_config.data_dir:
     raise CheckError("config.data.data_dir is empty: pass --config.data.data_dir=<the "
                      "converter's --output_dir>")
   if num_examples < 1:
     raise CheckError(f"--num_examples={num_examples}: must be at least 1")
-  dmvr.check_config(data_config)
+  pipeline.check_config(data_config)
   names = _label_map(data_config.data_dir, data_config.num_classes)
   if names:
-    out(f"label map {dmvr.LABELS}: {len(names)} classes: "
+    out(f"label map {records.LABELS}: {len(names)} classes: "
         + ", ".join(f"{i} {n!r}" for i, n in enumerate(names[:5])) + (", ..." if len(names) > 5
                                                                        else ""))
   splits = splits or list(dict.fromkeys([data_config.train_split, data_config.eval_split]))

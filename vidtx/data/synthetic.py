@@ -16,15 +16,14 @@ import socket
 from absl import logging
 import numpy as np
 
-from vidtx.data import dmvr
-from vidtx.data.dmvr import write_records
+from vidtx.data import records
 
 CLASSES = (
     "move_left", "move_right", "move_up", "move_down",
     "fade_in", "fade_out", "grow", "shrink",
 )
 SPLITS = {"train": 0, "validation": 1}  # split name -> id mixed into every clip seed
-METADATA = dmvr.METADATA
+METADATA = records.METADATA
 # Bump when the generator changes, so existing data dirs are detected as stale.
 GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
@@ -154,8 +153,9 @@ def clip_label(index):
 def make_sequence_example(frames, label, label_string=""):
   """Encodes uint8 frames [T, H, W, 3] as a DMVR-layout tf.train.SequenceExample."""
   # Full-resolution chroma: subsampling would blur the colour edges of tiny objects.
-  return dmvr.make_example([dmvr.encode_jpeg(f, JPEG_QUALITY, full_chroma=True) for f in frames],
-                           label, label_string)
+  return records.make_example(
+      [records.encode_jpeg(f, JPEG_QUALITY, full_chroma=True) for f in frames], label,
+      label_string)
 
 
 def generation_params(*, num_train, num_val, num_frames=16, size=40, seed=0, num_shards=8):
@@ -182,8 +182,8 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
   jobs = []
   for split, count in (("train", num_train), ("validation", num_val)):
     shards = min(num_shards, count)
-    names = [dmvr.shard_name(split, k, shards) for k in range(shards)]
-    dmvr.remove_stale_shards(data_dir, split, keep=names)
+    names = [records.shard_name(split, k, shards) for k in range(shards)]
+    records.remove_stale_shards(data_dir, split, keep=names)
     bounds = np.linspace(0, count, shards + 1).astype(int)
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
       jobs.append((os.path.join(data_dir, name), SPLITS[split], int(lo), int(hi)))
@@ -204,7 +204,7 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
     for done, _ in enumerate(run_all(write, *zip(*jobs)), 1):
       logging.info("Generated %d/%d shards", done, len(jobs))
 
-  with open(os.path.join(data_dir, dmvr.LABELS), "w") as f:  # class names, index = label
+  with open(os.path.join(data_dir, records.LABELS), "w") as f:  # class names, index = label
     json.dump(list(CLASSES), f)
   # metadata.json marks the dataset as complete, so it goes last and atomically.
   tmp = os.path.join(data_dir, f".tmp-{socket.gethostname()}-{os.getpid()}-{METADATA}")
@@ -216,7 +216,7 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
 
 def _write_shard(path, split_id, lo, hi, *, seed, num_frames, size):
   """Writes clips lo..hi-1 of a split (clip i: label i % 8, seed (seed, split_id, i))."""
-  write_records(path, (
+  records.write_records(path, (
       make_sequence_example(
           generate_clip((seed, split_id, i), clip_label(i), num_frames=num_frames, size=size),
           clip_label(i), CLASSES[clip_label(i)])

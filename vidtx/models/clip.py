@@ -13,8 +13,8 @@ the blocks (ILA) call `embed`, the `blocks` and `features` themselves.
 
 Sizes (width, depth, heads from `vit.SIZES`; patch from config.model.patch_size; proj_dim):
 B/32 and B/16: 768, 12, 12, proj 512; L/14 (and L/14@336): 1024, 24, 16, proj 768.
-Weights: `vidtx.models.convert.convert_clip` from HF `CLIPVisionModel`,
-`CLIPVisionModelWithProjection` or `CLIPModel` state dicts.
+Weights: `vidtx.weights.clip` from HF `CLIPVisionModel`, `CLIPVisionModelWithProjection` or
+`CLIPModel` state dicts.
 """
 
 import jax.numpy as jnp

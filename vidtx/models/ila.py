@@ -55,6 +55,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import clip, layers, vit
 from vidtx.models.family import Family
+from vidtx.weights import clip as clip_weights
 
 INTERACTIONS = ("separable", "dense")
 HEADS = ("mean", "mit")
@@ -418,4 +419,6 @@ FAMILY = Family(
     # CLIP encodes each frame apart; the ILA modules connect them.
     attentions=("space_only",),
     tubelets=True,
+    # Its CLIP tower from a CLIP checkpoint; init_from keeps the ILA modules fresh.
+    converters=(clip_weights.TOWER.into("clip"),),
 )

@@ -1,9 +1,13 @@
-"""Shared transformer pieces; every video model composes these.
+"""Shared transformer and convolution pieces; every video model composes these.
 
 Conventions: video is [B, T, H, W, C]; tokens are [B, N, D] in (t, h, w) order unless a model
 documents otherwise (`TokenLayout`). Every parameter carries logical axis names (see
 `vidtx.sharding`) so that data, FSDP and tensor parallelism are a config change. Parameters are
 float32; computation runs in `dtype`; normalization and softmax run in float32.
+
+Convolutional networks keep the activations channels-last too: `Conv3d` kernels are
+[kT, kH, kW, C_in, C_out], and `BatchNorm` keeps its running statistics as `nnx.BatchStat`
+state, which the train step updates and checkpoints hold.
 
 Space-time attention variants (`ATTENTIONS`) are one swappable piece of `Block`: which tokens
 each query sees (an `attend` rule over q, k, v) and whether a separate temporal step runs
@@ -522,6 +526,111 @@ class TubeletEmbed(nnx.Module):
     kernel = self.kernel[...].astype(self.dtype).reshape(-1, self.kernel.shape[-1])
     x = x @ kernel
     return x if self.bias is None else x + self.bias[...].astype(self.dtype)
+
+
+def triple(value, name: str) -> tuple[int, int, int]:
+  """(t, h, w) from an int (the same for all three) or a 3-sequence, as PyTorch's Conv3d takes
+  its kernel size, stride and padding."""
+  values = (value,) * 3 if isinstance(value, int) else tuple(value)
+  if len(values) != 3 or any(not isinstance(v, int) for v in values):
+    raise ValueError(f"{name}={value!r}: give an int or (t, h, w) ints")
+  return values
+
+
+# torchvision's ResNet init for convolutions: normal, std sqrt(2 / fan out), fan out =
+# C_out x kT x kH x kW.
+he_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# The logical axes of a convolution kernel's input and output channels.
+CONV_AXES = ("conv_in", "conv_out")
+
+
+class Conv3d(nnx.Module):
+  """3-D convolution of video [B, T, H, W, C_in] -> [B, T', H', W', C_out], as PyTorch's Conv3d
+  computes it: `padding` zeros on both sides of T, H and W, then the kernel every `stride`
+  steps (T' = (T + 2 pT - kT) // sT + 1); `groups` cuts the channels into groups convolved
+  apart (C_in groups: depthwise).
+
+  The kernel is [kT, kH, kW, C_in / groups, C_out] (PyTorch's [C_out, C_in / groups, kT, kH,
+  kW] transposed) with logical axes (None, None, None, *axes): the channels shard. A stem
+  reading the 3 RGB channels passes axes=(None, "conv_out"): 3 splits over no mesh axis. No bias
+  by default: the BatchNorm that follows most convolutions subtracts it again.
+  """
+
+  def __init__(self, c_in: int, c_out: int, kernel, *, stride=1, padding=0, groups: int = 1,
+               use_bias: bool = False, axes: tuple[str | None, str | None] = CONV_AXES,
+               kernel_init=he_normal_fan_out, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if c_in % groups or c_out % groups:
+      raise ValueError(f"groups={groups} must divide the channels {c_in} -> {c_out}")
+    self.stride, self.groups, self.dtype = triple(stride, "stride"), groups, dtype
+    self.padding = tuple((p, p) for p in triple(padding, "padding"))
+    self.kernel = param(rngs, kernel_init, (*triple(kernel, "kernel"), c_in // groups, c_out),
+                        (None, None, None, *axes))
+    self.bias = param(rngs, zeros, (c_out,), axes[1:]) if use_bias else None
+
+  def __call__(self, x):
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.padding,
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=self.groups)
+    return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+class BatchNorm(nnx.Module):
+  """PyTorch's BatchNorm over the channels (last axis) of x [..., C], in float32, returned in
+  x's dtype.
+
+  `train=True` normalises with the batch's mean and biased variance over every axis but the
+  channels (under jit with a batch-sharded mesh: the global batch), and moves the running
+  averages `momentum` of the way towards the batch's mean and unbiased variance. `train=False`
+  normalises with the running averages. They are `nnx.BatchStat`s `mean` and `var` (start 0
+  and 1), with the logical axis of the scale and bias, so they shard and checkpoint alike.
+  """
+
+  def __init__(self, dim: int, *, momentum: float = 0.1, eps: float = 1e-5, rngs: nnx.Rngs):
+    if not 0 <= momentum <= 1:
+      raise ValueError(f"BatchNorm momentum={momentum} must be in [0, 1] (PyTorch's: 0.1)")
+    self.momentum, self.eps = momentum, eps
+    self.scale = param(rngs, ones, (dim,), ("norm",))
+    self.bias = param(rngs, zeros, (dim,), ("norm",))
+    stat = lambda value: nnx.BatchStat(jnp.full((dim,), value, jnp.float32),
+                                       out_sharding=("norm",), eager_sharding=False)
+    self.mean, self.var = stat(0.0), stat(1.0)
+
+  def __call__(self, x, train: bool):
+    y = x.astype(jnp.float32)
+    if train:
+      count = y.size // y.shape[-1]
+      if count < 2:
+        raise ValueError(f"BatchNorm in training needs more than one value per channel, got "
+                         f"an input of shape {x.shape}")
+      axes = tuple(range(y.ndim - 1))
+      mean = y.mean(axes)
+      var = jnp.square(y - mean).mean(axes)
+      m = self.momentum
+      self.mean[...] = (1 - m) * self.mean[...] + m * mean
+      self.var[...] = (1 - m) * self.var[...] + m * var * (count / (count - 1))
+    else:
+      mean, var = self.mean[...], self.var[...]
+    y = (y - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+    return y.astype(x.dtype)
+
+
+class ConvBatchNorm(nnx.Module):
+  """Conv3d (no bias) -> BatchNorm -> `activation` (None: none, as before a residual sum): the
+  unit 3-D CNNs are built of. Returns the conv's compute dtype."""
+
+  def __init__(self, c_in: int, c_out: int, kernel, *, stride=1, padding=0, groups: int = 1,
+               activation: Callable | None = jax.nn.relu,
+               axes: tuple[str | None, str | None] = CONV_AXES, dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.activation = activation
+    self.conv = Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, groups=groups,
+                       axes=axes, dtype=dtype, rngs=rngs)
+    self.norm = BatchNorm(c_out, rngs=rngs)
+
+  def __call__(self, x, train: bool):
+    y = self.norm(self.conv(x), train)
+    return y if self.activation is None else self.activation(y)
 
 
 def sincos_1d(num_positions: int, dim: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import layers, vit
 from vidtx.models.family import Family
+from vidtx.weights import videomae
 
 # Decoder width, heads and depth per encoder size (VideoMAE's pre-training scripts; Ti is ours).
 DECODER_SIZES = {
@@ -244,6 +245,7 @@ FAMILY = Family(
     tubelets=True,
     classifies=lambda model_config: model_config.mae.classifier != "none",
     layer_decay_depth=lambda model_config: vit.size(model_config)[1],
+    converters=videomae.SOURCES,
     image_init=True,
     rollout_attentions=("joint",),
     rollout_forward=_classify_all_tokens,

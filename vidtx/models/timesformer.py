@@ -27,6 +27,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import layers, vit
 from vidtx.models.family import Family
+from vidtx.weights import timesformer as timesformer_weights
 
 ATTENTIONS = ("divided", "joint", "space_only")
 
@@ -147,6 +148,7 @@ FAMILY = Family(
     # "divided" is the paper's; "space_only" averages the frames, each encoded apart.
     attentions=ATTENTIONS,
     tubelets=True,
+    converters=timesformer_weights.SOURCES,
     image_init=True,
     init_names=_init_names,
     rollout_attentions=("divided", "joint"),

@@ -27,7 +27,7 @@ Follows MartinXM/TPS `mmaction/models/backbones/swin_transformer2d_tps.py` (SYST
 then goes through a plain 2-D Swin (HF `SwinModel`) apart, the ablation baseline.
 Parameters are the reference's with our layers' names and layouts; a model trained from
 scratch takes our layers' initialisers (TPS always starts from ImageNet Swin weights,
-`convert.convert_swin`). LayerNorm eps 1e-5 as in the reference.
+`vidtx.weights.swin`). LayerNorm eps 1e-5 as in the reference.
 """
 
 import functools
@@ -41,6 +41,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import layers, vit
 from vidtx.models.family import Family
+from vidtx.weights import swin
 
 # config.model.size -> (C, blocks per stage, heads of the first stage); widths and heads
 # double at every stage.
@@ -368,4 +369,5 @@ FAMILY = Family(
     # patch_shift: TPS; space_only: the same Swin without the shifts, each frame apart.
     attentions=ATTENTIONS,
     tubelets=True,
+    converters=(swin.SWIN,),  # ImageNet Swin, inflated
 )

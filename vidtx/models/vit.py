@@ -17,6 +17,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import layers
 from vidtx.models.family import SHARED_FIELDS, Family
+from vidtx.weights import videomae
 
 # width, depth, heads of the standard ViT sizes.
 SIZES = {
@@ -224,6 +225,7 @@ FAMILY = Family(
     attentions=("joint", "patch_shift"),
     tubelets=True,
     layer_decay_depth=lambda model_config: size(model_config)[1],
+    converters=videomae.SOURCES,
     image_init=True,
     rollout_attentions=("joint",),
 )

@@ -27,6 +27,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import layers, vit
 from vidtx.models.family import Family
+from vidtx.weights import vivit as vivit_weights
 
 ATTENTIONS = ("joint", "factorised_encoder", "factorised_self", "factorised_dot")
 
@@ -178,6 +179,7 @@ FAMILY = Family(
     attentions=ATTENTIONS,  # models 1, 2, 3, 4
     tubelets=True,
     layer_decay_depth=lambda model_config: vit.size(model_config)[1],
+    converters=vivit_weights.SOURCES,  # model 1
     image_init=True,
     init_names=lambda name: (name, *layers.temporal_from_spatial(name)),
     init_zero=_init_zero,

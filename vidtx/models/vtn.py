@@ -48,6 +48,7 @@ from flax import nnx
 from vidtx import errors
 from vidtx.models import layers, vit
 from vidtx.models.family import Family
+from vidtx.weights import vtn as vtn_weights
 
 NUM_POSITIONS = 288  # the reference's max_position_embeddings
 CLS_POSITION = NUM_POSITIONS - 2  # 286; frame indices are taken mod 286
@@ -268,5 +269,6 @@ FAMILY = Family(
     attentions=("space_only",),
     tubelets=True,
     layer_decay_depth=lambda model_config: vit.size(model_config)[1],
+    converters=(vtn_weights.PYSLOWFAST, vtn_weights.LONGFORMER.into("temporal")),
     image_init=True,
 )

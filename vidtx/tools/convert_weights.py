@@ -1,29 +1,33 @@
-"""Converts a PyTorch VideoMAE / MAR checkpoint into parameters a training run starts from.
+"""Converts a PyTorch checkpoint into parameters a training run starts from.
 
   python -m vidtx.tools.convert_weights --config=configs/<file>.py[:variant] [--config.x=y] \\
-      --checkpoint=<.pth file or HF save_pretrained directory> --out=<directory>
+      --checkpoint=<.pth/.bin/.safetensors file or HF save_pretrained directory> --out=<directory>
 
-then train or evaluate with --config.init_from=<directory>. The checkpoint's layout (HF
-transformers, official VideoMAE, MAR) is detected from its keys (`vidtx.models.convert`).
+then train or evaluate with --config.init_from=<directory>.
 
-The checkpoint is converted into the config's model and must fit it exactly: every key used,
-every parameter filled. To fine-tune from a pre-training checkpoint, convert it with the
-pre-training config (model.name="mae", classifier="none", the same sizes) and point the
-fine-tuning run's init_from at the result: init_from copies the encoder by name and shape into
-a "vit" classifier or a MAR model, and starts the rest (head, bridging classifier) fresh.
+The config's model family (`vidtx.models.family`) lists the checkpoint layouts it converts
+from (`Family.converters`, `vidtx.weights`: VideoMAE and MAR for vit and mae, TimeSformer,
+ViViT, VTN, CLIP for ILA's tower, Swin for TPS); the layout is detected from the keys. The
+checkpoint is converted into the config's model (built abstractly: ViT-H costs no memory here)
+and must fit it exactly: every key used, every parameter and BatchNorm statistic filled. To
+fine-tune from a pre-training checkpoint, convert it with the pre-training config (the same
+sizes) and point the fine-tuning run's init_from at the result: init_from copies the encoder by
+name and shape into a classifier or a MAR model, and starts the rest (head, bridging
+classifier) fresh. A checkpoint that fills only a part of the model (an HF CLIP tower for
+ILA's `clip/`, an HF Longformer for VTN's temporal encoder) is written as that part; the run's
+init_from copies it and keeps the rest fresh.
 
-An HF image ViT (`ViTForImageClassification` or `ViTModel`, e.g. google/vit-base-patch16-224)
-is converted into a one-frame ViT of the config's width, depth, heads and patch size; a video
-run's init_from then inflates it (vidtx.checkpoint.init_from: kernels over the tubelet's frames,
-position embeddings resized and tiled over time, TimeSformer's temporal attention from the
-spatial one, ViViT model 3's with a zero output projection). For VTN (configs/vtn_k400.py)
-that ViT is the per-frame backbone; PySlowFast's VTN checkpoints convert directly.
+A family that starts from images (`Family.image_init`) also takes an image checkpoint
+(`vidtx.weights.image`): an HF ViT (`ViTForImageClassification` or `ViTModel`, e.g.
+google/vit-base-patch16-224), or an HF CLIP tower (`CLIPModel`, e.g.
+openai/clip-vit-base-patch16, or `CLIPVisionModel*`) for a config with model.clip_style=True,
+becomes a one-frame ViT of the config's width, depth, heads and patch size; a video run's
+init_from then inflates it (vidtx.weights.inflate: kernels over the tubelet's frames, position
+embeddings resized and tiled over time, a temporal attention from the spatial one; for VTN the
+ViT is the per-frame backbone).
 
-An HF CLIP checkpoint (`CLIPModel`, e.g. openai/clip-vit-base-patch16, or `CLIPVisionModel*`)
-converted with an ILA config (configs/ila_k400.py) fills only the CLIP tower (`clip/...`); the
-run's init_from copies it and starts the ILA modules and the head fresh. Converted with a vit or
-timesformer config with model.clip_style=True, it becomes a one-frame CLIP-style ViT that
-init_from inflates as above.
+A checkpoint the family does not convert from is refused, naming the families whose
+converters know its keys.
 """
 
 import os
@@ -33,31 +37,62 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from vidtx import checkpoint, configuration, models
-from vidtx.models import convert as convert_lib
+from vidtx import checkpoint, configuration, models, weights
 from vidtx.models import layers
+from vidtx.weights import files, image
 
 
 def convert(config: ml_collections.ConfigDict, checkpoint_path: str, out: str) -> dict:
   """Converts `checkpoint_path` into `config`'s model and writes it to `out` for init_from.
 
-  Returns the converted pure param dict. Raises ValueError naming every key or parameter that
-  does not fit, and refuses to overwrite a non-empty `out`.
+  Returns the converted pure dict (parameters and statistics). Raises ValueError naming every
+  key or parameter that does not fit, and refuses to overwrite a non-empty `out`.
   """
   configuration.validate(config, num_devices=1, num_processes=1)
   if os.path.isdir(out) and os.listdir(out):
     raise ValueError(f"--out={out!r} is not empty: give a new directory")
-  # Abstract: only the shapes are needed, so even ViT-H costs no memory here.
-  state_dict = convert_lib.load_state_dict(checkpoint_path)
-  if convert_lib.is_image_vit(state_dict):  # a 2-D ViT, inflated to video by init_from
-    params = convert_lib.convert_image_vit(state_dict, config.model)
-  elif convert_lib.is_clip(state_dict) and config.model.name != "ila":  # likewise, CLIP's
-    params = convert_lib.convert_clip_image_vit(state_dict, config.model)
-  else:
+  family = models.family(config.model)
+  state_dict = files.load_state_dict(checkpoint_path)
+  if weights.find_source(state_dict, family.converters):
+    # Abstract: only the shapes are needed, so even ViT-H costs no memory here.
     model = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
-    params = convert_lib.convert(state_dict, model)
+    params = weights.convert(state_dict, model, family.converters)
+  elif family.image_init and weights.find_source(state_dict, image.SOURCES):
+    # A one-frame image model, inflated to video by init_from.
+    if weights.find_source(state_dict, (image.CLIP,)) and not config.model.clip_style:
+      raise ValueError(_clip_style_message(state_dict))
+    params = image.convert(state_dict, config.model)
+  else:
+    raise ValueError(_unknown_message(state_dict, config.model.name, family))
   checkpoint.save_params(out, params)
   return params
+
+
+def _families_converting(state_dict) -> list[str]:
+  """The model.name of each family whose converters know the state dict's keys."""
+  return [name for name, f in models.FAMILIES.items()
+          if weights.find_source(state_dict, f.converters)]
+
+
+def _clip_style_message(state_dict) -> str:
+  styled = [name for name, f in models.FAMILIES.items()
+            if f.image_init and "clip_style" in f.reads]
+  towers = _families_converting(state_dict)
+  return ("an HF CLIP checkpoint fills a model with CLIP's conventions: set "
+          f"--config.model.clip_style=True (model.name in {styled})"
+          + (f", or use model.name in {towers}" if towers else ""))
+
+
+def _unknown_message(state_dict, name, family) -> str:
+  listed = lambda sources: "; ".join(f"{s.name} ({s.keys})" for s in sources)
+  message = (f"model.name={name!r} does not convert this checkpoint (keys e.g. "
+             f"{sorted(state_dict)[:5]}): it converts from {listed(family.converters) or 'none'}")
+  if family.image_init:
+    message += f", and into a one-frame image model from {listed(image.SOURCES)}"
+  others = _families_converting(state_dict)
+  if others:
+    message += f". Its keys fit model.name in {others}: convert it with such a config"
+  return message
 
 
 def main(argv):

@@ -26,7 +26,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from vidtx import builder, configuration, models, predict
-from vidtx.data import dmvr
+from vidtx.data import records
 from vidtx.models import masking
 
 FORMATS = ("stablehlo", "saved_model")
@@ -88,7 +88,7 @@ def save_saved_model(model, config, path: str) -> None:
 
 def labels_of(config: ml_collections.ConfigDict, workdir: str) -> list[str] | None:
   """Class names from labels.json in the run's data directory, if it has one."""
-  path = os.path.join(predict.run_data_dir(config, workdir), dmvr.LABELS)
+  path = os.path.join(predict.run_data_dir(config, workdir), records.LABELS)
   if not os.path.isfile(path):
     return None
   with open(path) as f:

@@ -33,7 +33,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from vidtx import configuration, errors, models, predict
-from vidtx.data import convert, dmvr
+from vidtx.data import clips, video_files
 from vidtx.models import layers
 from vidtx.tools import visualize_masks
 
@@ -149,7 +149,7 @@ def run(config, out: str, *, workdir=None, video_path=None, index: int = 0, scal
   if video_path is not None:
     views = predict.file_views(config, predict.conversion_settings(config, workdir or ""),
                                video_path)
-    video, what = views[dmvr.centre_view(config.data)], video_path
+    video, what = views[clips.centre_view(config.data)], video_path
   else:
     video, label = visualize_masks.load_clip(config, index, workdir)
     video, what = np.asarray(video), f"clip {index} of the eval split (label {label})"
@@ -176,7 +176,7 @@ def main(argv):
                                            "or --config")
     config = f.config if f.config is not None else configuration.from_workdir(f.workdir)
     run(config, f.out, workdir=f.workdir, video_path=f.video, index=f.index, scale=f.scale)
-  except (errors.ConfigError, errors.DataNotFoundError, convert.VideoError,
+  except (errors.ConfigError, errors.DataNotFoundError, video_files.VideoError,
           visualize_masks.VisualizeError) as e:
     sys.exit(f"error: {e}")
 

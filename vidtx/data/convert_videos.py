@@ -1,6 +1,6 @@
-"""Converts video files into the DMVR TFRecord shards that vidtx.data.dmvr reads.
+"""Converts video files into the DMVR TFRecord shards of vidtx.data.records.
 
-  python -m vidtx.data.convert --format=<format> --video_root=<videos> \\
+  python -m vidtx.data.convert_videos --format=<format> --video_root=<videos> \\
       [--annotations=<files>] [--labels=<file>] --output_dir=<shards>
 
 Formats (`--annotations` takes a comma-separated list of files; each split's name comes from the
@@ -10,7 +10,7 @@ file, or write `<split>=<file>`):
             names the split. Videos anywhere under --video_root, as the CVDF download lays them
             out (`train/<id>_<start:06d>_<end:06d>.mp4`, or one folder per class); a copy in a
             `replacement*` folder (CVDF's fixes of corrupted files) wins over the original.
-              python -m vidtx.data.convert --format=kinetics --video_root=k400 \\
+              python -m vidtx.data.convert_videos --format=kinetics --video_root=k400 \\
                   --annotations=k400/annotations/train.csv,k400/annotations/val.csv \\
                   --output_dir=/data/k400_tfrecords
             Full YouTube videos named `<id>.<ext>` also work: the time window is cut out of a
@@ -19,16 +19,16 @@ file, or write `<split>=<file>`):
   ssv2      Something-Something v2: --labels is the labels JSON (template -> index, the official
             indices), the annotations the train/validation JSON lists (`id`, `template`; the
             "[something]" brackets are dropped before the lookup). Videos `<id>.webm`.
-              python -m vidtx.data.convert --format=ssv2 --video_root=ssv2/videos \\
+              python -m vidtx.data.convert_videos --format=ssv2 --video_root=ssv2/videos \\
                   --labels=ssv2/labels/labels.json \\
                   --annotations=ssv2/labels/train.json,ssv2/labels/validation.json \\
                   --output_dir=/data/ssv2_tfrecords
   folders   One folder per split and one per class: <video_root>/<split>/<class>/<video>.
-              python -m vidtx.data.convert --format=folders --video_root=my_videos \\
+              python -m vidtx.data.convert_videos --format=folders --video_root=my_videos \\
                   --output_dir=/data/my_tfrecords
   csv       Lines `path,label` (or `path label`; an optional `path,label` header); paths are
             relative to --video_root; the labels are all class names or all integer indices.
-              python -m vidtx.data.convert --format=csv --video_root=clips \\
+              python -m vidtx.data.convert_videos --format=csv --video_root=clips \\
                   --annotations=train=train.csv,validation=val.csv --output_dir=/data/clips
 
 Split names: "val" is written as "validation" (the eval split our configs use), so Kinetics'
@@ -36,11 +36,9 @@ val.csv gives validation-*-of-*.tfrecord. Labels: indices follow --labels when g
 list, a JSON object name -> index, or one name per line); otherwise the sorted class names
 (kinetics, folders, csv) or SSv2's official indices.
 
-Frames: every frame at the source rate, or resampled to --fps (the frame shown at each time
-k / fps; repeated frames when upsampling). The short side is resized to --short_side (bilinear,
-aspect kept) but never upscaled: upscaling adds bytes, not detail, and training resizes to
-config.data.min_resize anyway. JPEG quality --jpeg_quality. Each record also stores its source
-path ("clip/source") and frame rate ("clip/frame_rate").
+Frames: every frame at the source rate, or resampled to --fps; the short side resized to
+--short_side, never upscaled; JPEG quality --jpeg_quality (vidtx.data.video_files reads them).
+Each record also stores its source path ("clip/source") and frame rate ("clip/frame_rate").
 
 Output in --output_dir: <split>-<k>-of-<n>.tfrecord shards of --examples_per_shard videos (the
 videos of a split are shuffled with --seed first, so shards mix the classes); labels.json (JSON
@@ -72,20 +70,11 @@ import sys
 import time
 
 from absl import logging
-import av
 
-from vidtx.data import dmvr
+from vidtx.data import records, video_files
 
 FORMATS = ("kinetics", "ssv2", "folders", "csv")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-FRAME_RATE_KEY = "clip/frame_rate"
-SOURCE_KEY = "clip/source"
 STATE_DIR = ".convert"
-# A video that decodes to less than this fraction of the duration its container announces is
-# truncated (a download cut short). Not 1.0: containers round, and audio may outlast the video.
-TRUNCATED_FRACTION = 0.9
-# A Kinetics file longer than its time window by more than this is a full video to cut.
-UNTRIMMED_SLACK_S = 1.0
 LOG_EVERY_S = 10.0
 _SPLIT_WORDS = {"train": "train", "training": "train", "val": "validation",
                 "valid": "validation", "validation": "validation", "test": "test",
@@ -100,131 +89,6 @@ class Video:
   label_name: str
   source: str  # path relative to the video root, stored in the record
   window: tuple[float, float] | None = None  # (start, end) seconds to cut from a full video
-
-
-class VideoError(Exception):
-  """A video that cannot be converted; `reason` is missing / corrupt / no_video_stream /
-  zero_frames."""
-
-  def __init__(self, reason, detail):
-    super().__init__(f"{reason}: {detail}")
-    self.reason, self.detail = reason, detail
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding.
-
-
-def read_video(path, *, short_side=256, fps=0.0, jpeg_quality=90, window=None):
-  """Decodes a video file into JPEG frames. Returns (frames: list of bytes, frame rate or 0).
-
-  `window` (start, end) in seconds is cut out only if the file is more than UNTRIMMED_SLACK_S
-  longer than it (otherwise the file is the trimmed clip). Raises VideoError.
-  """
-  if not os.path.isfile(path):
-    raise VideoError("missing", "no such file")
-  try:
-    with av.open(path) as container:
-      if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
-        raise VideoError("no_video_stream", f"the file's streams are: {', '.join(kinds)}")
-      return _read_frames(container, container.streams.video[0], short_side=short_side,
-                          fps=fps, jpeg_quality=jpeg_quality, window=window)
-  except av.FFmpegError as e:
-    raise VideoError("corrupt", str(e)) from None
-
-
-def _duration_s(container, stream):
-  if stream.duration:
-    return float(stream.duration * stream.time_base)
-  if container.duration:
-    return container.duration / av.time_base
-  return None
-
-
-def _output_size(height, width, short_side):
-  """(height, width) with the short side at `short_side` (never larger than the source), rounded
-  as transforms.resize_short_side rounds."""
-  short = min(height, width)
-  if not short_side or short <= short_side:
-    return height, width
-  return ((height * short_side + short // 2) // short, (width * short_side + short // 2) // short)
-
-
-def _read_frames(container, stream, *, short_side, fps, jpeg_quality, window):
-  source_rate = float(stream.average_rate or stream.guessed_rate or 0)
-  duration = _duration_s(container, stream)
-  offset = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-  start, end = 0.0, math.inf
-  if window and duration and duration > window[1] - window[0] + UNTRIMMED_SLACK_S:
-    start, end = window
-    # Lands on the keyframe at or before `start`; earlier frames are skipped below.
-    container.seek(round((offset + start) / stream.time_base), stream=stream)
-
-  def timed_frames():
-    for i, frame in enumerate(container.decode(stream)):
-      if frame.time is not None:
-        yield frame.time - offset, frame
-      elif source_rate:
-        yield i / source_rate, frame
-      else:
-        raise VideoError("corrupt", "frames without timestamps in a stream without a rate")
-
-  size = None
-  last_encoded = (None, b"")
-
-  def encode(frame):
-    nonlocal size, last_encoded
-    if last_encoded[0] is not frame:  # a frame repeated by upsampling is encoded once
-      if size is None:
-        size = _output_size(frame.height, frame.width, short_side)
-      rgb = frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
-                             interpolation="BILINEAR")
-      last_encoded = (frame, dmvr.encode_jpeg(rgb, jpeg_quality))
-    return last_encoded[1]
-
-  frames, last_time = [], None
-  for t, frame in _select_frames(timed_frames(), start=start, end=end, fps=fps,
-                                 frame_duration=1 / source_rate if source_rate else 0.0):
-    if frame is None:  # end-of-stream marker carrying the last decoded time
-      last_time = t
-    else:
-      frames.append(encode(frame))
-  cut = f" in the window {start:g}-{end:g} s" if end < math.inf else ""
-  if not frames:
-    raise VideoError("zero_frames", f"no frames decoded{cut}")
-  expected_end = min(end, duration) if duration else None
-  if expected_end and last_time - start < TRUNCATED_FRACTION * (expected_end - start):
-    raise VideoError("corrupt", f"truncated: frames stop at {last_time:.2f} s "
-                     f"but the container announces {expected_end:.2f} s{cut}")
-  return frames, float(fps) if fps else source_rate
-
-
-def _select_frames(timed, *, start, end, fps, frame_duration):
-  """From (time, frame) in display order, yields (time, frame) of the frames to keep: all in
-  [start, end), or with fps > 0 the frame on screen at each time start + k / fps. Ends with
-  (end time of the last decoded frame, None)."""
-  eps = 1e-6
-  slot, shown, last = 0, None, None  # next output slot, the frame on screen, its time
-  for t, frame in timed:
-    if t >= end - eps:
-      break
-    if fps:
-      while shown is not None and start + slot / fps < t - eps:
-        yield start + slot / fps, shown
-        slot += 1
-      shown = frame
-    elif t >= start - eps:
-      yield t, frame
-    last = t
-  if last is None:
-    yield 0.0, None
-    return
-  stop = min(end, last + frame_duration)
-  while fps and shown is not None and start + slot / fps < stop - eps:
-    yield start + slot / fps, shown
-    slot += 1
-  yield stop, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +160,7 @@ def _index_videos(root):
     subdirs.sort()
     for name in sorted(files):
       stem, ext = os.path.splitext(name)
-      if ext.lower() in VIDEO_EXTENSIONS and not name.startswith("."):
+      if ext.lower() in video_files.VIDEO_EXTENSIONS and not name.startswith("."):
         index[stem].append(os.path.join(directory, name))
   return index
 
@@ -388,13 +252,14 @@ def _folders(root, labels_path):
         continue
       for name in sorted(os.listdir(class_path)):
         path = os.path.join(class_path, name)
-        if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS and not name.startswith("."):
+        is_video = os.path.splitext(name)[1].lower() in video_files.VIDEO_EXTENSIONS
+        if is_video and not name.startswith("."):
           found.append((split_name(split_dir), class_name, path))
         elif not name.startswith("."):
           skipped.append(path)
   if skipped:
     logging.warning("Ignored %d files that are not videos (%s), e.g. %s", len(skipped),
-                    "/".join(VIDEO_EXTENSIONS), skipped[0])
+                    "/".join(video_files.VIDEO_EXTENSIONS), skipped[0])
   if not found:
     raise ValueError(f"--video_root={root!r} has no videos in <split>/<class>/ folders")
   names = _class_names({c for _, c, _ in found}, labels_path)
@@ -481,7 +346,7 @@ def _plan_shards(videos, examples_per_shard, seed, settings):
     for k in range(count):
       chunk = tuple(order[k * examples_per_shard:(k + 1) * examples_per_shard])
       key = json.dumps([settings, [(v.source, v.label, v.label_name, v.window) for v in chunk]])
-      shards.append(_Shard(split, dmvr.shard_name(split, k, count), chunk,
+      shards.append(_Shard(split, records.shard_name(split, k, count), chunk,
                            hashlib.sha256(key.encode()).hexdigest()))
   return shards
 
@@ -515,18 +380,18 @@ def _convert_shard(output_dir, shard, settings, progress):
   def examples():
     for video in shard.videos:
       try:
-        frames, rate = read_video(video.path, window=video.window, **settings)
-      except VideoError as e:
+        frames, rate = video_files.read_video(video.path, window=video.window, **settings)
+      except video_files.VideoError as e:
         failures.append({"path": video.path, "reason": e.reason, "detail": e.detail})
         progress(False)
         continue
-      context = {SOURCE_KEY: video.source}
+      context = {records.SOURCE_KEY: video.source}
       if rate:
-        context[FRAME_RATE_KEY] = rate
+        context[records.FRAME_RATE_KEY] = rate
       progress(True)
-      yield dmvr.make_example(frames, video.label, video.label_name, context)
+      yield records.make_example(frames, video.label, video.label_name, context)
 
-  count = dmvr.write_records(os.path.join(output_dir, shard.name), examples())
+  count = records.write_records(os.path.join(output_dir, shard.name), examples())
   state = {"fingerprint": shard.fingerprint, "count": count, "failures": failures}
   _write_json(_state_path(output_dir, shard.name), state)
   return state
@@ -629,8 +494,8 @@ def convert(output_dir, *, format, video_root, annotations=(), labels="", splits
     os.remove(leftover)
   for split in videos:
     keep = {s.name for s in shards if s.split == split}
-    dmvr.remove_stale_shards(output_dir, split, keep)
-    for path in glob.glob(_state_path(output_dir, dmvr.shard_pattern(split))):
+    records.remove_stale_shards(output_dir, split, keep)
+    for path in glob.glob(_state_path(output_dir, records.shard_pattern(split))):
       if os.path.basename(path)[:-len(".json")] not in keep:
         os.remove(path)
   states = {s.name: _finished_state(output_dir, s) for s in shards}
@@ -653,9 +518,9 @@ def convert(output_dir, *, format, video_root, annotations=(), labels="", splits
     reasons = collections.Counter(f["reason"] for f in failures)
     logging.info("%s: %d records in %d shards; %d videos failed %s (see %s_failures.csv)", split,
                  metadata["splits"][split], len(mine), len(failures), dict(reasons), split)
-  _write_json(os.path.join(output_dir, dmvr.LABELS), names)
+  _write_json(os.path.join(output_dir, records.LABELS), names)
   # metadata.json marks a finished conversion, so it goes last.
-  _write_json(os.path.join(output_dir, dmvr.METADATA), metadata)
+  _write_json(os.path.join(output_dir, records.METADATA), metadata)
   return dict(splits=metadata["splits"], failures=metadata["failures"],
               shards_written=len(todo), shards_skipped=len(shards) - len(todo))
 
