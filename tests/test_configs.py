@@ -24,6 +24,7 @@ VARIANTS = {
     "ila_ssv2.py": [None],
     "tps_k400.py": [None, "swin_b", "synthetic"],
     "tps_ssv2.py": [None, "swin_b"],
+    "cnn3d_synthetic.py": [None],
 }
 
 

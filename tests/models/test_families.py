@@ -37,6 +37,7 @@ TINY = {
     "tps": {"model.size": "swin_t", "model.attention": "patch_shift", "model.width": 32,
             "model.num_heads": 4, "model.patch_size": (2, 4, 4), "model.tps.window_size": 4,
             "model.tps.stage_depths": (2,)},
+    "cnn3d": {"model.size": "tiny"},
 }
 
 
