@@ -78,9 +78,9 @@ def test_layer_decay_scales_each_layers_update():
   o = configuration.base().optim
   o.warmup_steps, o.weight_decay, o.lr = 0, 0.0, 1e-3
   grads = jax.tree.map(np.ones_like, params)
-  plain = optim.build(o, total_steps=10, depth=2)
+  plain = optim.build(o, total_steps=10)
   o.layer_decay = 0.5
-  decayed = optim.build(o, total_steps=10, depth=2)
+  decayed = optim.build(o, total_steps=10, depth=2, layer_of=vit.FAMILY.layer_of)
   ref, _ = plain.update(grads, plain.init(params), params)
   out, _ = decayed.update(grads, decayed.init(params), params)
   ratio = lambda get: float(np.asarray(get(out)).ravel()[0] / np.asarray(get(ref)).ravel()[0])

@@ -37,7 +37,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     model = models.build(config.model, config.data, nnx.Rngs(params=config.seed))
     # Only layer decay reads the depth; families without it refuse layer decay at validation.
     depth = family.layer_decay_depth(config.model) if config.optim.layer_decay < 1 else 0
-    tx = optim.build(config.optim, config.total_steps, depth=depth)
+    tx = optim.build(config.optim, config.total_steps, depth=depth, layer_of=family.layer_of)
     return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(create))

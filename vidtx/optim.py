@@ -79,24 +79,15 @@ def scale_by_lr_scales(lr_scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def layer_id(path, depth: int) -> int:
-  """0 for the encoder's embeddings, n + 1 for encoder block n, depth + 1 for the rest."""
-  names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-  if names and names[0] == "encoder":
-    if len(names) > 2 and names[1] == "blocks":
-      return int(names[2]) + 1
-    if names[1] != "blocks":
-      return 0
-  return depth + 1
-
-
-def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformation:
-  """Multiplies each update by decay^(depth + 1 - layer_id): the lr of layer i, as BEiT and
-  VideoMAE scale it (weight decay included, since it runs before this)."""
+def scale_by_layer_decay(decay: float, depth: int, layer_of) -> optax.GradientTransformation:
+  """Multiplies each update by decay^(depth + 1 - i), i = layer_of(the parameter's path names,
+  depth): the lr of layer i, as BEiT and VideoMAE scale it (weight decay included, since it
+  runs before this). `layer_of` is the model family's numbering (`Family.layer_of`)."""
   def update(updates, state, params=None):
     del params
+    layer = lambda path: layer_of(tuple(param_path(path).split("/")), depth)
     return jax.tree_util.tree_map_with_path(
-        lambda path, u: u * decay ** (depth + 1 - layer_id(path, depth)), updates), state
+        lambda path, u: u * decay ** (depth + 1 - layer(path)), updates), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -122,8 +113,8 @@ def check_config(optim_config: ml_collections.ConfigDict, total_steps: int, fami
     errors.fail("optim.layer_decay", o.layer_decay, "must be in (0, 1]; 1.0 turns it off")
   if o.layer_decay < 1 and family.layer_decay_depth is None:
     errors.fail("optim.layer_decay", o.layer_decay, "layer-wise lr decay is not supported for "
-                f"model.name={family.name!r}, whose blocks are not numbered under "
-                "encoder/blocks: keep 1.0 (optim.lr_scales sets per-group lrs)")
+                f"model.name={family.name!r}, which numbers no layers: keep 1.0 "
+                "(optim.lr_scales sets per-group lrs)")
   for entry in o.lr_scales:
     if (not isinstance(entry, (tuple, list)) or len(entry) != 2
         or not isinstance(entry[1], (int, float)) or entry[1] < 0):
@@ -138,9 +129,10 @@ def check_config(optim_config: ml_collections.ConfigDict, total_steps: int, fami
         errors.fail(field, pattern, f"not a regular expression ({e})")
 
 
-def build(optim_config: ml_collections.ConfigDict, total_steps: int, depth: int = 0):
-  """The optimizer `optim.name` for a model whose encoder has `depth` blocks (used by layer
-  decay)."""
+def build(optim_config: ml_collections.ConfigDict, total_steps: int, depth: int = 0,
+          layer_of=None):
+  """The optimizer `optim.name`; layer decay numbers the parameters' layers by `layer_of`
+  (the model family's `Family.layer_of`) in a model of `depth` blocks."""
   o = optim_config
   parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   if o.name == "sgd":  # torch.optim.SGD: L2 weight decay added to the gradient, then momentum
@@ -150,7 +142,9 @@ def build(optim_config: ml_collections.ConfigDict, total_steps: int, depth: int 
     parts.append(optax.adamw(schedule(o, total_steps), b1=o.b1, b2=o.b2,
                              weight_decay=o.weight_decay, mask=decay_mask))
   if o.layer_decay < 1:
-    parts.append(scale_by_layer_decay(o.layer_decay, depth))
+    if layer_of is None:
+      raise ValueError("optim.layer_decay < 1 needs the model family's layer numbering")
+    parts.append(scale_by_layer_decay(o.layer_decay, depth, layer_of))
   if o.lr_scales:
     parts.append(scale_by_lr_scales(tuple(o.lr_scales)))
   tx = optax.chain(*parts)

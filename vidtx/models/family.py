@@ -38,6 +38,18 @@ def _never(name: str, names: frozenset) -> bool:
   return False
 
 
+def encoder_block_layer(names: tuple[str, ...], depth: int) -> int:
+  """Layer-wise lr decay's layer of a parameter (its path's names) in a model whose encoder
+  numbers its blocks encoder/blocks/<i> (vit.Encoder): 0 for the rest of the encoder (the
+  embeddings), i + 1 for block i, depth + 1 for everything after the encoder."""
+  if names and names[0] == "encoder":
+    if len(names) > 2 and names[1] == "blocks":
+      return int(names[2]) + 1
+    if len(names) > 1 and names[1] != "blocks":
+      return 0
+  return depth + 1
+
+
 def _logits(model, video):
   return model(video, train=False)[0]
 
@@ -71,9 +83,11 @@ class Family:
   tubelets: bool = False
   # (model_config) -> whether the model outputs logits (False: pre-training only).
   classifies: Callable[[ml_collections.ConfigDict], bool] = _always
-  # (model_config) -> the number of blocks under "encoder/blocks/<i>", which layer-wise lr decay
-  # numbers (vidtx.optim.layer_id); None: the family does not support layer decay.
+  # Layer-wise lr decay (vidtx.optim): (model_config) -> the number of blocks L, None where the
+  # family does not support it; and (a parameter's path names, L) -> its layer: 0 for the
+  # embeddings, i + 1 for block i, L + 1 for what follows the blocks.
   layer_decay_depth: Callable[[ml_collections.ConfigDict], int] | None = None
+  layer_of: Callable[[tuple[str, ...], int], int] = encoder_block_layer
   # vidtx.weights.Source's this family converts PyTorch checkpoints from (convert_weights).
   converters: tuple = ()
   # Whether init_from may start it from a one-frame image checkpoint (an image ViT or a CLIP
