@@ -2,10 +2,7 @@
 the running statistics the real train step carries, the same steps on 8 simulated devices
 under every parallelism, its config errors, and that it learns."""
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +13,9 @@ from flax import nnx
 from vidtx import builder, configuration, errors, models, train
 from vidtx.models import layers
 
+import multidevice  # noqa: E402  (tests/multidevice.py)
 from conftest import synthetic_batch, train_losses  # noqa: E402  (tests/models/conftest.py)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(**fields):
@@ -116,69 +113,26 @@ def test_the_train_step_moves_the_running_averages_pytorch_s_way():
   assert not np.array_equal(before["head"]["kernel"], after["head"]["kernel"])
 
 
-# Runs in a fresh process: the device count is fixed when JAX starts.
-EIGHT_DEVICES = r"""
-import json, sys
-import jax, numpy as np
-from flax import nnx
-from vidtx import builder, configuration, sharding, train
-
-rng = np.random.default_rng(0)
-batches = [{"video": rng.normal(size=(16, 4, 32, 32, 3)).astype(np.float32),
-            "label": rng.integers(0, 8, 16).astype(np.int32)} for _ in range(2)]
-out = {}
-for name, fields in json.loads(sys.argv[1]).items():
-  c = configuration.base()
-  c.update_from_flattened_dict({"model.name": "cnn3d", "model.size": "tiny",
-                                "data.num_frames": 4, "batch_size": 16, "total_steps": 10,
-                                "optim.warmup_steps": 0, **fields})
-  setup = builder.build(c)
-  with jax.set_mesh(setup.mesh):
-    state = builder.init_state(setup)
-    step = train.make_train_step(setup)
-    key = np.asarray(jax.random.key_data(jax.random.key(0)), np.uint32)
-    losses = []
-    for batch in batches:
-      state, metrics = step(state, sharding.to_global(batch, setup.batch_sharding), key,
-                            train.stop_flags(setup.mesh, False))
-      losses.append(float(metrics["loss"]))
-  model = state["model"]
-  kernel = model["stages"][1]["blocks"][0]["conv"]["kernel"][...]
-  out[name] = {
-      "losses": losses,
-      "kernel": [list(kernel.sharding.spec), kernel.addressable_shards[0].data.shape],
-      "stem": list(model["stem"]["conv"]["kernel"][...].sharding.spec),
-      "model": {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(x).tolist()
-                for p, x in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(model))[0]},
-  }
-print("RESULT " + json.dumps(out))
-"""
-
-
-def test_parallelism_presets_give_the_same_steps_with_kernels_sharded_as_the_rules_say():
-  runs = {"data": {"mesh.parallelism": "data"}, "fsdp": {"mesh.parallelism": "fsdp"},
-          "tensor": {"mesh.parallelism": "tensor"}, "mixed": {"mesh.shape": (2, 2, 2)}}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES, json.dumps(runs)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  r = json.loads(out.stdout.split("RESULT ", 1)[1])
+def test_parallelism_presets_give_the_same_steps_with_kernels_sharded_as_the_rules_say(tmp_path):
+  base = {"model.name": "cnn3d", "model.size": "tiny", "data.num_frames": 4, "batch_size": 16,
+          "total_steps": 10, "optim.warmup_steps": 0}
+  r = multidevice.train({
+      "data": {**base, "mesh.parallelism": "data"}, "fsdp": {**base, "mesh.parallelism": "fsdp"},
+      "tensor": {**base, "mesh.parallelism": "tensor"}, "mixed": {**base, "mesh.shape": (2, 2, 2)},
+  }, tmp_path)
   # The kernel [3, 3, 3, in 16, out 32]: output channels over fsdp, input channels over
   # tensor. The stem's 3 input channels are never split.
+  kernel = lambda name: r[name]["shardings"]["model/stages/1/blocks/0/conv/kernel"]
   spec = [None, None, None, "tensor", "fsdp"]
-  assert r["data"]["kernel"] == [spec, [3, 3, 3, 16, 32]]
-  assert r["fsdp"]["kernel"] == [spec, [3, 3, 3, 16, 4]]
-  assert r["tensor"]["kernel"] == [spec, [3, 3, 3, 2, 32]]
-  assert r["mixed"]["kernel"] == [spec, [3, 3, 3, 8, 16]]
-  assert r["mixed"]["stem"] == [None, None, None, None, "fsdp"]
-  # The same two steps, parameters and running statistics (over the global batch) whatever
-  # the placement.
+  assert kernel("data") == [spec, [3, 3, 3, 16, 32]]
+  assert kernel("fsdp") == [spec, [3, 3, 3, 16, 4]]
+  assert kernel("tensor") == [spec, [3, 3, 3, 2, 32]]
+  assert kernel("mixed") == [spec, [3, 3, 3, 8, 16]]
+  assert r["mixed"]["shardings"]["model/stem/conv/kernel"][0] == [None, None, None, None, "fsdp"]
+  # The same two steps, parameters, running statistics (over the global batch) and optimizer
+  # state whatever the placement.
   for name in ("fsdp", "tensor", "mixed"):
-    np.testing.assert_allclose(r[name]["losses"], r["data"]["losses"], rtol=1e-5, err_msg=name)
-    assert r[name]["model"].keys() == r["data"]["model"].keys()
-    for leaf, value in r["data"]["model"].items():
-      np.testing.assert_allclose(r[name]["model"][leaf], value, rtol=1e-4, atol=1e-5,
-                                 err_msg=f"{name}: {leaf}")
+    multidevice.assert_same_training(r[name], r["data"], name, atol=1e-5)
 
 
 def test_masks_are_refused():
@@ -209,7 +163,7 @@ def test_config_errors_name_the_field(fields, field, message):
 
 
 def test_synthetic_config_learns():
-  c = configuration.load(os.path.join(ROOT, "configs", "cnn3d_synthetic.py"))
+  c = configuration.load(os.path.join(multidevice.ROOT, "configs", "cnn3d_synthetic.py"))
   configuration.validate(c, num_devices=1, num_processes=1)
   assert (c.model.name, c.data.name) == ("cnn3d", "synthetic_motion")
   losses = train_losses(c, steps=8)

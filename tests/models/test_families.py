@@ -1,8 +1,9 @@
 """The contract every model family keeps (vidtx.models.FAMILIES), each at a tiny size: it
 validates and builds; one real train step changes its parameters and its running statistics;
 a checkpoint round trip restores both exactly; evaluating a clip does not depend on the other
-clips of its batch; the flops tool counts it; each of its weight converters fills it whole. A
-new family gets these by adding its tiny config to TINY."""
+clips of its batch; the flops tool counts it; 8 devices with its parameters sharded take the
+steps of one; each of its weight converters fills it whole. A new family gets these by adding
+its tiny config to TINY."""
 
 import dataclasses
 
@@ -16,6 +17,7 @@ from vidtx.models import layers, masking
 from vidtx.tools import flops
 from vidtx.weights import tables
 
+import multidevice  # noqa: E402  (tests/multidevice.py)
 from conftest import synthetic_batch  # noqa: E402  (tests/models/conftest.py)
 
 # Every family's tiny config: 2 blocks (or stages) of width 32 on 4 frames of 32x32.
@@ -151,6 +153,27 @@ def test_the_flops_tool_counts_it(run):
   counted = flops.count(run.setup.config)
   assert counted["params"] == layers.count_params(nnx.state(run.state["model"], nnx.Param))
   assert counted["gmacs"] > 0
+
+
+def test_eight_devices_with_sharded_parameters_take_the_steps_of_one_device(tmp_path):
+  """Every family on 8 simulated devices, its parameters sharded by FSDP, takes the same two
+  train steps as on one device: losses, parameters, running statistics (over the global batch)
+  and optimizer state. One process runs them all: JAX fixes its device count when it starts.
+  SGD, whose step and momentum are the gradient scaled, so that they compare the gradients;
+  Adam would blow up the rounding noise of a gradient that is zero in exact arithmetic (a k
+  bias, which the softmax cancels) to a step of about lr, differently on every mesh."""
+  runs = {}
+  for name in sorted(models.FAMILIES):
+    fields = {"model.name": name, **COMMON, **TINY.get(name, {}), "batch_size": 8,
+              "optim.name": "sgd", "optim.lr": 0.1, "optim.weight_decay": 0.0}
+    runs[f"{name}:one"] = {**fields, "one_device": True}
+    runs[f"{name}:fsdp"] = {**fields, "mesh.parallelism": "fsdp"}
+  r = multidevice.train(runs, tmp_path)
+  for name in sorted(models.FAMILIES):
+    one, fsdp = r[f"{name}:one"], r[f"{name}:fsdp"]
+    assert isinstance(fsdp, dict), f"{name}: {fsdp}"  # else the ConfigError's message
+    assert (one["mesh"]["fsdp"], fsdp["mesh"]["fsdp"]) == (1, 8)
+    multidevice.assert_same_training(fsdp, one, name, atol=1e-5)
 
 
 # Where a family's converters read no tiny config of TINY's kind: HF has ViViT model 1 only.
