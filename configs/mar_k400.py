@@ -16,6 +16,7 @@ smoothing 0.1. Test views: 5 clips x 3 crops.
 """
 
 from vidtx import configuration
+from vidtx.models import mae
 
 
 def get_config(arg=None):
@@ -32,6 +33,7 @@ def get_config(arg=None):
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
   if arg == "synthetic":
     configuration.cpu_scale(c)
+    c.model.mae.update(mae.CPU_SIZES)
     c.total_steps = 4000
     c.model.drop_path = 0.1
     # As configs/videomae_k400.py:synthetic, which it is compared with.

@@ -40,7 +40,6 @@ def get_config(arg=None):
     configuration.cpu_scale(c)
     # 4 x 8 x 8 tokens in 4 x 4 windows, then one 4 x 4 window; C 48 with 3 heads of 16.
     c.model.size, c.model.width, c.model.num_heads = "swin_t", 48, 3
-    c.model.depth = 0  # not read by tps: its blocks are counted per stage
     c.model.tps.stage_depths, c.model.tps.window_size, c.model.patch_size = (2, 2), 4, (2, 4, 4)
     c.optim.lr_scales = ()  # from scratch: no pre-trained backbone to protect
     c.total_steps = 4000

@@ -9,6 +9,7 @@ CPU (BENCHMARKS.md). The workdir then initialises MAR or a plain fine-tune via `
 """
 
 from vidtx import configuration
+from vidtx.models import mae
 
 # Global batch per size: 32 clips x 64 GPUs for S/B, 8 x 64 for L/H (VideoMAE's scripts).
 BATCH = {"S": 2048, "B": 2048, "L": 512, "H": 512}
@@ -26,6 +27,7 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
   if arg == "synthetic":
     configuration.cpu_scale(c)
+    c.model.mae.update(mae.CPU_SIZES)
     # 90% of a 4x4 slice leaves 2 tokens; 75% leaves 4, enough to learn motion from.
     c.model.mask_ratio = 0.75
     c.total_steps = 3000

@@ -51,8 +51,8 @@ def test_restoring_into_another_shape_names_the_parameter(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
   ckpt.save(1, state, {"step": 1})
   ckpt.wait()
-  with pytest.raises(ValueError, match=r"model/encoder/blocks/0/attn/proj has shape \(4, 8, 32\) but the "
-                                       r"model expects \(4, 12, 48\)"):
+  with pytest.raises(ValueError, match=r"model/encoder/blocks/0/attn/proj has shape "
+                                       r"\(4, 8, 32\) but the model expects \(4, 12, 48\)"):
     ckpt.restore(setup_for(48).abstract_state)
   ckpt.close()
 
@@ -60,10 +60,11 @@ def test_restoring_into_another_shape_names_the_parameter(tmp_path):
 def masked_setup(classifier, name="mae", seed=0):
   c = configuration.base()
   c.seed = seed
-  c.model.name, c.model.mae.classifier = name, classifier
+  c.model.name = name
   c.model.size, c.model.width, c.model.depth, c.model.num_heads = "Ti", 32, 2, 4
-  c.model.mae.decoder_width, c.model.mae.decoder_depth, c.model.mae.decoder_heads = 16, 1, 2
-  c.model.mae.bridge_width, c.model.mae.bridge_depth, c.model.mae.bridge_heads = 32, 1, 4
+  if name == "mae":
+    c.model.mae.update(classifier=classifier, decoder_width=16, decoder_depth=1, decoder_heads=2,
+                       bridge_width=32, bridge_depth=1, bridge_heads=4)
   c.model.masking, c.model.mask_ratio = ("tube", 0.75) if name == "mae" else ("none", 0.0)
   c.model.patch_size = (2, 8, 8)
   c.data.num_frames = 4

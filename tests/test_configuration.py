@@ -51,6 +51,8 @@ def test_valid_config_passes():
     ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
       "model.head_init_scale": 0.001}, "model.head_init_scale", "does not read it"),
     ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
+      "model.vit.pool": "cls"}, "model.vit.pool", "does not read the vit section"),
+    ({"model.name": "mae", "model.masking": "tube", "model.mask_ratio": 0.9,
       "model.mae.decoder_heads": 5}, "model.mae.decoder_width", "decoder_heads=5"),
     ({"optim.layer_decay": 0.0}, "optim.layer_decay", "(0, 1]"),
 ])
@@ -58,6 +60,16 @@ def test_impossible_settings_name_the_field(overrides, field, hint):
   with pytest.raises(ValueError, match=rf"config\.{field}=") as err:
     configuration.validate(config(**overrides), num_devices=8, num_processes=1)
   assert hint in str(err.value)
+
+
+def test_a_field_the_base_config_lacks_is_named_with_the_likeliest_one():
+  """A config built in code is unlocked, so a misspelt (or pre-sections) field would be a new
+  field that nothing reads: validate names it."""
+  c = config()
+  c.update_from_flattened_dict({"model.vtn.windw": 2})
+  with pytest.raises(ValueError, match=r"config\.model\.vtn\.windw=2: is not a config field "
+                     r"of this vidtx version: did you mean config\.model\.vtn\.window\?"):
+    configuration.validate(c, num_devices=8, num_processes=1)
 
 
 def test_batch_must_split_over_hosts():

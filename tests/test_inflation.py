@@ -21,11 +21,14 @@ def image_model_dir(tmp_path, pool="cls"):
 
 
 def video_model(tmp_path, inflation="average", **overrides):
+  """A video model (a learned-position CLS ViT unless `overrides` say otherwise) init_from the
+  image model in <tmp_path>/image."""
   c = configuration.base()
+  vit = {"model.vit.pos_embed": "learned", "model.vit.pool": "cls"}
   c.update_from_flattened_dict({
-      "model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.vit.pos_embed": "learned",
-      "model.vit.pool": "cls", "model.patch_size": (2, 8, 8), "data.num_frames": 4,
-      "data.num_classes": 5, "init_from_inflation": inflation, **overrides})
+      "model.width": 32, "model.depth": 2, "model.num_heads": 2, "model.patch_size": (2, 8, 8),
+      "data.num_frames": 4, "data.num_classes": 5, "init_from_inflation": inflation,
+      **(vit if overrides.get("model.name", "vit") == "vit" else {}), **overrides})
   setup = builder.build(c)
   with jax.set_mesh(setup.mesh):
     state = checkpoint.init_from(builder.init_state(setup), str(tmp_path / "image"),

@@ -62,7 +62,7 @@ def test_vtn_backbone_from_an_hf_vit_gives_its_feature_per_frame_and_a_fresh_hea
   hf = hf_image_vit(tmp_path, classifier=True)  # 5 labels; the VTN has 7 classes
   vtn = video_model(tmp_path, **{
       "model.name": "vtn", "model.attention": "space_only", "model.patch_size": (1, 8, 8),
-      "model.temporal_depth": 1, "model.vtn.window": 1, "data.num_classes": 7})
+      "model.vtn.temporal_depth": 1, "model.vtn.window": 1, "data.num_classes": 7})
   assert vtn.head.kernel.shape == (WIDTH, 7)  # the classifier of 5 classes is not read
   frames = np.random.default_rng(1).standard_normal((1, 3, 3, SIZE, SIZE)).astype(np.float32)
   ours = nnx.jit(lambda m, v: m.frame_features(v))(
@@ -152,7 +152,6 @@ def test_an_hf_clip_tower_inflated_into_a_clip_style_model_gives_its_feature(tmp
       if name == "timesformer" else {"model.patch_size": (2, 8, 8), "data.num_frames": 2})}
   c = configuration.base()
   c.update_from_flattened_dict({"model.width": WIDTH, "model.depth": 2, "model.num_heads": 2,
-                                "model.vit.pos_embed": "learned", "model.vit.pool": "cls",
                                 "data.num_classes": 5, **fields})
   params = convert_weights.convert(c, str(tmp_path / "hf"), str(tmp_path / "image"))
   assert "head" not in params and "norm_pre" in params["encoder"]

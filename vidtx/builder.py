@@ -6,6 +6,7 @@ a checkpoint holds it under those two names.
 """
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import jax
@@ -55,20 +56,30 @@ def init_state(setup: Setup) -> nnx.State:
   return jax.jit(lambda: nnx.state(setup.create()), out_shardings=setup.state_shardings)()
 
 
+def restore_state(setup: Setup, workdir: str, step: int | None = None) -> tuple[nnx.State, dict]:
+  """The state of `workdir`'s latest checkpoint (or `step`), laid out in the setup's shardings,
+  and its metadata. A FileNotFoundError naming the directory when there is none."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before Checkpointer makes it
+    raise FileNotFoundError(f"no checkpoint in {workdir}; train first with --mode=train")
+  ckpt = checkpoint.Checkpointer(workdir, keep=setup.config.keep_checkpoints)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with "
+                              "--mode=train")
+    with jax.set_mesh(setup.mesh):
+      return ckpt.restore(setup.abstract_state, step)
+  finally:
+    ckpt.close()
+
+
 def restore_model(config: ml_collections.ConfigDict, workdir: str,
                   step: int | None = None) -> tuple[nnx.Module, int]:
   """The model of `workdir`'s latest checkpoint (or `step`), without its optimizer state, on
-  this process's devices (for evaluation, prediction and export); and the step it was saved
-  at."""
+  this process's devices (for prediction, export and the visualisers); and the step it was
+  saved at."""
   setup = build(config)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    ckpt.close()
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
-  with jax.set_mesh(setup.mesh):
-    state, meta = ckpt.restore(setup.abstract_state, step)
-  ckpt.close()
+  state, meta = restore_state(setup, workdir, step)
   return nnx.merge(setup.graphdef, state)["model"], meta["step"]
 
 

@@ -152,7 +152,8 @@ def init_from(state: nnx.State, path: str, family, grid=None,
   source = {k: v for k, v in source.items() if v is not None and k not in zeroed}
   same = {k for k, v in source.items() if v == k and tuple(saved[k].shape) == current[k].shape}
   target = {"model": _nest({k: jax.ShapeDtypeStruct(current[k].shape, current[k].dtype,
-                                                sharding=current[k].sharding) for k in same})}
+                                                    sharding=current[k].sharding)
+                             for k in same})}
   restored = _flat(ocp.PyTreeCheckpointer().restore(
       os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
@@ -164,7 +165,7 @@ def init_from(state: nnx.State, path: str, family, grid=None,
         os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
             item={"model": _nest({n: saved[n] for n in names})},
             restore_args={"model": _nest({n: ocp.RestoreArgs(restore_type=np.ndarray)
-                                      for n in names})},
+                                          for n in names})},
             partial_restore=True))["model"])
     for k, name in surgery.items():
       value = inflate.parameter(k, np.asarray(host[name]), current[k].shape, grid, inflation)

@@ -1,4 +1,5 @@
-"""Every config field, documented once, and the checks that run before any work starts.
+"""The config: every shared field documented once, and the checks that run before any work
+starts.
 
 Experiment files in `configs/` start from `base()` and change what they need. Configs are
 locked, so a misspelt field (in a file or as `--config.<field>=<value>`) is an error. The
@@ -6,6 +7,7 @@ fields of a model family's own section, config.model.<family>, are documented in
 (vidtx/models/<family>.py); `base()` holds every family's section with its defaults.
 """
 
+import difflib
 import importlib.util
 import json
 import os
@@ -13,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from vidtx import checkpoint, errors, models, optim, sharding
+from vidtx import errors, models
 
 
 def base() -> ml_collections.ConfigDict:
@@ -254,20 +256,24 @@ def use_dataset(c: ml_collections.ConfigDict, name: str) -> None:
   c.data.update(DATASETS[name])
 
 
+# The encoder of `cpu_scale`: a 4-block, width-96 ViT in 2x8x8 tubelets.
+CPU_ENCODER = {"width": 96, "depth": 4, "num_heads": 4, "patch_size": (2, 8, 8)}
+
+
 def cpu_scale(c: ml_collections.ConfigDict) -> None:
-  """Scales an experiment down to the built-in synthetic data and a CPU: a 4-block, width-96
-  ViT on 8 frames of 32x32 in 2x8x8 tubelets (4x4x4 tokens, so 2x2 cells tile every slice).
-  The `:synthetic` variants of the masked-modeling configs all use it, so a synthetic
-  pre-training run initialises both synthetic fine-tunings."""
+  """Scales an experiment of a ViT-based model.name (set first) down to the built-in synthetic
+  data and a CPU: `CPU_ENCODER` (the fields of it the family reads) on 8 frames of 32x32 (4x4x4
+  tokens, so 2x2 cells tile every slice). The `:synthetic` variants of the masked-modeling
+  configs all use it, so a synthetic pre-training run initialises both synthetic
+  fine-tunings."""
   c.data.name = "synthetic_motion"
   c.data.num_classes = 8
   c.data.num_frames, c.data.frame_stride = 8, 2
   c.data.min_resize, c.data.crop_size, c.data.flip = 36, 32, "none"
   c.data.synthetic.num_train = 8192
-  c.model.size, c.model.width, c.model.depth, c.model.num_heads = "Ti", 96, 4, 4
-  c.model.patch_size = (2, 8, 8)
-  c.model.mae.decoder_width, c.model.mae.decoder_depth, c.model.mae.decoder_heads = 64, 2, 4
-  c.model.mae.bridge_width, c.model.mae.bridge_depth, c.model.mae.bridge_heads = 64, 1, 4
+  c.model.size = "Ti"
+  reads = models.family(c.model).reads
+  c.model.update({k: v for k, v in CPU_ENCODER.items() if k in reads})
   c.batch_size = 32
   c.log_every_steps = 100
   c.eval_every_steps = 0
@@ -316,6 +322,27 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _fields(node, prefix: str = "") -> dict:
+  """{"model.vit.pool": value, ...}: the leaves of a config, by their dotted names."""
+  leaves = {}
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      leaves.update(_fields(value, f"{prefix}{key}."))
+    else:
+      leaves[f"{prefix}{key}"] = value
+  return leaves
+
+
+def _check_fields(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  """Every field of `config` is one of `base()`'s: a config built in code (unlocked, so a
+  misspelt field becomes a new one) is held to what the command line's locked config is."""
+  known, given = _fields(defaults), _fields(config)
+  for field in sorted(given.keys() - known.keys()):
+    close = difflib.get_close_matches(field, list(known), n=1)
+    errors.fail(field, given[field], "is not a config field of this vidtx version"
+                + (f": did you mean config.{close[0]}?" if close else ""))
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int | None = None) -> None:
   """Checks what would otherwise fail late or silently, before any work starts: the loop's
@@ -323,6 +350,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   Raises errors.ConfigError naming the field and the fix."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   num_processes = jax.process_count() if num_processes is None else num_processes
+  defaults = base()
+  _check_fields(config, defaults)
   d = config.data
   for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
                 "keep_checkpoints"):
@@ -337,11 +366,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if config.batch_size % config.grad_accum_steps:
     errors.fail("grad_accum_steps", config.grad_accum_steps,
                 f"must divide batch_size={config.batch_size}")
-  models.check_config(config, base())
+  models.check_config(config, defaults)
   if d.name not in DATASET_NAMES and not d.name.startswith("tfds:"):
     errors.fail("data.name", d.name, f"choose one of {DATASET_NAMES} ('custom': your own videos "
                 "converted with vidtx.data.convert_videos into data.data_dir) or 'tfds:<name>'")
-  from vidtx.data import pipeline  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+  # The owners imported here, not on top: config files import this module, and TensorFlow and
+  # orbax take seconds to import.
+  # pylint: disable=import-outside-toplevel
+  from vidtx import checkpoint, optim, sharding
+  from vidtx.data import pipeline
   pipeline.check_config(d)
   if d.num_classes < 1:
     errors.fail("data.num_classes", d.num_classes, "must be positive")

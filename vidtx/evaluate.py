@@ -6,8 +6,6 @@ over the views under names ending in the views, e.g. top1_5x3. Pre-training mode
 reconstruction error of the centre view. Records that failed to decode count in num_skipped.
 """
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +13,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from vidtx import builder, checkpoint, data, models, sharding
+from vidtx import builder, data, models, sharding
 from vidtx.data import clips
 from vidtx.models import masking
 
@@ -135,17 +133,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
   """Evaluates the latest checkpoint in `workdir`; returns {"step", **metrics}."""
   setup = builder.build(config)
   sharding.check_processes_agree("config", config.to_json())
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # before anything is written there
-    raise FileNotFoundError(f"no checkpoint in {workdir}; train first with --mode=train")
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with --mode=train")
+  state, meta = builder.restore_state(setup, workdir)
   data_dir = builder.prepare_data(config, workdir)
   with jax.set_mesh(setup.mesh):
-    state, meta = ckpt.restore(setup.abstract_state)
     eval_step = make_eval_step(setup)
     metrics = evaluate(eval_step, state, eval_batches(setup, data_dir), setup.batch_sharding)
-  ckpt.close()
   logging.info("eval of step %d over %d clips: %s", meta["step"], metrics["num_examples"],
                describe(metrics))
   return {"step": meta["step"], **metrics}

@@ -58,7 +58,7 @@ def class_names(config: ml_collections.ConfigDict, workdir: str):
   tfds = tfds_datasets.is_tfds(config.data)  # read from TFDS's data_dir, where "" is its default
   try:
     return tfds_datasets.class_names(config.data, config.data.data_dir if tfds
-                            else run_data_dir(config, workdir))
+                                     else run_data_dir(config, workdir))
   except errors.DataNotFoundError:  # no labels.json, or the TFDS dataset is not on this machine
     return None
 
@@ -76,7 +76,7 @@ class Predictor:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     if not models.classifies(config.model):
       raise ValueError(f"this model.name={config.model.name!r} config is a pre-training model "
-                       "and predicts no labels; use a fine-tuned run")
+                       f"and predicts no labels: {models.family(config.model).logits_fix}")
     self.config = config
     model, self.step = builder.restore_model(config, workdir)
     self.labels = class_names(config, workdir)

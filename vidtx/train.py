@@ -185,8 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       state = builder.init_state(setup)
       if config.init_from:
-        state = checkpoint.init_from(state, config.init_from, models.family(config.model),
-                                     masking.token_grid(config.model, config.data),
+        family = models.family(config.model)
+        # Position tables are resized to the token grid; families without tubelets have none.
+        grid = masking.token_grid(config.model, config.data) if family.tubelets else None
+        state = checkpoint.init_from(state, config.init_from, family, grid,
                                      config.init_from_inflation)
       step, data_position = 0, 0
       rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)

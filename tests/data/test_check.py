@@ -94,7 +94,7 @@ def test_fails_on_zero_frames_and_wrong_counts(broken):
   shard = str(broken / "validation-00000-of-00001.tfrecord")
   jpeg = records.encode_jpeg(np.zeros((40, 53, 3), np.uint8), 90)
   records.write_records(shard, [records.make_example([jpeg] * 3, 0, "class_0"),
-                             records.make_example([], 1, "class_1")])
+                                records.make_example([], 1, "class_1")])
   with pytest.raises(check.CheckError, match="validation-00000-of-00001.tfrecord: record 1 has "
                      "no frames"):
     check.check(data_config(broken), ["validation"])

@@ -76,7 +76,7 @@ def folders(tmp_path_factory):
     f.write("not a video")
   out = tmp_path_factory.mktemp("shards")
   summary = convert_videos.convert(str(out), format="folders", video_root=str(root),
-                            short_side=SHORT_SIDE, examples_per_shard=2, workers=1)
+                                   short_side=SHORT_SIDE, examples_per_shard=2, workers=1)
   return root, out, sources, summary
 
 
@@ -208,8 +208,8 @@ def test_ssv2_json(tmp_path):
   annotations = [str(tmp_path / "something-something-v2-train.json"),
                  str(tmp_path / "something-something-v2-validation.json")]
   summary = convert_videos.convert(str(out), format="ssv2", video_root=str(root),
-                            labels=str(tmp_path / "labels.json"), annotations=annotations,
-                            short_side=SHORT_SIDE, workers=1)
+                                   labels=str(tmp_path / "labels.json"), annotations=annotations,
+                                   short_side=SHORT_SIDE, workers=1)
   assert summary["splits"] == {"train": 2, "validation": 1}
   with open(out / "labels.json") as f:
     assert json.load(f) == list(labels)  # the official indices
@@ -224,7 +224,7 @@ def test_ssv2_json(tmp_path):
     json.dump(lists["train"], f)
   with pytest.raises(ValueError, match="video 14 has the template 'Spinning something'"):
     convert_videos.convert(str(out), format="ssv2", video_root=str(root),
-                    labels=str(tmp_path / "labels.json"), annotations=annotations)
+                           labels=str(tmp_path / "labels.json"), annotations=annotations)
 
 
 def test_csv_with_integer_labels_and_fps(tmp_path):
@@ -235,8 +235,8 @@ def test_csv_with_integer_labels_and_fps(tmp_path):
     f.write("path,label\nx/one.mp4,2\ntwo.webm,0\nthree.mp4,2\n")
   out = tmp_path / "shards"
   summary = convert_videos.convert(str(out), format="csv", video_root=str(root),
-                            annotations=[f"train={tmp_path / 'train.csv'}"],
-                            short_side=SHORT_SIDE, fps=10, workers=1)
+                                   annotations=[f"train={tmp_path / 'train.csv'}"],
+                                   short_side=SHORT_SIDE, fps=10, workers=1)
   assert summary["splits"] == {"train": 2} and summary["failures"] == {"train": 1}
   assert failures(out, "train") == {"three.mp4": "missing"}
   with open(out / "labels.json") as f:
@@ -263,7 +263,7 @@ def test_annotation_errors_name_the_problem(tmp_path):
     convert_videos.list_videos("hmdb", str(tmp_path / "v"))
   with pytest.raises(ValueError, match="--examples_per_shard=0"):
     convert_videos.convert(str(tmp_path / "o"), format="folders", video_root=str(tmp_path / "v"),
-                    examples_per_shard=0)
+                           examples_per_shard=0)
 
 
 def test_command_line_with_worker_processes(tmp_path):

@@ -49,7 +49,8 @@ def tiny_space_time():
     c = configuration.base()
     c.model.name, c.model.attention, c.model.size = name, attention, "Ti"
     c.model.width, c.model.depth, c.model.num_heads = 32, 1, 4
-    c.model.vivit.temporal_depth = 1
+    if name == "vivit":
+      c.model.vivit.temporal_depth = 1
     c.model.patch_size = (1, 8, 8) if name == "timesformer" else (2, 8, 8)
     c.model.drop_path = 0.1
     c.data.num_frames, c.data.crop_size, c.data.num_classes = 4, 16, 8

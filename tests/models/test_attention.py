@@ -135,7 +135,9 @@ def tiny_config(name, attention="joint", mae=None, **model):
   c.model.name, c.model.attention, c.model.size = name, attention, "Ti"
   c.model.width, c.model.depth, c.model.num_heads = 32, 2, 4
   c.model.patch_size = (1, 8, 8) if name == "timesformer" else (2, 8, 8)
-  c.model.vivit.temporal_depth, c.model.drop_path = 1, 0.2
+  c.model.drop_path = 0.2
+  if name == "vivit":
+    c.model.vivit.temporal_depth = 1
   c.model.update(model)
   c.model.mae.update(mae or {})
   c.data.num_frames, c.data.crop_size, c.data.num_classes = 4, 16, 5

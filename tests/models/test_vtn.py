@@ -16,7 +16,8 @@ WIDTH, HEADS = 16, 2
 def tiny_config(**overrides):
   c = configuration.base()
   c.model.update(name="vtn", attention="space_only", size="Ti", width=32, depth=1, num_heads=4,
-                 patch_size=(1, 8, 8), temporal_depth=1, vtn_window=1)
+                 patch_size=(1, 8, 8))
+  c.model.vtn.update(temporal_depth=1, window=1)
   c.data.update(num_frames=4, crop_size=16, min_resize=16, num_classes=8)
   c.update_from_flattened_dict(overrides)
   return c

@@ -139,7 +139,8 @@ def test_backbone_gives_hf_vit_cls_features_per_frame():
   hf = hf_vit()
   c = our_config()
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  one_frame = image.convert(hf.state_dict(), c.model)  # a ViTModel: no head
+  one_frame = image.convert(hf.state_dict(), c.model,  # a ViTModel: no head
+                            models.FAMILIES["vtn"].image_model)
   assert set(one_frame) == {"encoder", "norm"}
   # The rest (temporal encoder, head) plays no part in the frame features.
   params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),

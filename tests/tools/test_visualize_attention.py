@@ -50,10 +50,12 @@ def test_pictures_of_a_run_on_a_video_file(tmp_path, name, attention):
   config = configuration.base()
   config.update_from_flattened_dict({
       "model.name": name, "model.attention": attention, "model.width": 32, "model.depth": 2,
-      "model.num_heads": 2, "model.vit.pos_embed": "learned", "model.vit.pool": "cls",
-      "model.patch_size": (2, 8, 8) if name == "vit" else (1, 8, 8), "data.num_frames": 4,
+      "model.num_heads": 2, "model.patch_size": (2, 8, 8) if name == "vit" else (1, 8, 8),
+      "data.num_frames": 4,
       "data.min_resize": 32, "data.name": "custom", "data.data_dir": str(tmp_path),
       "batch_size": 2, "optim.warmup_steps": 1, "total_steps": 2})
+  if name == "vit":
+    config.model.vit.update(pos_embed="learned", pool="cls")
   workdir = tmp_path / "run"
   workdir.mkdir()
   untrained_run(config, str(workdir), step=1)

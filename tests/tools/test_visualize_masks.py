@@ -144,16 +144,21 @@ def test_denormalize_inverts_the_reconstruction_target(clip):
   np.testing.assert_allclose(restored[2].reshape(2, 8, 8, 3), pixels[2:4, 0:8, 8:16], atol=1e-3)
 
 
+class ZeroEncoder(nnx.Module):
+  """A stand-in encoder of the clip's 64 tokens: zeros for the visible ones."""
+  num_patches = 64
+
+  def __call__(self, video, keep):
+    return jnp.zeros(keep.shape + (4,))
+
+
 class PerfectDecoder(nnx.Module):
-  """A stand-in model whose decoder predicts the clip's own normalised targets."""
+  """A stand-in masked model whose decoder predicts the clip's own normalised targets."""
 
   def __init__(self, video, config):
-    self.patch_size, self.mean, self.std = PATCH, config.data.mean, config.data.std
-    self.targets = nnx.Variable(
-        mae.pixel_targets(jnp.asarray(video)[None], PATCH, self.mean, self.std))
-
-  def encoder(self, video, keep):
-    return jnp.zeros(keep.shape + (4,))
+    self.encoder = ZeroEncoder()
+    self.targets = nnx.Variable(mae.pixel_targets(jnp.asarray(video)[None], PATCH,
+                                                  config.data.mean, config.data.std))
 
   def norm(self, tokens):
     return tokens

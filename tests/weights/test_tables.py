@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from vidtx import weights
+from vidtx.models import layers
 from vidtx.weights import tables
 
 torch = pytest.importorskip("torch")
@@ -42,10 +43,10 @@ def test_batch_norm_leaf_fills_scale_bias_and_the_running_statistics():
 
 
 class Net(nnx.Module):
-  """A BatchNorm over channels-last activations, as our convolution nets hold one."""
+  """Our BatchNorm over channels-last activations, as the convolution nets hold one."""
 
   def __init__(self):
-    self.norm = nnx.BatchNorm(CHANNELS, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    self.norm = layers.BatchNorm(CHANNELS, rngs=nnx.Rngs(0))
 
 
 SOURCE = weights.Source(name="torch BatchNorm", keys="'norm...'",
@@ -65,7 +66,7 @@ def test_converted_batch_norm_normalises_as_torch_in_evaluation():
   x = np.random.default_rng(0).standard_normal((2, 3, 4, 4, CHANNELS)).astype(np.float32)
   with torch.no_grad():
     expected = norm(torch.from_numpy(x.transpose(0, 4, 1, 2, 3))).numpy().transpose(0, 2, 3, 4, 1)
-  ours = net.norm(x, use_running_average=True)
+  ours = net.norm(x, train=False)
   np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -47,8 +47,9 @@ def sections() -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
   """The checks of config.model: the shared fields where they mean something for the family,
-  then the family's own. `defaults` is the base config, whose shared fields a family that does
-  not read them must keep. Raises errors.ConfigError naming the field."""
+  and the family's own. `defaults` is the base config: a shared field the family does not read,
+  and every field of another family's section, must keep its default there (a setting that
+  would be silently ignored stops the run). Raises errors.ConfigError naming the field."""
   m, d = config.model, config.data
   f = family(m)
   if m.size not in f.sizes:
@@ -61,6 +62,13 @@ def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.Con
     if field not in f.reads and m[field] != defaults.model[field]:
       errors.fail(f"model.{field}", m[field], f"model.name={m.name!r} does not read it: leave "
                   f"it at {defaults.model[field]!r}")
+  for other in FAMILIES.values():
+    if other is not f and other.section is not None:
+      for field, value in m[other.name].items():
+        if value != defaults.model[other.name][field]:
+          errors.fail(f"model.{other.name}.{field}", value, f"model.name={m.name!r} does not "
+                      f"read the {other.name} section: leave it at "
+                      f"{defaults.model[other.name][field]!r}")
   if "attention" in f.reads and m.attention not in f.attentions:
     errors.fail("model.attention", m.attention, f"model.name={m.name!r} takes one of "
                 f"{f.attentions}")
@@ -74,6 +82,7 @@ def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.Con
     errors.fail("model.drop_path", m.drop_path, "must be in [0, 1)")
   if not 0 <= m.head_dropout < 1:
     errors.fail("model.head_dropout", m.head_dropout, "must be in [0, 1)")
+  f.check(config)  # first: its message names the fix for the family (e.g. (1, p, p) patches)
   if f.tubelets:
     if len(m.patch_size) != 3:
       errors.fail("model.patch_size", m.patch_size, "give (t, h, w)")
@@ -93,5 +102,4 @@ def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.Con
       masking.cell_running(None, masking.token_grid(m, d), m.mask_ratio)
     except ValueError as e:
       errors.fail("model.mask_ratio", m.mask_ratio, str(e))
-  f.check(config)
 

@@ -22,7 +22,7 @@ import ml_collections
 from flax import nnx
 
 from vidtx import errors
-from vidtx.models import layers, vit
+from vidtx.models import layers
 from vidtx.models.family import Family
 
 # config.model.size -> (stage widths, blocks per stage).
@@ -87,7 +87,7 @@ class CNN3D(nnx.Module):
     for stage in self.stages:
       x = stage(x, train)
     x = x.astype(jnp.float32).mean(axis=(1, 2, 3))
-    x = vit.dropout(x, self.head_dropout, key if train else None)
+    x = layers.dropout(x, self.head_dropout, key if train else None)
     return self.head(x).astype(jnp.float32), {}
 
 

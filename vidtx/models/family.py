@@ -81,8 +81,10 @@ class Family:
   attentions: tuple[str, ...] = ()
   # Whether it cuts clips into model.patch_size tubelets, which must then tile the clip.
   tubelets: bool = False
-  # (model_config) -> whether the model outputs logits (False: pre-training only).
+  # (model_config) -> whether the model outputs logits (False: pre-training only); and, for the
+  # messages of the tools that need logits, how a config of the family gets them.
   classifies: Callable[[ml_collections.ConfigDict], bool] = _always
+  logits_fix: str = ""
   # Layer-wise lr decay (vidtx.optim): (model_config) -> the number of blocks L, None where the
   # family does not support it; and (a parameter's path names, L) -> its layer: 0 for the
   # embeddings, i + 1 for block i, L + 1 for what follows the blocks.
@@ -90,9 +92,10 @@ class Family:
   layer_of: Callable[[tuple[str, ...], int], int] = encoder_block_layer
   # vidtx.weights.Source's this family converts PyTorch checkpoints from (convert_weights).
   converters: tuple = ()
-  # Whether init_from may start it from a one-frame image checkpoint (an image ViT or a CLIP
-  # tower written by convert_weights; see vidtx.weights.image and vidtx.weights.inflate).
-  image_init: bool = False
+  # (model_config, side, num_classes, clip_style, rngs) -> the one-frame image model that
+  # init_from inflates into this family's (convert_weights writes an HF image ViT or CLIP tower
+  # as one; see vidtx.weights.image and vidtx.weights.inflate); None: no image starts.
+  image_model: Callable | None = None
   # init_from's name rules: (parameter name) -> the checkpoint names that may initialise it, in
   # order of preference; and (parameter name, checkpoint names) -> whether it starts at zero
   # instead (see vidtx.weights.inflate).
@@ -103,9 +106,10 @@ class Family:
   # of the inference whose attention is pictured.
   rollout_attentions: tuple[str, ...] = ()
   rollout_forward: Callable = _logits
-  # Whether the model reconstructs masked tubelets (`reconstruct(tokens, keep)`), which
-  # vidtx.tools.visualize_masks pictures.
-  reconstructs: bool = False
+  # (model, video [B, T, H, W, 3], visible tokens [B, K]) -> (the predicted per-tubelet
+  # normalised pixels [B, M, pt*ph*pw*3] of the M masked tubelets, their token indices [B, M]),
+  # which vidtx.tools.visualize_masks pictures; None: the family reconstructs nothing.
+  reconstruct: Callable | None = None
 
   def __post_init__(self):
     unknown = set(self.reads) - set(SHARED_FIELDS)

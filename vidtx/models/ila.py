@@ -347,7 +347,7 @@ class ILA(nnx.Module):
     features_key, dropout_key = jax.random.split(key) if key is not None else (None, None)
     features, loss = self.frame_features(video, train=train, key=features_key)
     pooled = features.mean(axis=1) if self.mit is None else self.mit(features)
-    pooled = vit.dropout(self.head_norm(pooled), self.head_dropout, dropout_key)
+    pooled = layers.dropout(self.head_norm(pooled), self.head_dropout, dropout_key)
     logits = self.head(pooled).astype(jnp.float32)
     return logits, {"loss": self.loss_weight * loss, "align_loss": loss}
 
@@ -388,9 +388,7 @@ def section() -> ml_collections.ConfigDict:
 
 def _check(config: ml_collections.ConfigDict) -> None:
   m, d, s = config.model, config.data, config.model.ila
-  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
-    errors.fail("model.patch_size", m.patch_size, "CLIP embeds each frame's square 2-D "
-                "patches: use (1, p, p), e.g. (1, 16, 16) for B/16")
+  vit.check_frame_patches(config, "CLIP", "(1, 16, 16) for B/16")
   vit.check_heads(config)
   if d.crop_size // m.patch_size[1] < 4:
     errors.fail("data.crop_size", d.crop_size, "ILA's point head max-pools the patch grid "

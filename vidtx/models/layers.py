@@ -103,6 +103,14 @@ def _gradient_buffer_bwd(_, g):
 gradient_buffer.defvjp(lambda x: (x, None), _gradient_buffer_bwd)
 
 
+def dropout(x, rate: float, key):
+  """Inverted dropout; identity without a key (evaluation)."""
+  if key is None or rate == 0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 def drop_path(x, rate: float, key):
   """Stochastic depth: zero a sample's residual branch with probability `rate`."""
   if rate == 0.0 or key is None:

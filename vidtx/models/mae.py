@@ -30,6 +30,10 @@ DECODER_SIZES = {
     "H": (640, 8, 12),
 }
 CLASSIFIERS = ("none", "bridge")
+# The decoder and bridging classifier at the CPU size of `configuration.cpu_scale`, which the
+# synthetic pre-training and MAR configs share (so the one initialises the other whole).
+CPU_SIZES = dict(decoder_width=64, decoder_depth=2, decoder_heads=4, bridge_width=64,
+                 bridge_depth=1, bridge_heads=4)
 
 
 def pixel_targets(video, patch, mean, std):
@@ -85,7 +89,7 @@ class BridgingClassifier(nnx.Module):
     x = self.proj(tokens)
     for block in self.blocks:
       x = block(x)
-    x = vit.dropout(self.norm(x.mean(axis=1)), self.dropout, key)
+    x = layers.dropout(self.norm(x.mean(axis=1)), self.dropout, key)
     return self.head(x).astype(jnp.float32)
 
 
@@ -233,6 +237,12 @@ def _classify_all_tokens(model: MaskedVideoModel, video):
   return None if model.classifier is None else model.classifier(tokens)
 
 
+def _reconstruct_masked(model: MaskedVideoModel, video, keep):
+  """(the decoder's predictions of the masked tubelets, their indices) for `Family`."""
+  pred = model.reconstruct(model.norm(model.encoder(video, keep=keep)), keep)
+  return pred, masked_indices(keep, model.encoder.num_patches)
+
+
 FAMILY = Family(
     name="mae",
     build=build,
@@ -244,10 +254,12 @@ FAMILY = Family(
     attentions=("joint",),
     tubelets=True,
     classifies=lambda model_config: model_config.mae.classifier != "none",
+    logits_fix=("model.mae.classifier='none' pre-trains; use a run fine-tuned from it "
+                "(model.mae.classifier='bridge', or a vit with config.init_from)"),
     layer_decay_depth=lambda model_config: vit.size(model_config)[1],
     converters=videomae.SOURCES,
-    image_init=True,
+    image_model=vit.image_model,
     rollout_attentions=("joint",),
     rollout_forward=_classify_all_tokens,
-    reconstructs=True,
+    reconstruct=_reconstruct_masked,
 )

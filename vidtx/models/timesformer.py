@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vidtx import errors
 from vidtx.models import layers, vit
 from vidtx.models.family import Family
 from vidtx.weights import timesformer as timesformer_weights
@@ -118,16 +117,8 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)
 
 
-def check_frame_patches(config: ml_collections.ConfigDict, what: str) -> None:
-  """Families that embed each frame's square 2-D patches want model.patch_size (1, p, p)."""
-  patch = tuple(config.model.patch_size)
-  if len(patch) != 3 or patch[0] != 1 or patch[1] != patch[2]:
-    errors.fail("model.patch_size", patch, f"{what} embeds each frame's square 2-D patches: "
-                "use (1, p, p), e.g. (1, 16, 16)")
-
-
 def _check(config: ml_collections.ConfigDict) -> None:
-  check_frame_patches(config, "TimeSformer")
+  vit.check_frame_patches(config, "TimeSformer", "(1, 16, 16)")
   vit.check_heads(config)
 
 
@@ -149,7 +140,7 @@ FAMILY = Family(
     attentions=ATTENTIONS,
     tubelets=True,
     converters=timesformer_weights.SOURCES,
-    image_init=True,
+    image_model=vit.image_model,
     init_names=_init_names,
     rollout_attentions=("divided", "joint"),
 )

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from vidtx import errors
-from vidtx.models import layers, vit
+from vidtx.models import layers
 from vidtx.models.family import Family
 from vidtx.weights import swin
 
@@ -304,7 +304,7 @@ class TPS(nnx.Module):
     backbone_key, dropout_key = jax.random.split(key) if key is not None else (None, None)
     x = self.backbone(video, backbone_key)
     x = x.astype(jnp.float32).mean(axis=(1, 2, 3))
-    x = vit.dropout(x, self.head_dropout, dropout_key)
+    x = layers.dropout(x, self.head_dropout, dropout_key)
     return self.head(x).astype(jnp.float32), {}
 
 

@@ -110,14 +110,6 @@ class Encoder(nnx.Module):
     return x
 
 
-def dropout(x, rate: float, key):
-  """Inverted dropout; identity without a key (evaluation)."""
-  if key is None or rate == 0:
-    return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
 class VideoViT(nnx.Module):
 
   def __init__(self, *, num_classes: int, num_frames: int, image_size: int,
@@ -148,8 +140,22 @@ class VideoViT(nnx.Module):
     encoder_key, dropout_key = jax.random.split(key) if key is not None else (None, None)
     x = self.encoder(video, key=encoder_key, keep=keep)
     x = self.norm(x.mean(axis=1)) if self.pool == "mean" else self.norm(x)[:, 0]
-    x = dropout(x, self.head_dropout, dropout_key)
+    x = layers.dropout(x, self.head_dropout, dropout_key)
     return self.head(x).astype(jnp.float32), {}
+
+
+def image_model(model_config: ml_collections.ConfigDict, side: int, num_classes: int,
+                clip_style: bool, rngs: nnx.Rngs) -> VideoViT:
+  """The one-frame image ViT that init_from inflates into a ViT-based video model
+  (`Family.image_model`): side x side patches of the config's patch size (tubelets 1 x p x p),
+  a CLS token, learned positions, q, k and v biases (as image ViTs have), the config's width,
+  depth, heads and MLP ratio."""
+  width, depth, heads = size(model_config)
+  _, ph, pw = model_config.patch_size
+  return VideoViT(num_classes=num_classes, num_frames=1, image_size=side * ph,
+                  patch_size=(1, ph, pw), width=width, depth=depth, num_heads=heads,
+                  mlp_ratio=model_config.mlp_ratio, k_bias=True, pos_embed="learned",
+                  pool="cls", clip_style=clip_style, rngs=rngs)
 
 
 def encoder_args(model_config: ml_collections.ConfigDict,
@@ -196,6 +202,14 @@ def check_heads(config: ml_collections.ConfigDict) -> None:
     errors.fail("model.width", width, f"must be divisible by model.num_heads={heads}")
 
 
+def check_frame_patches(config: ml_collections.ConfigDict, what: str, example: str) -> None:
+  """Models that embed each frame's square 2-D patches want model.patch_size (1, p, p)."""
+  patch = tuple(config.model.patch_size)
+  if len(patch) != 3 or patch[0] != 1 or patch[1] != patch[2]:
+    errors.fail("model.patch_size", patch, f"{what} embeds each frame's square 2-D patches: "
+                f"use (1, p, p), e.g. {example}")
+
+
 def check_masking(config: ml_collections.ConfigDict) -> None:
   """Masking drops tokens, which only joint attention does without."""
   m = config.model
@@ -226,6 +240,6 @@ FAMILY = Family(
     tubelets=True,
     layer_decay_depth=lambda model_config: size(model_config)[1],
     converters=videomae.SOURCES,
-    image_init=True,
+    image_model=image_model,
     rollout_attentions=("joint",),
 )

@@ -55,10 +55,6 @@ CLS_POSITION = NUM_POSITIONS - 2  # 286; frame indices are taken mod 286
 LONGFORMER_EPS = 1e-12  # LongformerConfig's layer_norm_eps, which the reference keeps
 
 
-def dropout(x, rate: float, key):
-  return vit.dropout(x, rate, key)
-
-
 def _split(key, n):
   return list(jax.random.split(key, n)) if key is not None else [None] * n
 
@@ -70,7 +66,7 @@ def _attend(q, k, v, mask, rate: float, key):
   logits = logits / math.sqrt(q.shape[-1])
   if mask is not None:
     logits = jnp.where(mask, logits, -jnp.inf)
-  probs = dropout(jax.nn.softmax(logits, axis=-1), rate, key).astype(v.dtype)
+  probs = layers.dropout(jax.nn.softmax(logits, axis=-1), rate, key).astype(v.dtype)
   return jnp.einsum("bhqk,bkhe->bqhe", probs, v)
 
 
@@ -125,8 +121,8 @@ class LongformerLayer(nnx.Module):
 
   def __call__(self, x, key=None):
     attn_key, k1, k2 = _split(key, 3)
-    x = self.norm1(x + dropout(self.attn(x, attn_key), self.dropout, k1))
-    return self.norm2(x + dropout(self.mlp(x), self.dropout, k2))
+    x = self.norm1(x + layers.dropout(self.attn(x, attn_key), self.dropout, k1))
+    return self.norm2(x + layers.dropout(self.mlp(x), self.dropout, k2))
 
 
 class TemporalEncoder(nnx.Module):
@@ -156,7 +152,7 @@ class TemporalEncoder(nnx.Module):
     x = frames + table[positions] + types[0]
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x], axis=1)
     embed_key, *layer_keys = _split(key, 1 + len(self.blocks))
-    x = dropout(self.norm(x), self.dropout, embed_key)
+    x = layers.dropout(self.norm(x), self.dropout, embed_key)
     for layer, layer_key in zip(self.blocks, layer_keys):
       x = layer(x, layer_key)
     return x
@@ -211,7 +207,7 @@ class VTN(nnx.Module):
     positions = frame_positions(x.shape[1], self.frame_stride, start)
     x = self.temporal(x, positions, temporal_key)[:, 0]
     x = jax.nn.gelu(self.head_hidden(self.head_norm(x)), approximate=False)
-    x = dropout(x, self.head_dropout, head_key)
+    x = layers.dropout(x, self.head_dropout, head_key)
     return self.head(x).astype(jnp.float32), {}
 
 
@@ -242,10 +238,8 @@ def section() -> ml_collections.ConfigDict:
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
-  m, s = config.model, config.model.vtn
-  if len(m.patch_size) != 3 or m.patch_size[0] != 1 or m.patch_size[1] != m.patch_size[2]:
-    errors.fail("model.patch_size", m.patch_size, "VTN embeds each frame's square 2-D patches: "
-                "use (1, p, p), e.g. (1, 16, 16) for ViT-B/16")
+  s = config.model.vtn
+  vit.check_frame_patches(config, "VTN", "(1, 16, 16) for ViT-B/16")
   vit.check_heads(config)
   if s.temporal_depth < 1:
     errors.fail("model.vtn.temporal_depth", s.temporal_depth, "VTN's Longformer needs at least "
@@ -270,5 +264,5 @@ FAMILY = Family(
     tubelets=True,
     layer_decay_depth=lambda model_config: vit.size(model_config)[1],
     converters=(vtn_weights.PYSLOWFAST, vtn_weights.LONGFORMER.into("temporal")),
-    image_init=True,
+    image_model=vit.image_model,
 )

@@ -17,7 +17,7 @@ classifier) fresh. A checkpoint that fills only a part of the model (an HF CLIP 
 ILA's `clip/`, an HF Longformer for VTN's temporal encoder) is written as that part; the run's
 init_from copies it and keeps the rest fresh.
 
-A family that starts from images (`Family.image_init`) also takes an image checkpoint
+A family that starts from images (`Family.image_model`) also takes an image checkpoint
 (`vidtx.weights.image`): an HF ViT (`ViTForImageClassification` or `ViTModel`, e.g.
 google/vit-base-patch16-224), or an HF CLIP tower (`CLIPModel`, e.g.
 openai/clip-vit-base-patch16, or `CLIPVisionModel*`) for a config with model.clip_style=True,
@@ -57,11 +57,11 @@ def convert(config: ml_collections.ConfigDict, checkpoint_path: str, out: str) -
     # Abstract: only the shapes are needed, so even ViT-H costs no memory here.
     model = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
     params = weights.convert(state_dict, model, family.converters)
-  elif family.image_init and weights.find_source(state_dict, image.SOURCES):
+  elif family.image_model and weights.find_source(state_dict, image.SOURCES):
     # A one-frame image model, inflated to video by init_from.
     if weights.find_source(state_dict, (image.CLIP,)) and not config.model.clip_style:
       raise ValueError(_clip_style_message(state_dict))
-    params = image.convert(state_dict, config.model)
+    params = image.convert(state_dict, config.model, family.image_model)
   else:
     raise ValueError(_unknown_message(state_dict, config.model.name, family))
   checkpoint.save_params(out, params)
@@ -76,7 +76,7 @@ def _families_converting(state_dict) -> list[str]:
 
 def _clip_style_message(state_dict) -> str:
   styled = [name for name, f in models.FAMILIES.items()
-            if f.image_init and "clip_style" in f.reads]
+            if f.image_model and "clip_style" in f.reads]
   towers = _families_converting(state_dict)
   return ("an HF CLIP checkpoint fills a model with CLIP's conventions: set "
           f"--config.model.clip_style=True (model.name in {styled})"
@@ -87,7 +87,7 @@ def _unknown_message(state_dict, name, family) -> str:
   listed = lambda sources: "; ".join(f"{s.name} ({s.keys})" for s in sources)
   message = (f"model.name={name!r} does not convert this checkpoint (keys e.g. "
              f"{sorted(state_dict)[:5]}): it converts from {listed(family.converters) or 'none'}")
-  if family.image_init:
+  if family.image_model:
     message += f", and into a one-frame image model from {listed(image.SOURCES)}"
   others = _families_converting(state_dict)
   if others:

@@ -37,7 +37,7 @@ def logits_fn(model: nnx.Module, config: ml_collections.ConfigDict):
   the evaluation forward pass (MAR: on its fixed test mask)."""
   if not models.classifies(config.model):
     raise ValueError(f"this model.name={config.model.name!r} config is a pre-training model: "
-                     "it has no logits to export; export a fine-tuned classifier")
+                     f"it has no logits to export: {models.family(config.model).logits_fix}")
   graphdef, params = nnx.split(model)
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)

@@ -4,8 +4,8 @@
       [--workdir=/tmp/run] [--index=0] [--seed=0] [--config.model.masking=tube ...]
 
 Rows: the input frames; the same frames with the masked tubelets filled grey; and, for a masked
-model (config.model.name="mae"), its reconstruction: visible tubelets from the input, masked ones
-from the decoder. Columns: the clip's frames. The GIF shows the same rows stacked, one GIF frame
+model (one whose family reconstructs, `Family.reconstruct`), its reconstruction: visible tubelets
+from the input, masked ones from the decoder. Columns: the clip's frames. The GIF shows the same rows stacked, one GIF frame
 per video frame. The clip is clip `--index` of the eval split (centre crop, as evaluation sees
 it), de-normalised back to pixels.
 
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vidtx import builder, configuration, data, errors, models
 from vidtx.data import synthetic
-from vidtx.models import layers, mae, masking
+from vidtx.models import layers, masking
 
 
 GREY = 128  # fill of the masked tubelets
@@ -84,7 +84,7 @@ def denormalize(pred, pixels, patch, indices) -> np.ndarray:
   """Pixels [M, pt*ph*pw, 3] (not clipped) of the tubelets `indices` [M] from the decoder's
   per-tubelet normalised predictions `pred` [M, pt*ph*pw*3].
 
-  `mae.pixel_targets` standardises each tubelet and channel; this undoes it with the statistics
+  The decoder's targets standardise each tubelet and channel; this undoes it with the statistics
   of the original clip `pixels` [T, H, W, 3] (as VideoMAE's visualisation does): the decoder
   predicts shapes and contrasts, the clip supplies each tubelet's brightness and scale. So even
   an untrained decoder's tubelets have their true mean colour: judge a reconstruction by detail.
@@ -95,23 +95,19 @@ def denormalize(pred, pixels, patch, indices) -> np.ndarray:
   return np.asarray(pred, np.float64).reshape(tubelets.shape) * (std + RECON_EPS) + mean
 
 
-def reconstruction(model, video, keep) -> np.ndarray:
+def reconstruction(config, model, video, keep) -> np.ndarray:
   """Pixels [T, H, W, 3] in [0, 1] of `model`'s reconstruction of the normalised clip `video`
   [T, H, W, 3]: the input at the visible tubelets `keep` [K], the decoded ones elsewhere."""
-  patch, grid = tuple(model.patch_size), _grid(video.shape, model.patch_size)
-  keep_b = jnp.asarray(keep)[None]
-  pred = np.asarray(_decode(model, jnp.asarray(video)[None], keep_b))[0]
-  masked = np.asarray(mae.masked_indices(keep_b, math.prod(grid)))[0]
-  pixels = to_pixels(video, model.mean, model.std)
+  patch = tuple(config.model.patch_size)
+  grid = _grid(video.shape, patch)
+  # One compiled call: op-by-op dispatch of a whole ViT is several times slower.
+  decode = nnx.jit(models.family(config.model).reconstruct)
+  pred, masked = decode(model, jnp.asarray(video)[None], jnp.asarray(keep)[None])
+  pred, masked = np.asarray(pred)[0], np.asarray(masked)[0]
+  pixels = to_pixels(video, config.data.mean, config.data.std)
   tubelets = patchify(pixels, patch)
   tubelets[masked] = denormalize(pred, pixels, patch, masked)
   return np.clip(unpatchify(tubelets, grid, patch), 0, 1)
-
-
-@nnx.jit  # one compiled call: op-by-op dispatch of a whole ViT is several times slower
-def _decode(model, video, keep):
-  """The decoder's predictions [B, N - K, pt*ph*pw*3] of the masked tubelets."""
-  return model.reconstruct(model.norm(model.encoder(video, keep=keep)), keep)
 
 
 def _grid(video_shape, patch):
@@ -149,7 +145,7 @@ def frame_rows(config, video, keep, model=None, *, step=None) -> tuple[np.ndarra
   labels = ["input", f"masked\n{config.model.masking}: "
             f"{masked_count}/{num_tokens}\ntokens ({masked_count / num_tokens:.0%})"]
   if model is not None:
-    recon = to_uint8(reconstruction(model, video, keep))
+    recon = to_uint8(reconstruction(config, model, video, keep))
     rows.append(np.where(visible, frames, recon))
     labels.append("reconstruction\n" + ("(untrained:\nrandom init)" if step is None
                                         else f"(step {step})"))
@@ -298,7 +294,7 @@ def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale:
     raise VisualizeError(f"--scale={scale} is negative; give a factor >= 1, or 0 for auto")
   video, label = load_clip(config, index, workdir)
   model, step = None, None
-  if models.family(config.model).reconstructs:
+  if models.family(config.model).reconstruct is not None:
     model, step = load_model(config, workdir)
   keep = keep_for(config, seed)
   rows, labels = frame_rows(config, video, keep, model, step=step)

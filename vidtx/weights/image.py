@@ -1,10 +1,10 @@
 """Image checkpoints into a one-frame ViT, which init_from inflates into a video model
-(`vidtx.checkpoint.init_from`, `vidtx.weights.inflate`): a family whose record has
-`image_init` starts from one.
+(`vidtx.checkpoint.init_from`, `vidtx.weights.inflate`): a family whose record has an
+`image_model` (the one-frame model it starts from) takes one.
 
 - `VIT`: an HF image ViT (`ViTForImageClassification`, `vit.`; or `ViTModel`, the same names
-  without `vit.`, e.g. google/vit-base-patch16-224) into a `vit.VideoViT` of one-frame tubelets
-  1 x h x w with a CLS token, learned positions and the config's width, depth and heads. A
+  without `vit.`, e.g. google/vit-base-patch16-224) into the family's image model (one-frame
+  tubelets 1 x h x w, a CLS token, learned positions, the config's width, depth and heads). A
   `ViTModel` has no classifier and gives no head; its pooler is not used.
 - `CLIP`: an HF CLIP tower (`vidtx.weights.clip`) into the same ViT with CLIP's conventions
   (`clip_style=True`: ln_pre as the encoder's `norm_pre`, QuickGELU, LayerNorm eps 1e-5), ln_post
@@ -18,7 +18,6 @@ import ml_collections
 from flax import nnx
 
 from vidtx import weights
-from vidtx.models import vit
 from vidtx.weights import clip, files, tables, vivit
 
 # Under "vit." in a ViTForImageClassification; the classifier is "classifier".
@@ -70,11 +69,12 @@ CLIP = weights.Source(name=clip.TOWER.name, keys=clip.TOWER.keys, detect=clip.de
 SOURCES = (VIT, CLIP)
 
 
-def convert(state_dict, model_config: ml_collections.ConfigDict) -> dict:
-  """Our params of the one-frame image model of an HF image ViT or CLIP tower, with the width,
-  depth, heads, MLP ratio and patch size of `model_config` (the video model's) and the
-  checkpoint's image size; for `vidtx.checkpoint.init_from` to inflate. Raises ValueError
-  like `vidtx.weights.convert`."""
+def convert(state_dict, model_config: ml_collections.ConfigDict, image_model) -> dict:
+  """Our params of the one-frame image model of an HF image ViT or CLIP tower, for
+  `vidtx.checkpoint.init_from` to inflate. `image_model(model_config, side, num_classes,
+  clip_style, rngs)` is the video family's (`Family.image_model`): its width, depth, heads and
+  patch size come from `model_config` (the video model's), its side x side patches and classes
+  from the checkpoint. Raises ValueError like `vidtx.weights.convert`."""
   state_dict = files.strip_wrappers(state_dict)
   source = weights.find_source(state_dict, SOURCES)
   if source is None:
@@ -88,11 +88,7 @@ def convert(state_dict, model_config: ml_collections.ConfigDict) -> dict:
     positions = files.to_numpy(
         state_dict[f"{prefix}embeddings.position_embeddings"]).shape[1] - 1
     classifier = state_dict.get("classifier.weight")
-  width, depth, heads = vit.size(model_config)
-  _, ph, pw = model_config.patch_size
-  model = nnx.eval_shape(lambda: vit.VideoViT(
-      num_classes=1 if classifier is None else files.to_numpy(classifier).shape[0],
-      num_frames=1, image_size=math.isqrt(positions) * ph, patch_size=(1, ph, pw), width=width,
-      depth=depth, num_heads=heads, mlp_ratio=model_config.mlp_ratio, k_bias=True,
-      pos_embed="learned", pool="cls", clip_style=source is CLIP, rngs=nnx.Rngs(0)))
+  num_classes = 1 if classifier is None else files.to_numpy(classifier).shape[0]
+  model = nnx.eval_shape(lambda: image_model(model_config, math.isqrt(positions), num_classes,
+                                             source is CLIP, nnx.Rngs(0)))
   return weights.convert(state_dict, model, (source,))
