@@ -3,9 +3,9 @@ pre-training run (issue: masked video modeling). Prints a table for BENCHMARKS.m
 
   python benchmarks/mar_synthetic.py --workdir=/tmp/vidtx_mar_bench
 
-1. configs/videomae_pretrain_k400.py:synthetic  (tube masking, reconstruction only)
-2. configs/videomae_k400.py:synthetic           (all tokens), init_from 1
-3. configs/mar_k400.py:synthetic                (cell running 50% + bridge + lambda recon), init_from 1
+1. configs/videomae_pretrain_k400.py:cpu        (tube masking, reconstruction only)
+2. configs/videomae_k400.py:cpu                 (all tokens), init_from 1
+3. configs/mar_k400.py:cpu                      (cell running 50% + bridge + lambda recon), init_from 1
 Then times one training step of 2 and 3 (benchmarks/train_step.py's `measure`: median of
 --timing_steps after warm-up) for the step-time ratio. Finished runs are reused, so a rerun only re-times.
 """
@@ -28,9 +28,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "/tmp/vidtx_mar_bench", "Where the thr
 _TIMING_STEPS = flags.DEFINE_integer("timing_steps", 50, "Timed steps per fine-tuning config.")
 
 RUNS = {
-    "pretrain": "videomae_pretrain_k400.py:synthetic",
-    "full": "videomae_k400.py:synthetic",
-    "mar": "mar_k400.py:synthetic",
+    "pretrain": "videomae_pretrain_k400.py:cpu",
+    "full": "videomae_k400.py:cpu",
+    "mar": "mar_k400.py:cpu",
 }
 
 

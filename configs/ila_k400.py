@@ -12,7 +12,7 @@ ILA modules and the head fresh. Variants: b16 (default), l14 (8 frames at 224^2)
 runs: --config.data.num_frames=16; B/32: --config.model.patch_size=1,32,32; L/14@336: the l14
 variant with --config.data.crop_size=336 --config.data.min_resize=384
 --config.data.eval_resize=336.
-synthetic: a tiny ILA (nothing frozen) on the built-in data, on a CPU.
+cpu: a tiny ILA (nothing frozen) on the built-in data, on a CPU.
 
 Recipe of the reference code (Francis-Rings/ILA, K400): AdamW (0.9, 0.98), cosine with 5
 warm-up epochs over 50, batch 256 (64 per micro-batch x 4 accumulation steps), the CLIP tower
@@ -34,7 +34,7 @@ every epoch from epoch 30).
 
 from vidtx import configuration
 
-VARIANTS = ("b16", "l14", "synthetic")
+VARIANTS = ("b16", "l14", "cpu")
 # variant -> (size, patch, CLIP's projection width)
 SIZES = {"b16": ("B", 16, 512), "l14": ("L", 14, 768)}
 
@@ -56,7 +56,7 @@ def get_config(arg=None):
       (r"^ila/\d+/(align_skip|interaction_skip)/", 8e-5 / 5e-4),  # W_a, W_i
       (r"^(mit|head_norm|head)/", 4e-4 / 5e-4),
   )
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     c.model.patch_size = (1, 8, 8)  # 4 x 4 patches per frame
     c.model.ila.proj_dim, c.model.ila.channels = 64, 64

@@ -7,6 +7,8 @@ the SSv2 branch's interaction (two dense 3x3 convs, model.ila.interaction="dense
 
 with <clip dir> from vidtx.tools.convert_weights as in configs/ila_k400.py. ILA-L/14:
 --config.model.size=L --config.model.patch_size=1,14,14 --config.model.ila.proj_dim=768.
+Variant `cpu`: configs/ila_k400.py:cpu with the dense interaction, segment sampling and flips
+that swap the left/right classes, on the built-in data.
 """
 
 import os
@@ -15,13 +17,17 @@ from vidtx import configuration
 
 
 def get_config(arg=None):
-  if arg not in (None, "b16"):
-    raise ValueError(f"unknown variant {arg!r}: use b16 (the default)")
-  c = configuration.load(os.path.join(os.path.dirname(__file__), "ila_k400.py:b16"))
+  arg = arg or "b16"
+  if arg not in ("b16", "cpu"):
+    raise ValueError(f"unknown variant {arg!r}: use b16 (the default) or cpu")
+  c = configuration.load(os.path.join(os.path.dirname(__file__), f"ila_k400.py:{arg}"))
   c.unlock()
+  c.model.ila.interaction = "dense"
+  if arg == "cpu":  # the built-in data's 8 classes, 8 frames and eval views
+    c.data.sampler, c.data.frame_stride, c.data.flip = "segment", 1, "swap_labels"
+    return c
   configuration.use_dataset(c, "ssv2")
   c.data.num_frames, c.data.eval_clips, c.data.eval_crops = 8, 4, 3
-  c.model.ila.interaction = "dense"
   steps_per_epoch = configuration.EPOCH_SIZES["ssv2"] // c.batch_size
   c.total_steps = 50 * steps_per_epoch
   c.optim.warmup_steps = 5 * steps_per_epoch

@@ -5,11 +5,10 @@ ones, fine-tuned from VideoMAE pre-training.
   python -m vidtx.main --config=configs/mar_k400.py[:vit_l|:ratio75] \\
       --config.init_from=<videomae_pretrain_k400 workdir> --workdir=...
 
-Variants: default ViT-B 50%; `vit_l`: ViT-L 50%; `ratio75`: ViT-B 75%; `synthetic`: the recipe at
-CPU scale, initialised from a `videomae_pretrain_k400.py:synthetic` run given as init_from.
-Without prepared Kinetics data it stops and says how to prepare it; --config.data.name=
-synthetic_motion runs it on the built-in data (still ViT-B on 16x224^2 clips: on a CPU add e.g.
---config.batch_size=2; `:synthetic` is the CPU-sized recipe, without the augmentation below).
+Variants: default ViT-B 50%; `vit_l`: ViT-L 50%; `ratio75`: ViT-B 75%; `cpu`: the recipe at CPU
+scale on the built-in data (without the augmentation below), initialised from a
+`videomae_pretrain_k400.py:cpu` run given as init_from. Without prepared Kinetics data the other
+variants stop and say how to prepare it.
 Augmentation as VideoMAE fine-tunes (configuration.FINETUNE_AUGMENTATION): Inception crop,
 flips, RandAugment m7 n4, random erasing 0.25, 2 clips per video, mixup 0.8 / cutmix 1.0, label
 smoothing 0.1. Test views: 5 clips x 3 crops.
@@ -21,8 +20,8 @@ from vidtx.models import mae
 
 def get_config(arg=None):
   arg = arg or "vit_b"
-  if arg not in ("vit_b", "vit_l", "ratio75", "synthetic"):
-    raise ValueError(f"unknown variant {arg!r}: use vit_b, vit_l, ratio75 or synthetic")
+  if arg not in ("vit_b", "vit_l", "ratio75", "cpu"):
+    raise ValueError(f"unknown variant {arg!r}: use vit_b, vit_l, ratio75 or cpu")
   c = configuration.base()
   c.model.name = "mae"
   c.model.mae.classifier = "bridge"
@@ -31,12 +30,12 @@ def get_config(arg=None):
   c.label_smoothing = 0.1
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     c.model.mae.update(mae.CPU_SIZES)
     c.total_steps = 4000
     c.model.drop_path = 0.1
-    # As configs/videomae_k400.py:synthetic, which it is compared with.
+    # As configs/videomae_k400.py:cpu, which it is compared with.
     c.optim.lr, c.optim.warmup_steps, c.optim.layer_decay = 2e-3, 200, 1.0
     return c
   configuration.use_dataset(c, "kinetics400")

@@ -7,29 +7,41 @@ lambda = 0.1, layer decay 0.75, 40 epochs, classifier dropout 0.1.
 Clips are 16 segments' frames (TSN sampling, as MAR and VideoMAE fine-tune on SSv2); flips
 swap the left/right class pairs. Augmentation as VideoMAE fine-tunes
 (configuration.FINETUNE_AUGMENTATION), label smoothing 0.1. Test views: 2 clips x 3 crops.
+Variant `cpu`: configs/mar_k400.py:cpu with SSv2's lambda, classifier dropout, segment sampling
+and label-swapping flips, on the built-in data (whose move_left/move_right pair the flips swap).
 """
 
 from vidtx import configuration
+from vidtx.models import mae
 
 
 def get_config(arg=None):
   arg = arg or "vit_b"
-  if arg not in ("vit_b", "vit_l", "ratio75"):
-    raise ValueError(f"unknown variant {arg!r}: use vit_b, vit_l or ratio75")
+  if arg not in ("vit_b", "vit_l", "ratio75", "cpu"):
+    raise ValueError(f"unknown variant {arg!r}: use vit_b, vit_l, ratio75 or cpu")
   large = arg == "vit_l"
   c = configuration.base()
-  configuration.use_dataset(c, "ssv2")
-  c.data.update(configuration.FINETUNE_AUGMENTATION)
   c.model.name = "mae"
   c.model.mae.classifier = "bridge"
   c.model.masking, c.model.mask_ratio = "cell_running", 0.75 if arg == "ratio75" else 0.5
   c.model.mae.recon_weight = 0.1
-  c.model.size = "L" if large else "B"
-  c.model.drop_path = 0.2 if large else 0.1
   c.model.head_dropout = 0.1
   c.label_smoothing = 0.1
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
+  if arg == "cpu":
+    configuration.cpu_scale(c)
+    c.model.mae.update(mae.CPU_SIZES)
+    c.data.sampler, c.data.frame_stride, c.data.flip = "segment", 1, "swap_labels"
+    c.total_steps = 4000
+    c.model.drop_path = 0.1
+    # As configs/mar_k400.py:cpu (no layer decay: little to protect after pre-training here).
+    c.optim.lr, c.optim.warmup_steps, c.optim.layer_decay = 2e-3, 200, 1.0
+    return c
+  configuration.use_dataset(c, "ssv2")
+  c.data.update(configuration.FINETUNE_AUGMENTATION)
+  c.model.size = "L" if large else "B"
+  c.model.drop_path = 0.2 if large else 0.1
   c.optim.lr = 2.5e-4 if large else 1e-3
   c.optim.layer_decay = 0.75
   videos = 128 if large else 1024  # 2 or 16 videos per GPU on 64 GPUs per step

@@ -6,7 +6,7 @@
 
 Variants: divided (default); joint and space_only (the paper's other attentions, 8x224);
 hr: TimeSformer-HR, 16 frames 16 apart at 448^2; large: TimeSformer-L, 96 frames 4 apart at
-224^2; synthetic: divided attention at CPU scale on the built-in data.
+224^2; cpu: divided attention at CPU scale on the built-in data.
 
 The reference trains with SGD (lr 0.005, momentum 0.9, weight decay 1e-4, lr x0.1 at epochs 11
 and 14 of 15, batch 8); vidtx's optimizer is AdamW with a cosine schedule, so the optimizer
@@ -16,7 +16,7 @@ position/time embeddings or CLS (as the reference). Test views: 1 clip x 3 crops
 
 from vidtx import configuration
 
-VARIANTS = ("divided", "joint", "space_only", "hr", "large", "synthetic")
+VARIANTS = ("divided", "joint", "space_only", "hr", "large", "cpu")
 
 
 def get_config(arg=None):
@@ -29,7 +29,7 @@ def get_config(arg=None):
   c.model.patch_size = (1, 16, 16)  # 2-D patches per frame
   c.model.drop_path = 0.1
   c.optim.weight_decay = 1e-4
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     c.model.patch_size = (1, 8, 8)
     c.total_steps = 4000

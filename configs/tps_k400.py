@@ -12,7 +12,7 @@ conversion inflates it as TPS does (patch kernel repeated over the 2 frames and 
 relative position tables tiled over Δt); with 1000 classes it keeps ImageNet's head, which
 init_from then leaves out for a fresh 400-class one.
 
-Variants: swin_t (default; C 96, 2-2-6-2 blocks), swin_b (C 128, 2-2-18-2); synthetic: a
+Variants: swin_t (default; C 96, 2-2-6-2 blocks), swin_b (C 128, 2-2-18-2); cpu: a
 2-stage TPS at CPU scale on the built-in data, trained from scratch.
 Recipe (MartinXM/TPS configs/recognition/tps/swin_tiny_2D_patch244_tps_k400_1k.py): AdamW lr
 1e-3 with the backbone at x0.1, weight decay 0.02 (none on norms, biases and the relative
@@ -22,7 +22,7 @@ drop path 0.1, Inception-style crops and flips. Test views: 4 clips x 3 crops, s
 
 from vidtx import configuration
 
-VARIANTS = ("swin_t", "swin_b", "synthetic")
+VARIANTS = ("swin_t", "swin_b", "cpu")
 
 
 def get_config(arg=None):
@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.model.drop_path, c.model.head_dropout = 0.1, 0.5
   c.optim.weight_decay = 0.02
   c.optim.lr_scales = (("^backbone/", 0.1),)  # the ImageNet-initialised backbone
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     # 4 x 8 x 8 tokens in 4 x 4 windows, then one 4 x 4 window; C 48 with 3 heads of 16.
     c.model.size, c.model.width, c.model.num_heads = "swin_t", 48, 3

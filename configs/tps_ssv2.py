@@ -10,13 +10,15 @@ as K400 (AdamW lr 1e-3, backbone x0.1, weight decay 0.02, cosine over 30 epochs 
 warm-up epochs, batch 64, drop path 0.1), plus augmentation (ours RandAugment m7 n4 for the
 reference's imgaug "default"), random erasing 0.25, label smoothing 0.1 and flips that swap
 the left/right classes. Test views: 1 clip x 3 crops, short side 224.
+Variant `cpu`: configs/tps_k400.py:cpu with SSv2's sampling, flips, augmentation and label
+smoothing, on the built-in data (init_from: a tps_k400.py:cpu run, or nothing).
 """
 
 import os
 
 from vidtx import configuration
 
-VARIANTS = ("swin_t", "swin_b")
+VARIANTS = ("swin_t", "swin_b", "cpu")
 
 
 def get_config(arg=None):
@@ -25,11 +27,14 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
   c = configuration.load(os.path.join(os.path.dirname(__file__), f"tps_k400.py:{arg}"))
   c.unlock()
-  configuration.use_dataset(c, "ssv2")  # segment sampling, swap_labels flips
-  c.data.num_frames = 32
   c.data.randaugment_layers, c.data.randaugment_magnitude = 4, 7.0
   c.data.random_erasing = 0.25
   c.label_smoothing = 0.1
+  if arg == "cpu":  # the built-in data's 8 classes, 8 frames and eval views
+    c.data.sampler, c.data.frame_stride, c.data.flip = "segment", 1, "swap_labels"
+    return c
+  configuration.use_dataset(c, "ssv2")  # segment sampling, swap_labels flips
+  c.data.num_frames = 32
   c.data.eval_clips, c.data.eval_crops, c.data.eval_resize = 1, 3, 224
   c.eval_batch_size = 32
   steps_per_epoch = configuration.EPOCH_SIZES["ssv2"] // c.batch_size

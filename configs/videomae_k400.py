@@ -4,8 +4,8 @@ fc_norm head. The baseline MAR is compared with.
   python -m vidtx.main --config=configs/videomae_k400.py \\
       --config.init_from=<videomae_pretrain_k400 workdir> --workdir=...
 
-Variants: B (default); `synthetic`: the same recipe at CPU scale (without the augmentation
-below), initialised from a `videomae_pretrain_k400.py:synthetic` run given as init_from.
+Variants: B (default); `cpu`: the same recipe at CPU scale on the built-in data (without the
+augmentation below), initialised from a `videomae_pretrain_k400.py:cpu` run given as init_from.
 Augmentation (configuration.FINETUNE_AUGMENTATION): Inception crop, flips, RandAugment m7 n4,
 random erasing 0.25, 2 clips per video, mixup 0.8 / cutmix 1.0, label smoothing 0.1. Test views:
 5 clips x 3 crops.
@@ -16,8 +16,8 @@ from vidtx import configuration
 
 def get_config(arg=None):
   arg = arg or "B"
-  if arg not in ("B", "synthetic"):
-    raise ValueError(f"unknown variant {arg!r}: use 'B' or 'synthetic'")
+  if arg not in ("B", "cpu"):
+    raise ValueError(f"unknown variant {arg!r}: use 'B' or 'cpu'")
   c = configuration.base()
   c.model.name = "vit"
   c.model.vit.pool = "mean"
@@ -27,7 +27,7 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.optim.layer_decay = 0.75
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     c.total_steps = 4000
     # Pre-training on this data learns little (the masked backgrounds are unpredictable), so

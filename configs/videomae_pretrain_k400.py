@@ -2,9 +2,9 @@
 reconstructing each masked tubelet's normalised pixels, MSE on the masked tubelets only.
 
   python -m vidtx.main --config=configs/videomae_pretrain_k400.py[:S|B|L|H] --workdir=...
-  python -m vidtx.main --config=configs/videomae_pretrain_k400.py:synthetic --workdir=...
+  python -m vidtx.main --config=configs/videomae_pretrain_k400.py:cpu --workdir=...
 
-Variants: S, B (default), L, H; `synthetic`: a small model on the built-in data, minutes on a
+Variants: S, B (default), L, H; `cpu`: a small model on the built-in data, minutes on a
 CPU (BENCHMARKS.md). The workdir then initialises MAR or a plain fine-tune via `init_from`.
 """
 
@@ -18,14 +18,14 @@ EPOCHS = 1600  # the checkpoint MAR fine-tunes from; 800 is VideoMAE's shorter s
 
 def get_config(arg=None):
   arg = arg or "B"
-  if arg not in (*BATCH, "synthetic"):
-    raise ValueError(f"unknown variant {arg!r}: use one of {[*BATCH, 'synthetic']}")
+  if arg not in (*BATCH, "cpu"):
+    raise ValueError(f"unknown variant {arg!r}: use one of {[*BATCH, 'cpu']}")
   c = configuration.base()
   c.model.name = "mae"
   c.model.mae.classifier = "none"
   c.model.masking, c.model.mask_ratio = "tube", 0.9
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.95, 0.05
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     c.model.mae.update(mae.CPU_SIZES)
     # 90% of a 4x4 slice leaves 2 tokens; 75% leaves 4, enough to learn motion from.

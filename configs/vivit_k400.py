@@ -8,7 +8,7 @@ Variants: model1 (default; joint space-time attention, Scenic's vivit_base_k400)
 (factorised encoder, 12 spatial + 4 temporal blocks, vivit_base_factorised_encoder); model3
 (factorised self-attention); model4 (factorised dot-product attention); large: ViViT-L/16x2
 factorised encoder, 24 spatial + 24 temporal blocks (vivit_large_factorised_encoder);
-synthetic: model 1 at CPU scale on the built-in data (--config.model.attention picks another).
+cpu: model 1 at CPU scale on the built-in data (--config.model.attention picks another).
 
 Scenic trains with SGD + momentum (lr 0.1 for models 1 and FE-L, 0.05 for FE-B), cosine decay
 after 2.5 warm-up epochs, 30 epochs, batch 64, gradient clipping at 1, no weight decay, no label
@@ -20,7 +20,7 @@ image model's patch kernel at the central frame (init_from surgery, not yet here
 from vidtx import configuration
 
 MODELS = {"model1": "joint", "model2": "factorised_encoder", "model3": "factorised_self",
-          "model4": "factorised_dot", "large": "factorised_encoder", "synthetic": "joint"}
+          "model4": "factorised_dot", "large": "factorised_encoder", "cpu": "joint"}
 
 
 def get_config(arg=None):
@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.model.head_init_scale = 0.0  # Scenic's zero-initialised output projection
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)
     c.model.vivit.temporal_depth = 2
     c.total_steps = 4000

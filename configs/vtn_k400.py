@@ -8,8 +8,8 @@ taken 8 apart, after PySlowFast's configs/Kinetics/VIT_B_VTN.yaml (ViT-B-VTN).
 
 Variants: default (training, evaluated on one 16x8 clip); whole_video: the reference's test,
 every frame of a video in one view (250 frames at stride 1, the centre 224 crop of the short
-side resized to 224), from the same checkpoint (VTN takes any number of frames); synthetic:
-the same architecture at CPU scale on the built-in data.
+side resized to 224), from the same checkpoint (VTN takes any number of frames); cpu: the
+same architecture at CPU scale on the built-in data.
 
 The recipe: SGD (momentum 0.9, Nesterov, weight decay 1e-4, PySlowFast's defaults) at lr 1e-3,
 25 epochs, batch 16, scale jitter 256-320, crop 224, random flips. The reference steps the lr
@@ -21,7 +21,7 @@ vit_base_patch16_224); the Longformer and head start fresh.
 
 from vidtx import configuration
 
-VARIANTS = ("default", "whole_video", "synthetic")
+VARIANTS = ("default", "whole_video", "cpu")
 
 
 def get_config(arg=None):
@@ -37,11 +37,11 @@ def get_config(arg=None):
   c.model.head_dropout = 0.5
   c.optim.name, c.optim.momentum, c.optim.nesterov = "sgd", 0.9, True
   c.optim.weight_decay = 1e-4
-  if arg == "synthetic":
+  if arg == "cpu":
     configuration.cpu_scale(c)  # 8 frames 2 apart of 32^2, width 96, 4 blocks, 4 heads
     c.model.patch_size = (1, 8, 8)
     c.model.vtn.temporal_depth, c.model.vtn.window = 2, 2
-    # From scratch on CPU: AdamW, as the other synthetic variants (SGD suits a pre-trained ViT).
+    # From scratch on CPU: AdamW, as the other cpu variants (SGD suits a pre-trained ViT).
     c.optim.name, c.optim.weight_decay = "adamw", 0.05
     c.total_steps = 4000
     c.optim.lr, c.optim.warmup_steps = 1e-3, 200

@@ -13,19 +13,21 @@ from vidtx.tools import flops
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "demo.py": [None],
-    "videomae_pretrain_k400.py": ["S", "B", "L", "H", "synthetic"],
-    "videomae_k400.py": ["B", "synthetic"],
-    "mar_k400.py": [None, "vit_l", "ratio75", "synthetic"],
-    "mar_ssv2.py": [None, "vit_l", "ratio75"],
-    "timesformer_k400.py": [None, "joint", "space_only", "hr", "large", "synthetic"],
-    "vivit_k400.py": [None, "model2", "model3", "model4", "large", "synthetic"],
-    "vtn_k400.py": [None, "whole_video", "synthetic"],
-    "ila_k400.py": [None, "l14", "synthetic"],
-    "ila_ssv2.py": [None],
-    "tps_k400.py": [None, "swin_b", "synthetic"],
-    "tps_ssv2.py": [None, "swin_b"],
+    "videomae_pretrain_k400.py": ["S", "B", "L", "H", "cpu"],
+    "videomae_k400.py": ["B", "cpu"],
+    "mar_k400.py": [None, "vit_l", "ratio75", "cpu"],
+    "mar_ssv2.py": [None, "vit_l", "ratio75", "cpu"],
+    "timesformer_k400.py": [None, "joint", "space_only", "hr", "large", "cpu"],
+    "vivit_k400.py": [None, "model2", "model3", "model4", "large", "cpu"],
+    "vtn_k400.py": [None, "whole_video", "cpu"],
+    "ila_k400.py": [None, "l14", "cpu"],
+    "ila_ssv2.py": [None, "cpu"],
+    "tps_k400.py": [None, "swin_b", "cpu"],
+    "tps_ssv2.py": [None, "swin_b", "cpu"],
     "cnn3d_synthetic.py": [None],
 }
+# The configs of a dataset on disk (Kinetics-400, SSv2): each has a `:cpu` variant.
+DATASET_CONFIGS = [n for n in VARIANTS if n.endswith(("_k400.py", "_ssv2.py"))]
 
 
 def load(name, variant=None):
@@ -42,6 +44,26 @@ def test_config_validates_and_builds(name, variant):
   configuration.validate(c, num_devices=1, num_processes=1)
   model = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   assert layers.count_params(nnx.state(model, nnx.Param)) > 0
+
+
+@pytest.mark.parametrize("name", DATASET_CONFIGS)
+def test_cpu_variant_is_the_recipe_at_cpu_size_on_the_built_in_data(name):
+  """`:cpu` trains the config's family on a CPU, with nothing to download and no flag to add: the
+  synthetic data's 8 classes in 8 frames of 32x32, a model under 2M parameters, a short
+  schedule, one evaluation view per video."""
+  full, cpu = load(name), load(name, "cpu")
+  assert (cpu.model.name, cpu.model.attention, cpu.model.masking) == (
+      full.model.name, full.model.attention, full.model.masking)
+  d = cpu.data
+  assert (d.name, d.num_classes, d.num_frames, d.crop_size) == ("synthetic_motion", 8, 8, 32)
+  if name.endswith("_ssv2.py"):  # SSv2's segment sampling and label-swapping flips
+    assert (d.sampler, d.flip) == (full.data.sampler, full.data.flip) == ("segment",
+                                                                          "swap_labels")
+  assert (d.eval_clips, d.eval_crops, cpu.eval_batch_size, cpu.grad_accum_steps) == (1, 1, 0, 1)
+  assert cpu.total_steps <= 4000 and cpu.optim.warmup_steps <= cpu.total_steps // 10
+  assert cpu.init_from == "" and cpu.optim.frozen == ()  # trains from scratch, all of it
+  model = nnx.eval_shape(lambda: models.build(cpu.model, cpu.data, nnx.Rngs(0)))
+  assert layers.count_params(nnx.state(model, nnx.Param)) < 2_000_000
 
 
 def test_unknown_variant_is_an_error():
@@ -68,12 +90,10 @@ def test_pretraining_recipe_scales_lr_with_batch():
   assert c.optim.lr == pytest.approx(1.5e-4 * 2048 / 256) and c.optim.b2 == 0.95
 
 
-@pytest.mark.parametrize("name, variant", [("demo.py", None), ("videomae_pretrain_k400.py",
-                                                               "synthetic"),
-                                           ("videomae_k400.py", "synthetic"),
-                                           ("mar_k400.py", "synthetic"),
-                                           ("timesformer_k400.py", "synthetic"),
-                                           ("vivit_k400.py", "synthetic")])
+@pytest.mark.parametrize("name, variant", [("demo.py", None), ("videomae_pretrain_k400.py", "cpu"),
+                                           ("videomae_k400.py", "cpu"), ("mar_k400.py", "cpu"),
+                                           ("timesformer_k400.py", "cpu"),
+                                           ("vivit_k400.py", "cpu")])
 def test_flops_tool_counts_the_cpu_configs(name, variant):
   """(The ViT-B ones are counted in tests/tools/test_flops.py.)"""
   c = load(name, variant)

@@ -7,7 +7,6 @@ fields of a model family's own section, config.model.<family>, are documented in
 (vidtx/models/<family>.py); `base()` holds every family's section with its defaults.
 """
 
-import difflib
 import importlib.util
 import json
 import os
@@ -263,7 +262,7 @@ CPU_ENCODER = {"width": 96, "depth": 4, "num_heads": 4, "patch_size": (2, 8, 8)}
 def cpu_scale(c: ml_collections.ConfigDict) -> None:
   """Scales an experiment of a ViT-based model.name (set first) down to the built-in synthetic
   data and a CPU: `CPU_ENCODER` (the fields of it the family reads) on 8 frames of 32x32 (4x4x4
-  tokens, so 2x2 cells tile every slice). The `:synthetic` variants of the masked-modeling
+  tokens, so 2x2 cells tile every slice). The `:cpu` variants of the masked-modeling
   configs all use it, so a synthetic pre-training run initialises both synthetic
   fine-tunings."""
   c.data.name = "synthetic_motion"
@@ -322,25 +321,13 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _fields(node, prefix: str = "") -> dict:
-  """{"model.vit.pool": value, ...}: the leaves of a config, by their dotted names."""
-  leaves = {}
-  for key, value in node.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      leaves.update(_fields(value, f"{prefix}{key}."))
-    else:
-      leaves[f"{prefix}{key}"] = value
-  return leaves
-
-
 def _check_fields(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
   """Every field of `config` is one of `base()`'s: a config built in code (unlocked, so a
   misspelt field becomes a new one) is held to what the command line's locked config is."""
-  known, given = _fields(defaults), _fields(config)
-  for field in sorted(given.keys() - known.keys()):
-    close = difflib.get_close_matches(field, list(known), n=1)
-    errors.fail(field, given[field], "is not a config field of this vidtx version"
-                + (f": did you mean config.{close[0]}?" if close else ""))
+  known, given = errors.config_fields(defaults), errors.config_fields(config)
+  unknown = sorted(given.keys() - known.keys())
+  if unknown:
+    raise errors.unknown_field(unknown[0], given[unknown[0]], known)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,

@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
-from vidtx import builder, configuration, errors, models
+from vidtx import builder, cli, configuration, errors, models
 from vidtx.data import clips, records, tfds_datasets, video_files
 from vidtx.models import masking
 
@@ -75,8 +74,9 @@ class Predictor:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     if not models.classifies(config.model):
-      raise ValueError(f"this model.name={config.model.name!r} config is a pre-training model "
-                       f"and predicts no labels: {models.family(config.model).logits_fix}")
+      raise errors.ConfigError(
+          f"this model.name={config.model.name!r} config is a pre-training model and predicts "
+          f"no labels: {models.family(config.model).logits_fix}")
     self.config = config
     model, self.step = builder.restore_model(config, workdir)
     self.labels = class_names(config, workdir)
@@ -97,7 +97,11 @@ class Predictor:
 
   def predict(self, path: str) -> np.ndarray:
     """Class probabilities [classes] of the video file, averaged over its views."""
-    return np.asarray(self._probabilities(jnp.asarray(self.views(path))))
+    return self.probabilities(self.views(path))
+
+  def probabilities(self, views: np.ndarray) -> np.ndarray:
+    """Class probabilities [classes] of a video's `views`, averaged over them."""
+    return np.asarray(self._probabilities(jnp.asarray(views)))
 
   def name(self, index: int) -> str:
     return self.labels[index] if self.labels else str(index)
@@ -107,11 +111,16 @@ class Predictor:
     return [(self.name(i), float(probabilities[i])) for i in order]
 
 
+def video_paths(folder: str) -> list[str]:
+  """The video files under `folder`, sorted."""
+  return sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
+                for name in names if name.lower().endswith(video_files.VIDEO_EXTENSIONS))
+
+
 def predict_folder(predictor: Predictor, folder: str, output, k: int) -> tuple[int, int]:
   """Writes one CSV row per video file under `folder`: path, top-k labels and probabilities,
   or the error. Returns (videos predicted, videos that failed)."""
-  paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder)
-                 for name in names if name.lower().endswith(video_files.VIDEO_EXTENSIONS))
+  paths = video_paths(folder)
   writer = csv.writer(output)
   writer.writerow(["path"] + [f"{kind}_{i + 1}" for i in range(k) for kind in ("label", "prob")]
                   + ["error"])
@@ -128,35 +137,44 @@ def predict_folder(predictor: Predictor, folder: str, output, k: int) -> tuple[i
   return len(paths) - failed, failed
 
 
-def define_flags():
-  config_flags.DEFINE_config_file("config", None, "Config; default: the run's config.json.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Workdir of the trained run.", required=True)
-  flags.DEFINE_string("video", None, "A video file, or a folder of them.", required=True)
-  flags.DEFINE_integer("top_k", 5, "How many labels to show per video.")
-  flags.DEFINE_string("output", "", "CSV file for a folder's predictions; default: stdout.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
+  cli.define_config("Config; default: the run's config.json.", flag_values)
+  flags.DEFINE_string("workdir", None, "Workdir of the trained run.", required=True,
+                      flag_values=flag_values)
+  flags.DEFINE_string("video", None, "A video file, or a folder of them.", required=True,
+                      flag_values=flag_values)
+  flags.DEFINE_integer("top_k", 5, "How many labels to show per video.", flag_values=flag_values)
+  flags.DEFINE_string("output", "", "CSV file for a folder's predictions; default: stdout.",
+                      flag_values=flag_values)
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  try:
-    config = f.config or configuration.from_workdir(f.workdir)
-    if not os.path.exists(f.video):
-      raise FileNotFoundError(f"--video={f.video!r} does not exist")
+  # The inputs first: a typo fails at once, not after the model has loaded.
+  cli.check_readable("video", f.video)
+  if f.output:
+    cli.check_writable("output", f.output, file=True)
+  config = f.config or configuration.from_workdir(f.workdir)
+  if os.path.isdir(f.video):
+    if not video_paths(f.video):
+      raise errors.FlagError(f"--video={f.video} holds no video files "
+                             f"({', '.join(video_files.VIDEO_EXTENSIONS)})")
     predictor = Predictor(config, f.workdir)
-    if os.path.isdir(f.video):
-      with (open(f.output, "w", newline="") if f.output else sys.stdout) as out:
-        done, failed = predict_folder(predictor, f.video, out, f.top_k)
-      logging.info("Predicted %d videos; %d could not be read (see the error column).", done,
-                   failed)
-    else:
-      for label, p in predictor.top_k(predictor.predict(f.video), f.top_k):
-        print(f"{p:8.4f}  {label}")
-  except (video_files.VideoError, FileNotFoundError, errors.ConfigError) as e:
-    sys.exit(f"error: {f.video}: {e}" if isinstance(e, video_files.VideoError) else f"error: {e}")
+    with (open(f.output, "w", newline="") if f.output else sys.stdout) as out:
+      done, failed = predict_folder(predictor, f.video, out, f.top_k)
+    logging.info("Predicted %d videos; %d could not be read (see the error column).", done,
+                 failed)
+  else:
+    try:
+      views = file_views(config, conversion_settings(config, f.workdir), f.video)
+    except video_files.VideoError as e:
+      raise errors.FlagError(f"{f.video}: {e}") from None
+    predictor = Predictor(config, f.workdir)
+    for label, p in predictor.top_k(predictor.probabilities(views), f.top_k):
+      print(f"{p:8.4f}  {label}")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -115,7 +115,7 @@ def synthetic_run():
   """The synthetic config at test size (2 blocks, width 32, 4 frames, 32 interaction channels,
   the MIT head), CLIP frozen, 2 accumulated micro-batches: its train Setup, initial state and a
   batch of synthetic-motion clips of every class."""
-  c = configuration.load(os.path.join(ROOT, "configs", "ila_k400.py") + ":synthetic")
+  c = configuration.load(os.path.join(ROOT, "configs", "ila_k400.py") + ":cpu")
   c.unlock()
   c.model.width, c.model.depth, c.model.num_heads, c.model.ila.proj_dim = 32, 2, 4, 16
   c.model.ila.channels, c.data.num_frames = 32, 4

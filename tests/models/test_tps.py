@@ -206,7 +206,7 @@ def test_patch_shift_in_vit_blocks():
 
 
 def synthetic():
-  return configuration.load(os.path.join(ROOT, "configs", "tps_k400.py:synthetic"))
+  return configuration.load(os.path.join(ROOT, "configs", "tps_k400.py:cpu"))
 
 
 @pytest.mark.parametrize("fields, field, message", [

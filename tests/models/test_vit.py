@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import configuration
+from vidtx import configuration, errors
 from vidtx.models import layers, vit
 
 
@@ -36,11 +36,38 @@ def test_learned_position_embedding_and_cls_add_their_parameters():
   assert cls - learned == 32 + 32  # the CLS token and its position
 
 
-@pytest.mark.parametrize("pool", ["mean", "cls"])
+@pytest.mark.parametrize("pool", vit.POOLS)
 def test_output_shape_and_dtype(pool):
   model = tiny(pool=pool, pos_embed="learned")
   logits = logits_of(model, jnp.ones((3, 4, 32, 32, 3)))
   assert logits.shape == (3, 5) and logits.dtype == jnp.float32
+
+
+def test_first_pool_classifies_the_first_normalised_token_without_a_cls_token():
+  """pool="first" is VideoMAE with use_mean_pooling=False: the final LayerNorm on every token,
+  then the first (tubelet) token to the head; the parameters are the mean-pool model's."""
+  model = tiny(pool="first")
+  assert model.encoder.cls_token is None
+  assert (layers.count_params(nnx.state(model, nnx.Param))
+          == layers.count_params(nnx.state(tiny(), nnx.Param)))
+  video = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
+  tokens = model.encoder(video)
+  assert tokens.shape == (2, 32, 32)
+  np.testing.assert_allclose(logits_of(model, video), model.head(model.norm(tokens)[:, 0]),
+                             rtol=1e-6)
+  assert not np.allclose(logits_of(model, video), model.head(model.norm(tokens.mean(axis=1))))
+
+
+def test_first_pool_under_masking_is_a_config_error():
+  c = configuration.base()
+  c.model.vit.pool, c.model.masking, c.model.mask_ratio = "first", "random", 0.5
+  with pytest.raises(errors.ConfigError, match=r"config\.model\.vit\.pool='first': under "
+                                               r"masking the first token"):
+    configuration.validate(c, num_devices=1, num_processes=1)
+  c.model.vit.pool = "pools"
+  with pytest.raises(errors.ConfigError, match=r"model\.vit\.pool='pools': choose one of "
+                                               r"\('mean', 'cls', 'first'\)"):
+    configuration.validate(c, num_devices=1, num_processes=1)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
@@ -117,7 +144,7 @@ def test_size_presets_and_overrides_build_through_the_config():
   assert model.encoder.blocks[0].attn.num_heads == 6
 
 
-@pytest.mark.parametrize("pool", ["mean", "cls"])
+@pytest.mark.parametrize("pool", vit.POOLS)
 def test_only_kept_tokens_reach_the_output(pool):
   model = tiny(pool=pool, pos_embed="learned")  # grid 2x4x4 = 32 tokens
   video = jax.random.normal(jax.random.key(0), (1, 4, 32, 32, 3))

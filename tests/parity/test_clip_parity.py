@@ -37,10 +37,10 @@ def abstract_tower(proj_dim):
       proj_dim=proj_dim, rngs=nnx.Rngs(0)))
 
 
-def ours(state_dict, proj_dim):
+def ours(state_dict, proj_dim, hf_config=None):
   """Our tower with the converted weights (built abstractly: converting needs only shapes)."""
   abstract = abstract_tower(proj_dim)
-  params = weights.convert(state_dict, abstract, (clip_weights.TOWER,))
+  params = weights.convert(state_dict, abstract, (clip_weights.TOWER,), hf_config=hf_config)
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state)
@@ -68,7 +68,7 @@ def hf_with_projection():
 
 def test_features_match_hf_with_projection(hf_with_projection):
   hf = hf_with_projection
-  model = ours(hf.state_dict(), PROJ)
+  model = ours(hf.state_dict(), PROJ, hf.config.to_dict())
   assert layers.count_params(nnx.state(model, nnx.Param)) == sum(
       p.numel() for p in hf.parameters())
   torch_frames, video = clips()
@@ -88,7 +88,7 @@ def test_vision_model_without_projection_matches_hf(hf_with_projection):
            if not k.startswith("visual_projection.")}
   hf.load_state_dict(state)  # strict: CLIPVisionModel has exactly these names
   hf.eval()
-  model = ours(hf.state_dict(), proj_dim=0)
+  model = ours(hf.state_dict(), proj_dim=0, hf_config=hf.config.to_dict())
   torch_frames, video = clips(1)
   with torch.no_grad():
     out = hf(pixel_values=torch_frames)
@@ -117,7 +117,8 @@ def test_full_clip_model_fills_the_ila_clip_tower(hf_with_projection):
   c.data.num_frames, c.data.crop_size = FRAMES, SIZE
   configuration.validate(c, num_devices=1, num_processes=1)
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  params = weights.convert(hf.state_dict(), abstract, models.family(c.model).converters)
+  params = weights.convert(hf.state_dict(), abstract, models.family(c.model).converters,
+                           hf_config=hf.config.to_dict())  # vision settings in vision_config
   assert list(params) == ["clip"]
   expected = weights.convert(hf_with_projection.state_dict(), abstract_tower(PROJ),
                              (clip_weights.TOWER,))
@@ -126,3 +127,28 @@ def test_full_clip_model_fills_the_ila_clip_tower(hf_with_projection):
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_settings_name_the_nested_vision_field_and_the_projection(hf_with_projection):
+  config = transformers.CLIPConfig(vision_config={**vision_config().to_dict(),
+                                                  "hidden_act": "gelu"}, projection_dim=PROJ)
+  state = hf_with_projection.state_dict()
+  with pytest.raises(ValueError, match=r"vision_config\.hidden_act='gelu' \(exact GELU\): our "
+                                       r"CLIPVision blocks use QuickGELU"):
+    ours(state, PROJ, config.to_dict())
+  with pytest.raises(ValueError, match=rf"projection_dim={PROJ}: the model has 12; set "
+                                       rf"--config\.model\.ila\.proj_dim={PROJ}"):
+    ours(state, 12, hf_with_projection.config.to_dict())
+
+
+def test_the_hubs_older_clip_configs_are_read_as_hf_reads_them(hf_with_projection):
+  """openai/clip-vit-* on the hub hold what the first releases wrote: every generic field and a
+  dropout in vision_config, and vision_config_dict, which HF reads over vision_config."""
+  generic = transformers.PretrainedConfig().to_dict()
+  vision = {**generic, **vision_config().to_dict(), "dropout": 0.0}
+  config = {**transformers.CLIPConfig(projection_dim=PROJ).to_dict(), "vision_config": vision,
+            "text_config_dict": None, "vision_config_dict": None}
+  ours(hf_with_projection.state_dict(), PROJ, config)
+  with pytest.raises(ValueError, match=r"vision_config\.hidden_act='gelu' \(exact GELU\)"):
+    ours(hf_with_projection.state_dict(), PROJ,
+         {**config, "vision_config_dict": {"hidden_act": "gelu"}})

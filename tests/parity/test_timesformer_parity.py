@@ -29,12 +29,12 @@ HF_ATTENTION = {"divided": "divided_space_time", "joint": "joint_space_time",
                 "space_only": "space_only"}
 
 
-def hf_model(attention, seed=0):
-  config = transformers.TimesformerConfig(
-      image_size=SIZE, patch_size=PATCH, num_channels=3, num_frames=FRAMES, hidden_size=WIDTH,
-      num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=4 * WIDTH,
-      hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, num_labels=CLASSES,
-      attention_type=HF_ATTENTION[attention])
+def hf_model(attention, seed=0, **kw):
+  config = transformers.TimesformerConfig(**{
+      **dict(image_size=SIZE, patch_size=PATCH, num_channels=3, num_frames=FRAMES,
+             hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+             intermediate_size=4 * WIDTH, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True,
+             num_labels=CLASSES, attention_type=HF_ATTENTION[attention]), **kw})
   model = transformers.TimesformerForVideoClassification(config)
   return randomise(model, seed)  # temporal_dense too, which we start at zero
 
@@ -49,13 +49,19 @@ def our_config(attention):
   return c
 
 
-def converted(hf, attention):
-  """Our model with `hf`'s weights (built abstractly: converting needs only the shapes)."""
+def abstract_model(attention):
+  """Our model, built abstractly: converting needs only the shapes."""
   config = our_config(attention)
-  abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
+
+
+def converted(hf, attention):
+  """Our model with `hf`'s weights, its config.json's settings checked."""
+  abstract = abstract_model(attention)
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == sum(
       p.numel() for p in hf.parameters())
-  params = weights.convert(hf.state_dict(), abstract, timesformer.SOURCES)
+  params = weights.convert(hf.state_dict(), abstract, timesformer.SOURCES,
+                           hf_config=hf.config.to_dict())
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state), params
@@ -154,3 +160,19 @@ def test_divided_checkpoint_into_joint_model_names_the_fix():
   with pytest.raises(ValueError, match=r"(?s)not used.*temporal_dense.*hint: the checkpoint has "
                                        r"divided space-time attention"):
     weights.convert(hf.state_dict(), abstract, timesformer.SOURCES)
+
+
+def test_attention_type_names_the_attention_to_set():
+  hf = hf_model("joint")
+  with pytest.raises(ValueError, match=r"attention_type='joint_space_time': the model has "
+                                       r"'divided'; set --config\.model\.attention='joint'"):
+    weights.convert(hf.state_dict(), abstract_model("divided"), timesformer.SOURCES,
+                    hf_config=hf.config.to_dict())
+
+
+def test_an_activation_our_blocks_lack_is_refused_by_name():
+  hf = hf_model("divided", hidden_act="gelu_new")
+  with pytest.raises(ValueError, match=r"hidden_act='gelu_new' \(the tanh approximation of "
+                                       r"GELU\): our TimeSformer blocks use exact GELU"):
+    weights.convert(hf.state_dict(), abstract_model("divided"), timesformer.SOURCES,
+                    hf_config=hf.config.to_dict())

@@ -27,12 +27,12 @@ BATCH, FRAMES, SIZE = 2, 8, 32  # 4 token frames of 8x8
 WIDTH, DEPTHS, HEADS, WINDOW, CLASSES = 32, (2, 2), 2, 4, 5
 
 
-def hf_model(seed=0):
-  config = transformers.SwinConfig(
+def hf_model(seed=0, **kw):
+  config = transformers.SwinConfig(**{**dict(
       image_size=SIZE, patch_size=4, num_channels=3, embed_dim=WIDTH, depths=list(DEPTHS),
       num_heads=[HEADS * 2 ** i for i in range(len(DEPTHS))], window_size=WINDOW, mlp_ratio=4.0,
       qkv_bias=True, hidden_act="gelu", layer_norm_eps=1e-5, drop_path_rate=0.0,
-      use_absolute_embeddings=False, num_labels=CLASSES)
+      use_absolute_embeddings=False, num_labels=CLASSES), **kw})
   model = transformers.SwinForImageClassification(config)
   return randomise(model, seed)
 
@@ -47,10 +47,15 @@ def our_config(attention="space_only"):
   return c
 
 
-def converted(hf, inflation, attention="space_only"):
+def abstract_model(attention="space_only"):
   config = our_config(attention)
-  abstract = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
-  params = weights.convert(hf.state_dict(), abstract, (swin.source(inflation),))
+  return nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
+
+
+def converted(hf, inflation, attention="space_only"):
+  abstract = abstract_model(attention)
+  params = weights.convert(hf.state_dict(), abstract, (swin.source(inflation),),
+                           hf_config=hf.config.to_dict())
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state), params
@@ -135,3 +140,24 @@ def test_a_wrong_window_names_the_table():
   with pytest.raises(ValueError, match=r"(?s)not filled.*relative_position_bias_table.*shape "
                                        r"\(49, 2\).*needs \(9, 2\)"):
     weights.convert(hf.state_dict(), abstract, (swin.SWIN,))
+
+
+def test_settings_name_the_tps_fields_or_refuse():
+  hf = hf_model()
+  # The hub's microsoft/swin-* configs hold "path_norm", which no HF code reads.
+  weights.convert(hf.state_dict(), abstract_model(), (swin.SWIN,),
+                  hf_config={**hf.config.to_dict(), "path_norm": True})
+  config = {**hf.config.to_dict(), "window_size": 2, "use_absolute_embeddings": True,
+            "num_heads": [HEADS, 3 * HEADS]}
+  with pytest.raises(ValueError) as refused:
+    weights.convert(hf.state_dict(), abstract_model(), (swin.SWIN,), hf_config=config)
+  message = str(refused.value)
+  assert (f"window_size=2: the model has windows ({WINDOW}, {WINDOW}) over its stages; set "
+          "--config.model.tps.window_size=2") in message
+  assert ("use_absolute_embeddings=True: our TPS has no absolute position embeddings") in message
+  assert (f"num_heads={(HEADS, 3 * HEADS)}: our TPS doubles the first stage's heads at every "
+          "stage") in message
+  doubled = {**hf.config.to_dict(), "num_heads": [4, 8]}
+  with pytest.raises(ValueError, match=r"num_heads=\(4, 8\): the model has \(2, 4\); set "
+                                       r"--config\.model\.num_heads=4"):
+    weights.convert(hf.state_dict(), abstract_model(), (swin.SWIN,), hf_config=doubled)

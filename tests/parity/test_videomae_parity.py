@@ -44,10 +44,12 @@ def hf_config(**kw):
   return transformers.VideoMAEConfig(**args)
 
 
-def hf_classifier(seed=0):
-  model = transformers.VideoMAEForVideoClassification(hf_config(use_mean_pooling=True))
-  # HF builds fc_norm with torch's default eps (1e-5); official VideoMAE and ours use 1e-6.
-  model.fc_norm.eps = LN_EPS
+def hf_classifier(seed=0, use_mean_pooling=True, **kw):
+  model = transformers.VideoMAEForVideoClassification(
+      hf_config(use_mean_pooling=use_mean_pooling, **kw))
+  if use_mean_pooling:
+    # HF builds fc_norm with torch's default eps (1e-5); official VideoMAE and ours use 1e-6.
+    model.fc_norm.eps = LN_EPS
   return randomise(model, seed)
 
 
@@ -58,7 +60,7 @@ def hf_pretrainer(seed=1):
   return randomise(model, seed)
 
 
-def our_config(name, classifier="none"):
+def our_config(name, classifier="none", pool="mean"):
   c = configuration.base()
   c.model.name, c.model.size = name, "Ti"
   c.model.width, c.model.depth, c.model.num_heads = WIDTH, DEPTH, HEADS
@@ -66,6 +68,7 @@ def our_config(name, classifier="none"):
   c.model.mae.decoder_width, c.model.mae.decoder_depth = DECODER_WIDTH, DECODER_DEPTH
   c.model.mae.decoder_heads = DECODER_HEADS
   c.model.mae.classifier = classifier
+  c.model.vit.pool = pool
   c.model.mae.bridge_width, c.model.mae.bridge_depth, c.model.mae.bridge_heads = 32, 1, 2
   c.data.num_frames, c.data.crop_size, c.data.num_classes = FRAMES, SIZE, CLASSES
   # HF un-normalises its pre-training targets with the ImageNet statistics.
@@ -79,9 +82,9 @@ def build(config):
   return nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
 
 
-def convert(state_dict, model):
+def convert(state_dict, model, hf_config=None):
   """Our parameters of `model` from a checkpoint in one of the VideoMAE-family layouts."""
-  return weights.convert(state_dict, model, videomae.SOURCES)
+  return weights.convert(state_dict, model, videomae.SOURCES, hf_config=hf_config)
 
 
 def with_params(abstract_model, params):
@@ -193,26 +196,118 @@ def official_pretrain(state, encoder_prefix="encoder."):
 
 # ---- HF parity ----
 
-def test_classifier_logits_match_hf():
-  hf = hf_classifier()
-  abstract = build(our_config("vit"))
+def assert_logits_match_hf(hf, pool="mean", what="classifier logits"):
+  abstract = build(our_config("vit", pool=pool))
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == param_count(hf)
-  model = with_params(abstract, convert(hf.state_dict(), abstract))
+  model = with_params(abstract, convert(hf.state_dict(), abstract, hf.config.to_dict()))
 
   torch_video, video = videos()
   with torch.no_grad():
     expected = hf(pixel_values=torch_video).logits.numpy()
   logits = nnx.jit(lambda model, video: model(video)[0])(model, video)
-  report("classifier logits", logits, expected)
+  report(what, logits, expected)
   assert np.abs(expected).max() > 0.1  # not vanishing, so the tolerance means something
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_classifier_logits_match_hf():
+  assert_logits_match_hf(hf_classifier())
+
+
+def test_classifier_without_mean_pooling_matches_hf():
+  """use_mean_pooling=False: the encoder's final LayerNorm on every token, then the first token
+  (VideoMAE has no CLS token) -> classifier; ours with config.model.vit.pool='first'."""
+  hf = hf_classifier(use_mean_pooling=False)
+  assert hf.fc_norm is None and hf.videomae.layernorm is not None
+  assert_logits_match_hf(hf, pool="first", what="first-token classifier logits")
+
+
+def test_pooling_that_does_not_fit_the_checkpoint_names_the_pool():
+  first_token = hf_classifier(use_mean_pooling=False)
+  with pytest.raises(ValueError, match=r"use_mean_pooling=False: the model has 'mean'; set "
+                                       r"--config\.model\.vit\.pool='first'"):
+    convert(first_token.state_dict(), build(our_config("vit")), first_token.config.to_dict())
+  # Without config.json the layout says it too.
+  with pytest.raises(ValueError, match=r"(?s)not used.*videomae\.layernorm\.weight.*hint: .*"
+                                       r"config\.model\.vit\.pool='first'"):
+    convert(first_token.state_dict(), build(our_config("vit")))
+  mean = hf_classifier()
+  with pytest.raises(ValueError, match=r"use_mean_pooling=True: the model has 'first'; set "
+                                       r"--config\.model\.vit\.pool='mean'"):
+    convert(mean.state_dict(), build(our_config("vit", pool="first")), mean.config.to_dict())
+  with pytest.raises(ValueError, match=r"(?s)not used.*fc_norm\.weight.*hint: .*"
+                                       r"config\.model\.vit\.pool='mean'"):
+    convert(mean.state_dict(), build(our_config("vit", pool="first")))
+
+
+def test_official_first_token_checkpoint_converts_like_hf():
+  """Official VideoMAE with use_mean_pooling=False saves the final norm as `norm` (no
+  fc_norm)."""
+  hf = hf_classifier(use_mean_pooling=False)
+  model = build(our_config("vit", pool="first"))
+  state = official_encoder(torch_state(hf), "")
+  for kind in ("weight", "bias"):
+    state[f"norm.{kind}"] = torch_state(hf)[f"videomae.layernorm.{kind}"]
+    state[f"head.{kind}"] = torch_state(hf)[f"classifier.{kind}"]
+  assert_same_params(convert(state, model), convert(hf.state_dict(), model))
+
+
+def test_hf_layer_norm_eps_default_converts_within_the_parity_tolerance():
+  """HF's VideoMAEConfig default eps is 1e-12 (the checkpoints on the hub keep it); ours is
+  VideoMAE's 1e-6. The difference is far below the parity tolerance, so it converts."""
+  hf = hf_classifier(layer_norm_eps=1e-12)
+  assert_logits_match_hf(hf, what="classifier logits, HF eps 1e-12")
+
+
+def test_settings_that_change_the_computation_are_refused_by_name():
+  hf = hf_classifier(hidden_act="gelu_new", layer_norm_eps=1e-3)
+  with pytest.raises(ValueError) as refused:
+    convert(hf.state_dict(), build(our_config("vit")), hf.config.to_dict())
+  message = str(refused.value)
+  assert ("hidden_act='gelu_new' (the tanh approximation of GELU): our VideoViT blocks use exact "
+          "GELU; this checkpoint cannot be converted exactly") in message
+  assert "layer_norm_eps=0.001: our VideoViT LayerNorms use eps 1e-06" in message
+
+
+def test_sizes_and_clip_shape_name_the_config_fields():
+  hf = hf_classifier()
+  config = our_config("vit")
+  config.model.depth, config.model.mlp_ratio = 3, 2.0
+  config.data.crop_size, config.data.num_classes = 2 * SIZE, 7
+  with pytest.raises(ValueError) as refused:
+    convert(hf.state_dict(), build(config), hf.config.to_dict())
+  message = str(refused.value)
+  for line in (f"num_hidden_layers={DEPTH}: the model has 3; set --config.model.depth={DEPTH}",
+               f"intermediate_size={4 * WIDTH}: the model has {2 * WIDTH}; set "
+               "--config.model.mlp_ratio=4.0",
+               f"image_size={SIZE}: the model has {2 * SIZE}; set --config.data.crop_size={SIZE}",
+               f"id2label ({CLASSES} labels): the model has 7 classes; set "
+               f"--config.data.num_classes={CLASSES}"):
+    assert line in message
+
+
+def test_pretraining_settings_name_the_decoder_fields_and_refuse_pixel_targets():
+  hf = hf_pretrainer()
+  config = our_config("mae")
+  config.model.mae.decoder_depth = 2
+  with pytest.raises(ValueError, match=rf"decoder_num_hidden_layers={DECODER_DEPTH}: the model "
+                                       rf"has 2; set --config\.model\.mae\.decoder_depth="
+                                       rf"{DECODER_DEPTH}"):
+    convert(hf.state_dict(), build(config), hf.config.to_dict())
+  unnormalised = {**hf.config.to_dict(), "norm_pix_loss": False}
+  with pytest.raises(ValueError, match=r"norm_pix_loss=False: our MaskedVideoModel reconstructs "
+                                       r"per-tubelet normalised pixels"):
+    convert(hf.state_dict(), build(our_config("mae")), unnormalised)
+  mean_pooled = {**hf.config.to_dict(), "use_mean_pooling": True}
+  with pytest.raises(ValueError, match=r"use_mean_pooling=True: .*no final encoder LayerNorm"):
+    convert(hf.state_dict(), build(our_config("mae")), mean_pooled)
 
 
 def test_pretraining_reconstruction_and_loss_match_hf():
   hf = hf_pretrainer()
   abstract = build(our_config("mae"))
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == param_count(hf)
-  model = with_params(abstract, convert(hf.state_dict(), abstract))
+  model = with_params(abstract, convert(hf.state_dict(), abstract, hf.config.to_dict()))
 
   torch_video, video = videos(1)
   bool_masked_pos, keep = random_mask(1)

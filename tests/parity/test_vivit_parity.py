@@ -22,7 +22,7 @@ F = torch.nn.functional
 
 from vidtx import configuration, models, weights  # noqa: E402
 from vidtx.models import layers  # noqa: E402
-from vidtx.weights import vivit  # noqa: E402
+from vidtx.weights import files, vivit  # noqa: E402
 from torch_params import randomise  # noqa: E402
 
 BATCH, FRAMES, SIZE, TUBELET, PATCH = 2, 4, 32, 2, 8
@@ -71,28 +71,77 @@ def assert_close(what, logits, expected):
 
 # ---- HF, model 1 ----
 
-def hf_model(seed=0):
-  config = transformers.VivitConfig(
+def hf_model(seed=0, **kw):
+  args = dict(
       image_size=SIZE, num_frames=FRAMES, tubelet_size=[TUBELET, PATCH, PATCH], num_channels=3,
       hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
       intermediate_size=4 * WIDTH, hidden_act="gelu_fast", layer_norm_eps=1e-6, qkv_bias=True,
       num_labels=CLASSES)
-  model = transformers.VivitForVideoClassification(config)
+  model = transformers.VivitForVideoClassification(transformers.VivitConfig(**{**args, **kw}))
   return randomise(model, seed)  # HF zeroes the CLS token and position embeddings
 
 
-def test_model_1_logits_match_hf():
+def hf_logits(hf, torch_video):
+  with torch.no_grad():
+    return hf(pixel_values=torch_video).logits.numpy()
+
+
+def test_model_1_logits_match_hf(tmp_path):
   hf = hf_model()
+  hf.save_pretrained(tmp_path)  # model.safetensors and config.json, its settings checked
   abstract = abstract_model("joint")
   assert layers.count_params(nnx.state(abstract, nnx.Param)) == sum(
       p.numel() for p in hf.parameters())
-  params = weights.convert(hf.state_dict(), abstract, vivit.SOURCES)
+  params = weights.convert(files.load_state_dict(str(tmp_path)), abstract, vivit.SOURCES,
+                           hf_config=files.load_hf_config(str(tmp_path)))
   torch_video, video = videos()
-  with torch.no_grad():
-    expected = hf(pixel_values=torch_video).logits.numpy()
+  expected = hf_logits(hf, torch_video)
   assert_close("model 1 vs HF", logits_of(with_params(abstract, params), video), expected)
   # And the reference below agrees with HF.
   assert_close("reference model 1 vs HF", reference(params, video, "joint"), expected)
+
+
+@pytest.mark.parametrize("tanh_gelu", ["gelu_new", "gelu_pytorch_tanh"])
+def test_other_names_of_the_tanh_gelu_convert(tanh_gelu):
+  hf = hf_model(hidden_act=tanh_gelu)
+  abstract = abstract_model("joint")
+  params = weights.convert(hf.state_dict(), abstract, vivit.SOURCES,
+                           hf_config=hf.config.to_dict())
+  torch_video, video = videos()
+  assert_close(tanh_gelu, logits_of(with_params(abstract, params), video),
+               hf_logits(hf, torch_video))
+
+
+def test_exact_gelu_checkpoint_is_refused_by_name():
+  """Our ViViT's GELU is the tanh approximation: an HF ViViT with hidden_act="gelu" (exact)
+  would convert by names and shapes alone into a model whose logits are not the checkpoint's."""
+  hf = hf_model(hidden_act="gelu")
+  abstract = abstract_model("joint")
+  with pytest.raises(ValueError, match=r"hidden_act='gelu' \(exact GELU\): our ViViT blocks use "
+                                       r"the tanh approximation of GELU; this checkpoint cannot "
+                                       r"be converted exactly"):
+    weights.convert(hf.state_dict(), abstract, vivit.SOURCES, hf_config=hf.config.to_dict())
+  # Why: without its config.json the names and shapes fit, and the logits are off by ~1e-4 of
+  # their scale, where a true conversion is within ~3e-7.
+  params = weights.convert(hf.state_dict(), abstract, vivit.SOURCES)
+  torch_video, video = videos()
+  expected = hf_logits(hf, torch_video)
+  logits = logits_of(with_params(abstract, params), video)
+  assert np.abs(logits - expected).max() > 3e-5 * np.abs(expected).max()
+
+
+def test_settings_the_config_sets_name_the_field():
+  hf = hf_model(num_frames=2 * FRAMES, qkv_bias=False, layer_norm_eps=1e-3)
+  with pytest.raises(ValueError) as refused:
+    weights.convert(hf.state_dict(), abstract_model("joint"), vivit.SOURCES,
+                    hf_config=hf.config.to_dict())
+  message = str(refused.value)
+  assert "HF ViViT checkpoint's config.json does not fit ViViT" in message
+  assert f"num_frames={2 * FRAMES}: the model has {FRAMES}; set --config.data.num_frames=8" \
+      in message
+  assert "qkv_bias=False: the model has True; set --config.model.qkv_bias=False" in message
+  assert ("layer_norm_eps=0.001: our ViViT LayerNorms use eps 1e-06; this checkpoint cannot be "
+          "converted exactly") in message
 
 
 def test_hf_checkpoint_into_other_models_says_model_1():

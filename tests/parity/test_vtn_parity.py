@@ -67,7 +67,9 @@ def temporal_pair(attention_window, window, frames, stride, seed=0):
   abstract = nnx.eval_shape(lambda: vtn.TemporalEncoder(
       WIDTH, DEPTH, HEADS, mlp_ratio=4.0, window=window, dropout=0.1, dtype=jnp.float32,
       rngs=nnx.Rngs(0)))
-  params = weights.convert(hf.state_dict(), abstract, (vtn_weights.LONGFORMER,))
+  hf_config = hf.config.to_dict() if attention_window == 2 * window else None
+  params = weights.convert(hf.state_dict(), abstract, (vtn_weights.LONGFORMER,),
+                           hf_config=hf_config)
   assert "cls_token" not in params  # a LongformerModel has none: VTN keeps it apart
   params["cls_token"] = np.random.default_rng(seed).standard_normal((1, 1, WIDTH)).astype(
       np.float32)
@@ -113,7 +115,8 @@ def test_the_family_converts_a_longformer_into_its_temporal_encoder():
   hf = hf_longformer(attention_window=4)
   c = our_config()
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
-  params = weights.convert(hf.state_dict(), abstract, models.family(c.model).converters)
+  params = weights.convert(hf.state_dict(), abstract, models.family(c.model).converters,
+                           hf_config=hf.config.to_dict())
   assert list(params) == ["temporal"] and "cls_token" not in params["temporal"]
   alone = weights.convert(hf.state_dict(), abstract.temporal, (vtn_weights.LONGFORMER,))
   flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(tree)[0])
@@ -121,6 +124,33 @@ def test_the_family_converts_a_longformer_into_its_temporal_encoder():
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_array_equal(a[name], b[name])
+
+def test_longformer_settings_name_the_vtn_fields_or_refuse():
+  hf = hf_longformer(attention_window=6)  # 3 frames each side; the config's window is 2
+  c = our_config()
+  abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
+  config = {**hf.config.to_dict(), "max_position_embeddings": 4098}
+  with pytest.raises(ValueError) as refused:
+    weights.convert(hf.state_dict(), abstract, models.family(c.model).converters,
+                    hf_config=config)
+  message = str(refused.value)
+  assert ("attention_window=(6, 6): the model has window=2 (each side); set "
+          "--config.model.vtn.window=3") in message
+  assert "max_position_embeddings=4098: our VTN's position table has 288 rows" in message
+
+
+def test_image_vit_settings_are_read_against_the_one_frame_model():
+  hf = hf_vit()
+  c = our_config()
+  for field, value, expected in (
+      ("qkv_bias", False, r"qkv_bias=False: our one-frame VideoViT has q, k and v biases"),
+      ("patch_size", 4, r"patch_size=4: the model has 8; set "
+                        r"--config\.model\.patch_size='\(t, 4, 4\)'"),
+      ("hidden_act", "relu", r"hidden_act='relu': our VideoViT blocks use exact GELU")):
+    with pytest.raises(ValueError, match=expected):
+      image.convert(hf.state_dict(), c.model, models.FAMILIES["vtn"].image_model,
+                    hf_config={**hf.config.to_dict(), field: value})
+
 
 def with_params(abstract, params):
   graphdef, state = nnx.split(abstract)
@@ -140,7 +170,7 @@ def test_backbone_gives_hf_vit_cls_features_per_frame():
   c = our_config()
   abstract = nnx.eval_shape(lambda: models.build(c.model, c.data, nnx.Rngs(0)))
   one_frame = image.convert(hf.state_dict(), c.model,  # a ViTModel: no head
-                            models.FAMILIES["vtn"].image_model)
+                            models.FAMILIES["vtn"].image_model, hf_config=hf.config.to_dict())
   assert set(one_frame) == {"encoder", "norm"}
   # The rest (temporal encoder, head) plays no part in the frame features.
   params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),

@@ -99,6 +99,16 @@ def test_checkpoint_that_does_not_fit_the_config_writes_nothing(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_an_hf_directory_whose_settings_do_not_fit_is_refused_by_name(tmp_path):
+  """Names and shapes fit, but config.json says the blocks compute another GELU."""
+  hf_classifier(hidden_act="gelu_new").save_pretrained(tmp_path / "hf")
+  _, config = tiny_config(tmp_path)
+  with pytest.raises(ValueError, match=r"hidden_act='gelu_new' \(the tanh approximation of "
+                                       r"GELU\): our VideoViT blocks use exact GELU"):
+    convert_weights.convert(config, str(tmp_path / "hf"), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
 def test_pretraining_checkpoint_converts_with_the_mae_config(tmp_path):
   """The documented route to fine-tuning: convert with the pre-training config, then init_from
   copies the encoder into the classifier."""

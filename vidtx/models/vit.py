@@ -1,7 +1,9 @@
-"""Video ViT: tubelet embedding, position embedding, pre-LN blocks, mean-pool or CLS head.
+"""Video ViT: tubelet embedding, position embedding, pre-LN blocks, a mean-pool, CLS or
+first-token head.
 
 With `pos_embed="sincos"`, `pool="mean"` and `qkv_bias=True` this is VideoMAE's fine-tuning
-model (`modeling_finetune.VisionTransformer`): same parameters, same names up to layout.
+model (`modeling_finetune.VisionTransformer`): same parameters, same names up to layout; with
+`pool="first"` it is that model with use_mean_pooling=False.
 
 Every model returns `(logits, aux)`: logits [B, classes] float32 (None for a model that only
 pre-trains) and a dict of per-example [B] float32 extras. `aux["loss"]`, when present, is an
@@ -110,7 +112,15 @@ class Encoder(nnx.Module):
     return x
 
 
+# config.model.vit.pool -> what the head sees: "mean": the mean token, normalised (VideoMAE's
+# fc_norm); "cls": a CLS token prepended to the tokens, after the final LayerNorm over every
+# token; "first": the first token after that LayerNorm, without a CLS token (VideoMAE with
+# use_mean_pooling=False).
+POOLS = ("mean", "cls", "first")
+
+
 class VideoViT(nnx.Module):
+  """The encoder, a final LayerNorm and a Linear head on the pooled feature (see POOLS)."""
 
   def __init__(self, *, num_classes: int, num_frames: int, image_size: int,
                patch_size=(2, 16, 16), width: int = 768, depth: int = 12, num_heads: int = 12,
@@ -119,15 +129,15 @@ class VideoViT(nnx.Module):
                clip_style: bool = False, drop_path: float = 0.0, head_dropout: float = 0.0,
                head_init_scale: float = 1.0, remat: str = "none", dtype=jnp.float32,
                rngs: nnx.Rngs):
-    if pool not in ("mean", "cls"):
-      raise ValueError(f"config.model.vit.pool={pool!r}: use 'mean' or 'cls'")
+    if pool not in POOLS:
+      raise ValueError(f"config.model.vit.pool={pool!r}: use one of {POOLS}")
     self.pool, self.head_dropout = pool, head_dropout
     self.encoder = Encoder(num_frames=num_frames, image_size=image_size, patch_size=patch_size,
                            width=width, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            qkv_bias=qkv_bias, k_bias=k_bias, pos_embed=pos_embed,
                            cls_token=pool == "cls", attention=attention, clip_style=clip_style,
                            drop_path=drop_path, remat=remat, dtype=dtype, rngs=rngs)
-    # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); CLS normalises tokens.
+    # Mean pooling normalises the pooled feature (VideoMAE's fc_norm); the others the tokens.
     self.norm = layers.LayerNorm(width, eps=norm_eps(clip_style), rngs=rngs)
     head_init = lambda key, shape, dtype: layers.trunc_normal(key, shape, dtype) * head_init_scale
     self.head = layers.Dense(width, num_classes, ("embed", "classes"), kernel_init=head_init,
@@ -187,12 +197,12 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
 def section() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.pos_embed = "sincos"  # "sincos" (fixed, VideoMAE) or "learned"
-  s.pool = "mean"  # "mean" (+ fc_norm) or "cls"
+  # "mean" (+ fc_norm), "cls" (a CLS token) or "first" (the first token, no CLS; see POOLS)
+  s.pool = "mean"
   return s
 
 
 POS_EMBEDS = ("sincos", "learned")
-POOLS = ("mean", "cls")
 
 
 def check_heads(config: ml_collections.ConfigDict) -> None:
@@ -226,6 +236,10 @@ def _check(config: ml_collections.ConfigDict) -> None:
     errors.fail("model.vit.pos_embed", s.pos_embed, f"choose one of {POS_EMBEDS}")
   if s.pool not in POOLS:
     errors.fail("model.vit.pool", s.pool, f"choose one of {POOLS}")
+  if s.pool == "first" and config.model.masking != "none":
+    errors.fail("model.vit.pool", s.pool, "under masking the first token is whichever is "
+                "visible first: use pool='mean' or 'cls' with model.masking, or "
+                "model.masking='none'")
 
 
 FAMILY = Family(

@@ -26,18 +26,20 @@ init_from then inflates it (vidtx.weights.inflate: kernels over the tubelet's fr
 embeddings resized and tiled over time, a temporal attention from the spatial one; for VTN the
 ViT is the per-frame backbone).
 
-A checkpoint the family does not convert from is refused, naming the families whose
-converters know its keys.
+An HF directory's config.json is read too (`vidtx.weights.settings`): a setting the model
+computes differently (an activation, a norm's epsilon, the pooling) is refused by name, or
+honoured where the config has a field for it (HF VideoMAE's use_mean_pooling=False is
+model.vit.pool="first"). A checkpoint the family does not convert from is refused, naming the
+families whose converters know its keys.
 """
 
 import os
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
-from vidtx import checkpoint, configuration, models, weights
+from vidtx import checkpoint, cli, configuration, errors, models, weights
 from vidtx.models import layers
 from vidtx.weights import files, image
 
@@ -46,26 +48,42 @@ def convert(config: ml_collections.ConfigDict, checkpoint_path: str, out: str) -
   """Converts `checkpoint_path` into `config`'s model and writes it to `out` for init_from.
 
   Returns the converted pure dict (parameters and statistics). Raises ValueError naming every
-  key or parameter that does not fit, and refuses to overwrite a non-empty `out`.
+  key or parameter that does not fit, errors.FlagError for a file that is no checkpoint, and
+  refuses to overwrite a non-empty `out`.
   """
   configuration.validate(config, num_devices=1, num_processes=1)
   if os.path.isdir(out) and os.listdir(out):
-    raise ValueError(f"--out={out!r} is not empty: give a new directory")
+    raise errors.FlagError(f"--out={out!r} is not empty: give a new directory")
+  cli.check_writable("out", out)  # before the conversion, which may take minutes
   family = models.family(config.model)
-  state_dict = files.load_state_dict(checkpoint_path)
+  state_dict = _read(checkpoint_path)
+  hf_config = files.load_hf_config(checkpoint_path)
   if weights.find_source(state_dict, family.converters):
     # Abstract: only the shapes are needed, so even ViT-H costs no memory here.
     model = nnx.eval_shape(lambda: models.build(config.model, config.data, nnx.Rngs(0)))
-    params = weights.convert(state_dict, model, family.converters)
+    params = weights.convert(state_dict, model, family.converters, hf_config=hf_config)
   elif family.image_model and weights.find_source(state_dict, image.SOURCES):
     # A one-frame image model, inflated to video by init_from.
     if weights.find_source(state_dict, (image.CLIP,)) and not config.model.clip_style:
       raise ValueError(_clip_style_message(state_dict))
-    params = image.convert(state_dict, config.model, family.image_model)
+    params = image.convert(state_dict, config.model, family.image_model, hf_config=hf_config)
   else:
     raise ValueError(_unknown_message(state_dict, config.model.name, family))
   checkpoint.save_params(out, params)
   return params
+
+
+def _read(checkpoint_path: str) -> dict:
+  """files.load_state_dict, where a file that is no checkpoint raises errors.FlagError."""
+  try:
+    return files.load_state_dict(checkpoint_path)
+  except (ValueError, OSError):
+    raise  # they name the file and the fix
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # What torch.load or safetensors raise on other bytes depends on the bytes.
+    reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else "no data"
+    raise errors.FlagError(f"--checkpoint={checkpoint_path}: not a PyTorch checkpoint "
+                           f"({type(e).__name__}: {reason})") from e
 
 
 def _families_converting(state_dict) -> list[str]:
@@ -106,15 +124,17 @@ def main(argv):
   print(f"use it with: --config.init_from={out}")
 
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   """Defined only when run as a program, so importing tools side by side works."""
-  config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                  lock_config=True)
-  flags.DEFINE_string("checkpoint", None, "PyTorch .pth/.bin/.safetensors file or HF directory.")
-  flags.DEFINE_string("out", None, "Directory to write the converted parameters to.")
-  flags.mark_flags_as_required(["config", "checkpoint", "out"])
+  cli.define_config("Experiment config file[:variant].", flag_values)
+  flags.DEFINE_string("checkpoint", None, "PyTorch .pth/.bin/.safetensors file or HF directory.",
+                      flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Directory to write the converted parameters to.",
+                      flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "checkpoint", "out"], flag_values=flag_values)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  # A conversion's ValueErrors name what in the checkpoint does not fit the config.
+  cli.run(main, user_errors=(ValueError,))

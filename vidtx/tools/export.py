@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
-from vidtx import builder, configuration, models, predict
+from vidtx import builder, cli, configuration, errors, models, predict
 from vidtx.data import records
 from vidtx.models import masking
 
@@ -35,9 +34,7 @@ FORMATS = ("stablehlo", "saved_model")
 def logits_fn(model: nnx.Module, config: ml_collections.ConfigDict):
   """(params, fn): fn(params, uint8 frames [b, T, S, S, 3]) -> float32 logits [b, classes],
   the evaluation forward pass (MAR: on its fixed test mask)."""
-  if not models.classifies(config.model):
-    raise ValueError(f"this model.name={config.model.name!r} config is a pre-training model: "
-                     f"it has no logits to export: {models.family(config.model).logits_fix}")
+  check_classifies(config)
   graphdef, params = nnx.split(model)
   mean = np.asarray(config.data.mean, np.float32)
   std = np.asarray(config.data.std, np.float32)
@@ -49,6 +46,14 @@ def logits_fn(model: nnx.Module, config: ml_collections.ConfigDict):
     return logits
 
   return params, fn
+
+
+def check_classifies(config: ml_collections.ConfigDict) -> None:
+  """Raises errors.ConfigError for a pre-training model: it has no logits to export."""
+  if not models.classifies(config.model):
+    raise errors.ConfigError(
+        f"this model.name={config.model.name!r} config is a pre-training model: it has no "
+        f"logits to export: {models.family(config.model).logits_fix}")
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
@@ -102,6 +107,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, output: str,
   unknown = set(formats) - set(FORMATS)
   if unknown:
     raise ValueError(f"unknown export formats {sorted(unknown)}; choose from {FORMATS}")
+  check_classifies(config)  # before the checkpoint loads
   model, step = builder.restore_model(config, workdir)
   os.makedirs(output, exist_ok=True)
   if "stablehlo" in formats:
@@ -121,21 +127,24 @@ def export(config: ml_collections.ConfigDict, workdir: str, output: str,
   return info
 
 
-def define_flags():
-  config_flags.DEFINE_config_file("config", None, "Config; default: the run's config.json.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Workdir of the trained run.", required=True)
-  flags.DEFINE_string("output", None, "Directory to write the export into.", required=True)
-  flags.DEFINE_enum("format", "both", ["both", *FORMATS], "What to write.")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
+  cli.define_config("Config; default: the run's config.json.", flag_values)
+  flags.DEFINE_string("workdir", None, "Workdir of the trained run.", required=True,
+                      flag_values=flag_values)
+  flags.DEFINE_string("output", None, "Directory to write the export into.", required=True,
+                      flag_values=flag_values)
+  flags.DEFINE_enum("format", "both", ["both", *FORMATS], "What to write.",
+                    flag_values=flag_values)
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
+  cli.check_writable("output", f.output)
   config = f.config or configuration.from_workdir(f.workdir)
   export(config, f.workdir, f.output, FORMATS if f.format == "both" else (f.format,))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -14,11 +14,10 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
-from vidtx import configuration, models
+from vidtx import cli, configuration, models
 from vidtx.models import layers, masking
 
 
@@ -57,14 +56,14 @@ def main(argv):
     print(f"GMACs per view  {result['gmacs']:.4g}  (compiled XLA cost analysis)")
 
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   """Defined only when run as a program, so importing tools side by side works."""
-  config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
-                                  lock_config=True)
-  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-  flags.mark_flag_as_required("config")
+  cli.define_config("Experiment config file[:variant].", flag_values)
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.",
+                    flag_values=flag_values)
+  flags.mark_flag_as_required("config", flag_values=flag_values)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -24,15 +24,13 @@ bridging classifier, as inference runs them (not the pre-training decoder).
 
 import contextlib
 import os
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
-from vidtx import configuration, errors, models, predict
+from vidtx import cli, configuration, models, predict
 from vidtx.data import clips, video_files
 from vidtx.models import layers
 from vidtx.tools import visualize_masks
@@ -142,13 +140,19 @@ def check_supported(config):
 
 def run(config, out: str, *, workdir=None, video_path=None, index: int = 0, scale: int = 0):
   """Writes <out>.png and <out>.gif; returns their paths."""
+  cli.check_writable("out", out, file=True)
   if workdir is not None and not os.path.isdir(workdir):
     raise visualize_masks.VisualizeError(f"--workdir={workdir} does not exist")
+  if video_path is not None:
+    cli.check_readable("video", video_path)
   configuration.validate(config, num_devices=1, num_processes=1)
   check_supported(config)
   if video_path is not None:
-    views = predict.file_views(config, predict.conversion_settings(config, workdir or ""),
-                               video_path)
+    try:
+      views = predict.file_views(config, predict.conversion_settings(config, workdir or ""),
+                                 video_path)
+    except video_files.VideoError as e:
+      raise visualize_masks.VisualizeError(f"--video={video_path}: {e}") from None
     video, what = views[clips.centre_view(config.data)], video_path
   else:
     video, label = visualize_masks.load_clip(config, index, workdir)
@@ -170,31 +174,30 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  try:
-    if f.config is None and f.workdir is None:
-      raise visualize_masks.VisualizeError("give --workdir (a run; its config.json is used) "
-                                           "or --config")
-    config = f.config if f.config is not None else configuration.from_workdir(f.workdir)
-    run(config, f.out, workdir=f.workdir, video_path=f.video, index=f.index, scale=f.scale)
-  except (errors.ConfigError, errors.DataNotFoundError, video_files.VideoError,
-          visualize_masks.VisualizeError) as e:
-    sys.exit(f"error: {e}")
+  if f.config is None and f.workdir is None:
+    raise visualize_masks.VisualizeError("give --workdir (a run; its config.json is used) "
+                                         "or --config")
+  config = f.config if f.config is not None else configuration.from_workdir(f.workdir)
+  run(config, f.out, workdir=f.workdir, video_path=f.video, index=f.index, scale=f.scale)
 
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   """Defined only when run as a program, so importing tools side by side works."""
-  config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file[:variant]; default: the --workdir run's config.",
-      lock_config=True)
-  flags.DEFINE_string("workdir", None, "A trained run; without it the model is random.")
-  flags.DEFINE_string("video", None, "A video file; default: clip --index of the eval split.")
-  flags.DEFINE_integer("index", 0, "Which clip of the eval split, without --video.")
-  flags.DEFINE_string("out", None, "Output path prefix: writes <out>.png and <out>.gif.")
+  cli.define_config(
+      "Experiment config file[:variant]; default: the --workdir run's config.", flag_values)
+  flags.DEFINE_string("workdir", None, "A trained run; without it the model is random.",
+                      flag_values=flag_values)
+  flags.DEFINE_string("video", None, "A video file; default: clip --index of the eval split.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("index", 0, "Which clip of the eval split, without --video.",
+                       flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output path prefix: writes <out>.png and <out>.gif.",
+                      flag_values=flag_values)
   flags.DEFINE_integer("scale", 0, "Nearest-neighbour upscale factor; 0: frames of about 128 "
-                       "pixels.")
-  flags.mark_flag_as_required("out")
+                       "pixels.", flag_values=flag_values)
+  flags.mark_flag_as_required("out", flag_values=flag_values)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

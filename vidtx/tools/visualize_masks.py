@@ -19,7 +19,6 @@ temporary directory.
 import contextlib
 import math
 import os
-import sys
 import tempfile
 
 import jax
@@ -28,10 +27,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 from PIL import Image, ImageDraw, ImageFont
 
-from vidtx import builder, configuration, data, errors, models
+from vidtx import builder, cli, configuration, data, errors, models
 from vidtx.data import synthetic
 from vidtx.models import layers, masking
 
@@ -45,7 +43,7 @@ GIF_FRAME_MS = 400
 RECON_EPS = 1e-6  # as in mae.pixel_targets
 
 
-class VisualizeError(ValueError):
+class VisualizeError(errors.FlagError):
   """A bad flag or a missing run; the message names the value and the fix."""
 
 
@@ -288,6 +286,7 @@ def write_pictures(out: str, image, frames) -> tuple[str, str]:
 
 def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale: int = 0):
   """Writes <out>.png and <out>.gif; returns their paths."""
+  cli.check_writable("out", out, file=True)
   _check_workdir(workdir)
   configuration.validate(config, num_devices=1, num_processes=1)
   if scale < 0:
@@ -319,30 +318,29 @@ def run(config, out: str, *, workdir=None, index: int = 0, seed: int = 0, scale:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    f = flags.FLAGS
-    run(f.config, f.out, workdir=f.workdir, index=f.index, seed=f.seed, scale=f.scale)
-  except (errors.ConfigError, errors.DataNotFoundError, VisualizeError) as e:
-    sys.exit(f"error: {e}")
+  f = flags.FLAGS
+  run(f.config, f.out, workdir=f.workdir, index=f.index, seed=f.seed, scale=f.scale)
 
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
   """The command line's flags; defined only when run as a program, so that importing this
   module next to another tool does not define --config twice."""
-  config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file[:variant]; override fields with --config.<f>=<v>.",
-      lock_config=True)
+  cli.define_config(
+      "Experiment config file[:variant]; override fields with --config.<f>=<v>.", flag_values)
   flags.DEFINE_string(
       "workdir", None, "A trained run: its latest checkpoint and its data are used. Without it "
-      "the model is randomly initialised.")
-  flags.DEFINE_string("out", None, "Output path prefix: writes <out>.png and <out>.gif.")
-  flags.DEFINE_integer("index", 0, "Which clip of the eval split to show.")
-  flags.DEFINE_integer("seed", 0, "Seed of random masking schedules (random, tube).")
+      "the model is randomly initialised.", flag_values=flag_values)
+  flags.DEFINE_string("out", None, "Output path prefix: writes <out>.png and <out>.gif.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("index", 0, "Which clip of the eval split to show.",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "Seed of random masking schedules (random, tube).",
+                       flag_values=flag_values)
   flags.DEFINE_integer("scale", 0, "Nearest-neighbour upscale factor; 0: frames of about 128 "
-                       "pixels.")
-  flags.mark_flags_as_required(["config", "out"])
+                       "pixels.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "out"], flag_values=flag_values)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,7 +1,8 @@
 """PyTorch weights -> our parameters and BatchNorm statistics, with nothing dropped or guessed.
 
 One module per source of checkpoints, each a `Source` (a name, how to tell its keys, a
-conversion through name tables, `vidtx.weights.tables`):
+conversion through name tables, `vidtx.weights.tables`, and for an HF layout how its config.json
+is read, `vidtx.weights.settings`):
 - `videomae`: HF VideoMAE, the official VideoMAE fine-tuning and pre-training files, and MAR
   (the vit and mae families);
 - `timesformer`: HF and facebookresearch/TimeSformer; `vivit`: HF ViViT (model 1);
@@ -10,16 +11,20 @@ conversion through name tables, `vidtx.weights.tables`):
   inflated;
 - `image`: an HF image ViT or CLIP tower into a one-frame ViT, which init_from inflates.
 Each model family lists the sources it converts from in its record (`Family.converters`);
-`vidtx.tools.convert_weights` picks among them. `files` reads checkpoint files; `inflate`
-holds the image -> video rules, which init_from uses too.
+`vidtx.tools.convert_weights` picks among them. `files` reads checkpoint files and an HF
+directory's config.json; `inflate` holds the image -> video rules, which init_from uses too.
 
-  params = convert(files.load_state_dict(path), model, family.converters)
+  params = convert(files.load_state_dict(path), model, family.converters,
+                   hf_config=files.load_hf_config(path))
   state = nnx.state(model, (nnx.Param, nnx.BatchStat)); nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
 
 Every checkpoint key must be used and every parameter and statistic filled, so a checkpoint
-that does not fit the model fails loudly instead of half-loading. The model may be real or
-`nnx.eval_shape`d: only the shapes are read.
+that does not fit the model fails loudly instead of half-loading. An HF checkpoint's
+config.json, when given, must also fit: every architecture setting it holds (activation,
+LayerNorm eps, pooling, sizes, ...) is what the model computes, or it is refused by name
+(`settings`); a bare state dict is checked by names and shapes only. The model may be real or
+`nnx.eval_shape`d: only the shapes and the modules' settings are read.
 """
 
 import dataclasses
@@ -27,7 +32,7 @@ from collections.abc import Callable, Sequence
 
 from flax import nnx
 
-from vidtx.weights import files, tables
+from vidtx.weights import files, settings, tables
 
 # How many names an error lists before it only counts the rest.
 _MAX_LISTED = 40
@@ -47,6 +52,8 @@ class Source:
   convert: Callable[[tables.Reader, dict, nnx.Module], dict]
   # The attribute of the model this source fills (ILA's CLIP tower: "clip"); None: all of it.
   part: str | None = None
+  # How an HF layout's config.json is read against the model; None: the layout has none.
+  hf_settings: settings.HFConfig | None = None
 
   def into(self, part: str) -> "Source":
     """This source filling the model's sub-module `part` alone."""
@@ -59,14 +66,18 @@ def find_source(state_dict, sources: Sequence[Source]) -> Source | None:
   return next((source for source in sources if source.detect(keys)), None)
 
 
-def convert(state_dict, model: nnx.Module, sources: Sequence[Source]) -> dict:
+def convert(state_dict, model: nnx.Module, sources: Sequence[Source],
+            hf_config: dict | None = None) -> dict:
   """Our nested pure dict (float32 numpy) of `model`'s parameters and BatchNorm statistics from
   a PyTorch state dict in the layout of one of `sources` (the first that detects its keys).
 
   `state_dict` maps names to numpy arrays or torch tensors (wrappers such as {"model": ...} are
   removed). A source with a `part` fills that sub-module alone: the result is {part: ...}.
-  Raises ValueError when no source knows the keys, and ValueError listing every unused
-  checkpoint key, every parameter left unfilled and every shape mismatch.
+  `hf_config`: the settings of an HF checkpoint (its config.json, `files.load_hf_config`),
+  read against the model (`settings`); None: names and shapes are checked only.
+  Raises ValueError when no source knows the keys; ValueError listing every setting of
+  `hf_config` that the model does not compute as the checkpoint's model does; and ValueError
+  listing every unused checkpoint key, every parameter left unfilled and every shape mismatch.
   """
   state_dict = files.strip_wrappers(state_dict)
   source = find_source(state_dict, sources)
@@ -80,6 +91,11 @@ def convert(state_dict, model: nnx.Module, sources: Sequence[Source]) -> dict:
   target = nnx.to_pure_dict(nnx.state(module, (nnx.Param, nnx.BatchStat)))
   reader = tables.Reader(state_dict)
   out = source.convert(reader, target, module)
+  if hf_config is not None:
+    if source.hf_settings is None:
+      raise ValueError(f"a config.json came with a checkpoint in the {source.name} layout, "
+                       "which is not an HF one: convert the weights file alone")
+    settings.check(hf_config, source.hf_settings, module, list(state_dict), source.name)
   _check_complete(reader, target, out, source.name, type(module).__name__)
   return {source.part: out} if source.part else out
 

@@ -4,10 +4,12 @@
 
 A `CLIPVisionModel` has no visual projection: its tower needs proj_dim=0; the projection of
 `CLIPVisionModelWithProjection` and `CLIPModel` needs proj_dim = their projection_dim. A
-CLIPModel's text tower is not read.
+CLIPModel's text tower is not read. An HF directory's config.json (`CLIPVisionConfig`, or
+`CLIPConfig` with the tower's settings in vision_config) is read against the tower
+(`check_settings`).
 """
 
-from vidtx.weights import Source, tables
+from vidtx.weights import Source, settings, tables
 
 POSITIONS = "vision_model.embeddings.position_embedding.weight"
 PROJECTION = "visual_projection.weight"
@@ -50,6 +52,62 @@ def consume_unused(reader) -> None:
       reader.consume(key)
 
 
+# transformers.CLIPVisionConfig's fields and defaults, and CLIPConfig's around it; with the
+# fields the first releases wrote, as the hub's openai/clip-vit-* still hold them: a dropout
+# (training's), and [text|vision]_config_dict, which HF reads over [text|vision]_config.
+VISION_CONFIG = {
+    "hidden_size": 768, "intermediate_size": 3072, "projection_dim": 512,
+    "num_hidden_layers": 12, "num_attention_heads": 12, "num_channels": 3, "image_size": 224,
+    "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-05,
+    "attention_dropout": 0.0, "initializer_range": 0.02, "initializer_factor": 1.0,
+    "dropout": 0.0,
+}
+CLIP_CONFIG = {
+    "text_config": None, "vision_config": None, "projection_dim": 512,
+    "logit_scale_init_value": 2.6592, "initializer_factor": 1.0, "text_config_dict": None,
+    "vision_config_dict": None,
+}
+MODEL_TYPES = {"clip_vision_model": VISION_CONFIG, "clip": CLIP_CONFIG}
+
+
+def check_settings(s: settings.Settings, *, patch: tuple, blocks, patch_fix, image_size=None,
+                   proj=None) -> None:
+  """An HF CLIP config against a CLIP-style tower: its tubelet `patch` (1, p, p), `blocks`
+  (`layers.Block`), the config value that sets a patch size p (`patch_fix(p)`), its image size
+  (None: the model takes it from the checkpoint) and visual projection (a `layers.Dense`; None:
+  the model has none and the checkpoint's is not read)."""
+  clip_model = s.config.get("model_type") == "clip"
+  if clip_model:
+    vision = s.section("vision_config", VISION_CONFIG, over=s["vision_config_dict"])
+    # The text tower and the contrastive logit scale are not read.
+    s.skip("text_config", "text_config_dict", "logit_scale_init_value", "initializer_factor")
+    vision.skip("projection_dim")  # CLIPModel's own projection_dim is the one it uses
+  else:
+    vision = s
+  vision.skip("attention_dropout", "dropout", "initializer_range", "initializer_factor")
+  _, p, pw = patch
+  settings.check_rgb(vision)
+  vision.agree("patch_size", settings.square((p, pw)), "model.patch_size",
+               fix=patch_fix(vision["patch_size"]))
+  if image_size is None:
+    vision.skip("image_size")
+  else:
+    vision.agree("image_size", image_size, "data.crop_size")
+  settings.check_blocks(vision, blocks)
+  if proj is None:
+    s.skip("projection_dim")
+  else:
+    s.agree("projection_dim", proj.kernel.shape[1], "model.ila.proj_dim")
+
+
+def _check_tower_settings(s: settings.Settings, tower) -> None:
+  """An HF CLIP config against our `CLIPVision` tower."""
+  rows, _ = tower.grid
+  check_settings(s, patch=tower.patch_embed.patch, blocks=tower.blocks,
+                 patch_fix=lambda p: (1, p, p), image_size=rows * tower.patch_embed.patch[1],
+                 proj=tower.proj)
+
+
 def _convert(reader, target, model):
   del model
   out = tables.walk(reader, TOWER_TABLE, target)
@@ -62,4 +120,5 @@ def _convert(reader, target, model):
 
 
 TOWER = Source(name="HF CLIP", keys="'vision_model.embeddings...'", detect=detect,
-               convert=_convert)
+               convert=_convert,
+               hf_settings=settings.HFConfig(MODEL_TYPES, _check_tower_settings))

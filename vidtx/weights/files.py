@@ -2,7 +2,8 @@
 
 `load_state_dict` reads a `.pth`/`.bin`/`.safetensors` file or an HF `save_pretrained`
 directory (sharded or not). torch is only imported to read torch files; safetensors files are
-read without it unless they hold bfloat16.
+read without it unless they hold bfloat16. `load_hf_config` reads such a directory's
+config.json, the architecture settings that `vidtx.weights.convert` checks the model against.
 """
 
 import argparse
@@ -58,6 +59,23 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     return strip_wrappers(_load_safetensors(path))
   return strip_wrappers(_to_numpy_tree(_torch_load(path)))
+
+
+def load_hf_config(path: str) -> dict | None:
+  """The settings in the config.json of a HF `save_pretrained` directory; None for a file or a
+  directory without one (a bare state dict, checked by names and shapes only)."""
+  config_path = os.path.join(path, "config.json")
+  if not os.path.isdir(path) or not os.path.exists(config_path):
+    return None
+  try:
+    with open(config_path) as f:
+      config = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"cannot read the HF settings {config_path}: {e}") from e
+  if not isinstance(config, dict):
+    raise ValueError(f"{config_path} holds {type(config).__name__}, not the settings of a HF "
+                     "model (a JSON object)")
+  return config
 
 
 def _load_hf_directory(path):

@@ -10,6 +10,8 @@
   (`clip_style=True`: ln_pre as the encoder's `norm_pre`, QuickGELU, LayerNorm eps 1e-5), ln_post
   as its `norm`, no head; the visual projection and a CLIPModel's text tower are not used. It
   fills a video model with model.clip_style=True.
+An HF directory's config.json is read against the image model (`vidtx.weights.settings`), whose
+size and classes come from the checkpoint: the rest must agree with the video config.
 """
 
 import math
@@ -18,7 +20,7 @@ import ml_collections
 from flax import nnx
 
 from vidtx import weights
-from vidtx.weights import clip, files, tables, vivit
+from vidtx.weights import clip, files, settings, tables, vivit
 
 # Under "vit." in a ViTForImageClassification; the classifier is "classifier".
 VIT_TABLE = {
@@ -57,24 +59,63 @@ def _convert_clip(reader, target, model):
   return out
 
 
+# transformers.ViTConfig's fields and defaults.
+VIT_CONFIG = {
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+    "image_size": 224, "patch_size": 16, "num_channels": 3, "qkv_bias": True,
+    "encoder_stride": 16, "pooler_output_size": None, "pooler_act": "tanh",
+}
+
+
+def _video_patch(p: int) -> str:
+  """The video config's patch size for image patches p x p: its frames stay the config's."""
+  return f"(t, {p}, {p})"
+
+
+def _check_vit_settings(s: settings.Settings, model) -> None:
+  """An HF ViT config against the one-frame image model. Its size is the checkpoint's position
+  table's; encoder_stride is ViTForMaskedImageModeling's decoder's; the pooler is not used."""
+  s.skip(*settings.DROPOUT_AND_INIT, "image_size", "encoder_stride", "pooler_output_size",
+         "pooler_act")
+  encoder = model.encoder
+  _, p, pw = encoder.patch_embed.patch
+  settings.check_rgb(s)
+  s.agree("patch_size", settings.square((p, pw)), "model.patch_size",
+          fix=_video_patch(s["patch_size"]))
+  settings.check_blocks(s, encoder.blocks)
+  s.require("qkv_bias", (True,), f"our one-frame {s.model} has q, k and v biases")
+
+
+def _check_clip_settings(s: settings.Settings, model) -> None:
+  """An HF CLIP config against the one-frame clip_style image model (no projection)."""
+  clip.check_settings(s, patch=model.encoder.patch_embed.patch, blocks=model.encoder.blocks,
+                      patch_fix=_video_patch)
+
+
 VIT = weights.Source(
     name="HF image ViT", keys="'vit.embeddings...' or 'embeddings.patch_embeddings...'",
     # A SwinModel's keys start alike.
     detect=lambda keys: (any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings."))
                              for k in keys)
                          and not any(k.endswith("relative_position_bias_table") for k in keys)),
-    convert=_convert_vit)
+    convert=_convert_vit,
+    hf_settings=settings.HFConfig({"vit": VIT_CONFIG}, _check_vit_settings))
 CLIP = weights.Source(name=clip.TOWER.name, keys=clip.TOWER.keys, detect=clip.detect,
-                      convert=_convert_clip)
+                      convert=_convert_clip,
+                      hf_settings=settings.HFConfig(clip.MODEL_TYPES, _check_clip_settings))
 SOURCES = (VIT, CLIP)
 
 
-def convert(state_dict, model_config: ml_collections.ConfigDict, image_model) -> dict:
+def convert(state_dict, model_config: ml_collections.ConfigDict, image_model,
+            hf_config: dict | None = None) -> dict:
   """Our params of the one-frame image model of an HF image ViT or CLIP tower, for
   `vidtx.checkpoint.init_from` to inflate. `image_model(model_config, side, num_classes,
   clip_style, rngs)` is the video family's (`Family.image_model`): its width, depth, heads and
   patch size come from `model_config` (the video model's), its side x side patches and classes
-  from the checkpoint. Raises ValueError like `vidtx.weights.convert`."""
+  from the checkpoint. `hf_config`: the HF directory's config.json, read against the image model
+  (None: names and shapes only). Raises ValueError like `vidtx.weights.convert`."""
   state_dict = files.strip_wrappers(state_dict)
   source = weights.find_source(state_dict, SOURCES)
   if source is None:
@@ -91,4 +132,4 @@ def convert(state_dict, model_config: ml_collections.ConfigDict, image_model) ->
   num_classes = 1 if classifier is None else files.to_numpy(classifier).shape[0]
   model = nnx.eval_shape(lambda: image_model(model_config, math.isqrt(positions), num_classes,
                                              source is CLIP, nnx.Rngs(0)))
-  return weights.convert(state_dict, model, (source,))
+  return weights.convert(state_dict, model, (source,), hf_config=hf_config)

@@ -9,8 +9,10 @@
   `encoder_to_decoder`, `mask_token`, `decoder.blocks.{i}`, `decoder.norm`, `decoder.head`);
 - `FINETUNE`: official `modeling_finetune.py` (`patch_embed`, `blocks.{i}`, `fc_norm`, `head`).
 The target decides which parts are read: a classifier (no "decoder") takes the encoder, the
-fc_norm and the head; a masked model the encoder, its final norm, the decoder and, for MAR's
-classifier, the bridging head.
+fc_norm (mean pooling) or the encoder's final norm (config.model.vit.pool="first":
+use_mean_pooling=False) and the head; a masked model the encoder, its final norm, the decoder
+and, for MAR's classifier, the bridging head. An HF checkpoint's config.json is read against
+the model (`_check_settings`).
 """
 
 import dataclasses
@@ -18,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vidtx.weights import Source, tables
+from vidtx.weights import Source, settings, tables
 
 HF_BLOCK = {
     "norm1": "layernorm_before",
@@ -50,7 +52,8 @@ MAR_BRIDGE_BLOCK = {
     "mlp/fc2": "ffn.net.3",
 }
 NO_CLS = tables.Absent(
-    "VideoMAE-family models have no CLS token: use config.model.vit.pool='mean'")
+    "VideoMAE-family models have no CLS token: use config.model.vit.pool='mean' (fc_norm on the "
+    "mean token) or 'first' (use_mean_pooling=False: the final norm, then the first token)")
 NO_BRIDGE = tables.Absent(
     "this checkpoint has no MAR bridging classifier: convert with "
     "config.model.mae.classifier='none' and start MAR from the result with config.init_from "
@@ -63,19 +66,22 @@ PRETRAINING_KEYS = ("decoder.", "encoder_to_decoder", "mask_token")
 class Layout:
   """Where each part of a VideoMAE-family model lives in one naming scheme."""
   encoder: Mapping  # table of the patch embedding, the position table, the blocks
-  encoder_norm: str  # the final encoder LayerNorm of pre-training models
+  # The final encoder LayerNorm of pre-training models and of classifiers without mean pooling.
+  encoder_norm: str
   fc_norm: str  # the LayerNorm on the mean-pooled tokens of classifiers
   head: str
   decoder: Mapping  # table of encoder_to_decoder, mask_token, decoder/...
   classifier: Mapping | tables.Absent = NO_BRIDGE  # MAR's bridging classifier
   pos_embed: str | None = None  # the key of a saved position table, learned or fixed
 
-  def table(self, masked: bool) -> dict:
-    """The table of a masked model (pre-training, MAR) or of a classifier."""
+  def table(self, masked: bool, mean_pooled: bool) -> dict:
+    """The table of a masked model (pre-training, MAR) or of a classifier, whose norm is the
+    fc_norm when it pools the mean token."""
     if masked:
       return {"encoder": self.encoder, "norm": self.encoder_norm, **self.decoder,
               "classifier": self.classifier}
-    return {"encoder": self.encoder, "norm": self.fc_norm, "head": self.head}
+    return {"encoder": self.encoder, "norm": self.fc_norm if mean_pooled else self.encoder_norm,
+            "head": self.head}
 
 
 def _decoder(blocks: str, block: Mapping) -> dict:
@@ -148,7 +154,8 @@ def _converter(layout: Layout, extras=None):
 
   def convert(reader, target, model):
     masked = "decoder" in target
-    out = tables.walk(reader, layout.table(masked), target)
+    mean_pooled = getattr(model, "pool", "mean") == "mean"
+    out = tables.walk(reader, layout.table(masked, mean_pooled), target)
     if layout.pos_embed and "pos_embed" not in target["encoder"]:
       # Ours is the fixed table: a saved one must equal it.
       _check_sincos(reader, layout.pos_embed, np.asarray(model.encoder.pos_embed.table()),
@@ -156,18 +163,78 @@ def _converter(layout: Layout, extras=None):
                     "config.model.vit.pos_embed='learned'")
     if masked and extras:
       extras(reader, model)
-    if not masked and any(k.startswith(PRETRAINING_KEYS) for k in reader.unused()):
+    unused = reader.unused()
+    if not masked and any(k.startswith(PRETRAINING_KEYS) for k in unused):
       reader.hints.append(
           "this is a pre-training checkpoint: convert it with the pre-training model's config "
           "(e.g. configs/videomae_pretrain_k400.py, the same sizes) and point the fine-tuning "
           "run's config.init_from at the result, which copies the encoder by name")
+    elif not masked and f"{layout.encoder_norm}.weight" in unused:
+      reader.hints.append("the checkpoint normalises every token and classifies the first "
+                          "(use_mean_pooling=False): set config.model.vit.pool='first'")
+    elif not masked and f"{layout.fc_norm}.weight" in unused:
+      reader.hints.append("the checkpoint classifies the mean token (use_mean_pooling=True): "
+                          "set config.model.vit.pool='mean'")
     return out
 
   return convert
 
 
+# transformers.VideoMAEConfig's fields and defaults.
+HF_CONFIG = {
+    "image_size": 224, "patch_size": 16, "num_channels": 3, "num_frames": 16, "tubelet_size": 2,
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+    "qkv_bias": True, "use_mean_pooling": True, "decoder_num_attention_heads": 6,
+    "decoder_hidden_size": 384, "decoder_num_hidden_layers": 4,
+    "decoder_intermediate_size": 1536, "norm_pix_loss": True,
+}
+DECODER_FIELDS = ("decoder_num_attention_heads", "decoder_hidden_size",
+                  "decoder_num_hidden_layers", "decoder_intermediate_size")
+
+
+def _check_settings(s: settings.Settings, model) -> None:
+  """An HF VideoMAE config against a vit classifier or a mae model (`Source.hf_settings`)."""
+  s.skip(*settings.DROPOUT_AND_INIT)
+  encoder = model.encoder
+  t, p, pw = encoder.patch_embed.patch
+  frames, rows, _ = encoder.grid
+  settings.check_rgb(s)
+  patch = (s["tubelet_size"], s["patch_size"], s["patch_size"])
+  s.agree("tubelet_size", t, "model.patch_size", fix=patch)
+  s.agree("patch_size", settings.square((p, pw)), "model.patch_size", fix=patch)
+  # The fixed sinusoid table, which no checkpoint saves, is computed for the token grid.
+  s.agree("num_frames", frames * t, "data.num_frames")
+  s.agree("image_size", rows * p, "data.crop_size")
+  settings.check_blocks(s, encoder.blocks)
+  has_bias = encoder.blocks[0].attn.q_bias is not None
+  if not hasattr(model, "decoder"):  # a vit classifier
+    s.agree("qkv_bias", has_bias, "model.qkv_bias")
+    pool = "mean" if s["use_mean_pooling"] else "first"
+    if model.pool != pool:
+      s.differs("use_mean_pooling", repr(model.pool), "model.vit.pool", pool)
+    s.skip(*DECODER_FIELDS, "norm_pix_loss")  # pre-training only
+    if "classifier.weight" in s.keys:
+      s.classes(model.head.kernel.shape[1])
+    return
+  decoder = model.decoder.blocks
+  attn = decoder[0].attn
+  s.require("qkv_bias", (True,), f"our {s.model} decoder blocks have q and v biases")
+  s.agree("decoder_hidden_size", attn.num_heads * attn.head_dim, "model.mae.decoder_width")
+  s.agree("decoder_num_hidden_layers", len(decoder), "model.mae.decoder_depth")
+  s.agree("decoder_num_attention_heads", attn.num_heads, "model.mae.decoder_heads")
+  s.require("decoder_intermediate_size", (4 * s["decoder_hidden_size"],),
+            f"our {s.model} decoder blocks' MLPs are 4 x decoder_hidden_size wide")
+  s.require("use_mean_pooling", (False,), "VideoMAEForPreTraining then has no final encoder "
+            f"LayerNorm, which our {s.model} applies before the decoder")
+  s.require("norm_pix_loss", (True,), f"our {s.model} reconstructs per-tubelet normalised "
+            "pixels (VideoMAE's norm_pix_loss=True)")
+
+
 HF = Source(name="HF VideoMAE", keys="'videomae.embeddings...'",
-            detect=_starts_with("videomae."), convert=_converter(HF_LAYOUT))
+            detect=_starts_with("videomae."), convert=_converter(HF_LAYOUT),
+            hf_settings=settings.HFConfig({"videomae": HF_CONFIG}, _check_settings))
 MAR = Source(name="MAR", keys="'backbone.blocks.0...', 'cls_head...'",
              # PySlowFast's VTN also keeps its ViT under backbone., beside temporal_encoder.
              detect=lambda keys: (_starts_with("backbone.")(keys)
