@@ -14,11 +14,12 @@ from absl import flags
 
 from test_train import ROOT, TINY, data_dir, flag_args, tiny_config  # noqa: F401 (a fixture)
 from vidtx import cli, configuration, errors, main, predict, train
-from vidtx.data import video_files
+from vidtx.data import check, convert_videos, video_files
 from vidtx.tools import convert_weights, export, flops, visualize_attention, visualize_masks
 
 ENTRY_POINTS = (main, predict, flops, convert_weights, export, visualize_masks,
-                visualize_attention)
+                visualize_attention, check, convert_videos)
+CONFIGURED = tuple(entry for entry in ENTRY_POINTS if entry is not convert_videos)  # --config
 DEMO = os.path.join(ROOT, "configs", "demo.py")
 
 
@@ -42,7 +43,7 @@ def error_of(entry, args, monkeypatch) -> str:
   return exit_.value.code
 
 
-@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda entry: entry.__name__)
+@pytest.mark.parametrize("entry", CONFIGURED, ids=lambda entry: entry.__name__)
 @pytest.mark.parametrize("field, value, suggestion", [
     ("optim.lrr", "1e-3", "optim.lr"), ("model.sise", "S", "model.size"),
     ("model.vtn.windw", "2", "model.vtn.window"), ("model.window", "2", "model.vtn.window")])
@@ -202,6 +203,33 @@ def test_convert_weights_names_its_flags(tmp_path, monkeypatch):
   assert error_of(convert_weights, [f"--config={DEMO}", f"--checkpoint={tmp_path}/nope.pth",
                                     f"--out={tmp_path}/out"], monkeypatch).startswith(
       f"error: checkpoint '{tmp_path}/nope.pth' does not exist")
+
+
+def test_convert_videos_checks_its_paths_first(tmp_path, monkeypatch):
+  (tmp_path / "file").write_text("x")
+  (tmp_path / "videos").mkdir()
+  args = ["--format=folders", f"--output_dir={tmp_path}/out"]
+  assert error_of(convert_videos, args, monkeypatch) == (
+      "error: --video_root is required: Directory holding the videos.")
+  assert error_of(convert_videos, [*args, f"--video_root={tmp_path}/nope"], monkeypatch) == (
+      f"error: --video_root={tmp_path}/nope does not exist")
+  assert error_of(convert_videos, ["--format=folders", f"--video_root={tmp_path}/videos",
+                                   f"--output_dir={tmp_path}/file"], monkeypatch) == (
+      f"error: --output_dir={tmp_path}/file is a file, not a directory: give a directory")
+  assert not os.path.exists(tmp_path / "out")
+  # Then the videos: the converter's own errors end in one line too.
+  assert error_of(convert_videos, [*args, f"--video_root={tmp_path}/videos"], monkeypatch) == (
+      f"error: --video_root={str(tmp_path / 'videos')!r} has no videos in <split>/<class>/ "
+      "folders")
+
+
+def test_check_ends_in_one_line_naming_the_data_dir(tmp_path, monkeypatch):
+  assert error_of(check, [f"--config={DEMO}", "--config.data.name=custom",
+                          f"--config.data.data_dir={tmp_path}/nope"], monkeypatch).startswith(
+      f"error: config.data.data_dir='{tmp_path}/nope' does not exist: ")
+  assert error_of(check, [f"--config={DEMO}", "--config.data.name=custom"], monkeypatch) == (
+      "error: config.data.data_dir is empty: pass --config.data.data_dir=<the converter's "
+      "--output_dir>")
 
 
 @pytest.mark.parametrize("entry", [visualize_masks, visualize_attention],

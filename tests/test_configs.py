@@ -25,6 +25,7 @@ VARIANTS = {
     "tps_k400.py": [None, "swin_b", "cpu"],
     "tps_ssv2.py": [None, "swin_b", "cpu"],
     "cnn3d_synthetic.py": [None],
+    "custom.py": [None],
 }
 # The configs of a dataset on disk (Kinetics-400, SSv2): each has a `:cpu` variant.
 DATASET_CONFIGS = [n for n in VARIANTS if n.endswith(("_k400.py", "_ssv2.py"))]
@@ -64,6 +65,14 @@ def test_cpu_variant_is_the_recipe_at_cpu_size_on_the_built_in_data(name):
   assert cpu.init_from == "" and cpu.optim.frozen == ()  # trains from scratch, all of it
   model = nnx.eval_shape(lambda: models.build(cpu.model, cpu.data, nnx.Rngs(0)))
   assert layers.count_params(nnx.state(model, nnx.Param)) < 2_000_000
+
+
+def test_custom_config_reads_the_users_videos_and_keeps_every_label():
+  """configs/custom.py is for any user's classes: it reads the shards named on the command line
+  and flips nothing, since a flip may turn one of the user's classes into another (pan left ->
+  pan right) and we cannot know which."""
+  c = load("custom.py")
+  assert (c.data.name, c.data.data_dir, c.data.flip) == ("custom", "", "none")
 
 
 def test_unknown_variant_is_an_error():

@@ -124,7 +124,7 @@ def test_dataset_names_are_checked_and_kinetics600_has_600_classes():
   assert (c.data.num_classes, c.data.frame_stride, c.data.eval_clips) == (600, 4, 5)
 
 
-def test_a_label_map_or_metadata_of_another_size_than_num_classes_is_an_error(tmp_path):
+def test_a_label_map_of_another_size_than_num_classes_is_an_error(tmp_path):
   import json
   from vidtx import data
   from vidtx.data import records
@@ -137,7 +137,3 @@ def test_a_label_map_or_metadata_of_another_size_than_num_classes_is_an_error(tm
     data.prepare(c.data, "")
   c.data.num_classes = 3
   assert data.prepare(c.data, "") == str(tmp_path)
-  (tmp_path / records.METADATA).write_text(json.dumps({"num_classes": 4}))
-  with pytest.raises(errors.ConfigError, match="num_classes=3.*metadata.json says "
-                     "num_classes=4.*=4"):
-    data.prepare(c.data, "")

@@ -64,7 +64,7 @@ def test_a_video_file_gets_the_probabilities_evaluation_gives_its_record(run):
   assert predictor.labels == list(CLASSES)
   # Evaluation's views of the converted records (folders are sorted: left, right), and the
   # model's mean softmax over them.
-  batch = next(data.build(config.data, "validation", batch_size=2, seed=0))
+  batch = next(data.build(config.data, "validation", train=False, batch_size=2, seed=0))
   assert batch["video"].shape == (2, 6, 4, 32, 32, 3)
   model, _ = builder.restore_model(config, workdir)
   for i, label in enumerate(CLASSES):

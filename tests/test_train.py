@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from vidtx import builder, checkpoint, configuration, evaluate, train
+from vidtx import builder, checkpoint, configuration, errors, evaluate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +91,24 @@ def scalars(workdir, tag):
         if value.tag == tag:
           out[event.step] = float(tf.make_ndarray(value.tensor))
   return out
+
+
+def truncate(path, fraction):
+  """Cuts a shard to `fraction` of its size, as a copy that did not finish; returns how many
+  whole records are left, read from the TFRecord framing (8-byte length, 4-byte CRC, data,
+  4-byte CRC) rather than by TensorFlow."""
+  with open(path, "rb") as f:
+    data = f.read()
+  size = int(len(data) * fraction)
+  with open(path, "wb") as f:
+    f.write(data[:size])
+  whole, offset = 0, 0
+  while offset + 12 <= size:
+    offset += 16 + int.from_bytes(data[offset:offset + 8], "little")
+    if offset > size:
+      break
+    whole += 1
+  return whole
 
 
 def test_training_learns_and_writes_summaries_and_checkpoints(data_dir, tmp_path):
@@ -280,3 +299,65 @@ def test_missing_data_directory_names_the_field(tmp_path):
   with pytest.raises(FileNotFoundError, match="data_dir") as err:
     train.train_and_evaluate(config, str(tmp_path / "work"))
   assert str(tmp_path / "nowhere") in str(err.value)
+  assert not os.path.exists(tmp_path / "work")  # no empty workdir left behind
+
+
+def test_a_run_that_fails_at_start_removes_the_workdir_it_made(data_dir, tmp_path):
+  # The synthetic data names 8 classes in its labels.json.
+  wrong = tiny_config(data_dir, **{"data.num_classes": 400})
+  with pytest.raises(errors.ConfigError, match=r"^config.data.num_classes=400: the "
+                     r"dataset's labels.json names 8 classes: set --config.data.num_classes=8$"):
+    train.train_and_evaluate(wrong, str(tmp_path / "new"))
+  assert not os.path.exists(tmp_path / "new")
+  # Failing after the workdir is made (a missing init_from): removed, with what it held.
+  missing = tiny_config(data_dir, init_from=str(tmp_path / "no_such_run"))
+  with pytest.raises(errors.ConfigError, match="init_from=.*no_such_run.*no checkpoint"):
+    train.train_and_evaluate(missing, str(tmp_path / "new"))
+  assert not os.path.exists(tmp_path / "new")
+  # A workdir that was there before is kept, with everything in it.
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "notes.txt").write_text("mine")
+  with pytest.raises(errors.ConfigError, match="init_from=.*no_such_run.*no checkpoint"):
+    train.train_and_evaluate(missing, str(tmp_path / "old"))
+  assert (tmp_path / "old" / "notes.txt").read_text() == "mine"
+
+
+def test_the_train_split_can_be_evaluated(data_dir, tmp_path):
+  """--mode=eval --config.data.eval_split=train: the split is read as evaluation reads it."""
+  config = tiny_config(data_dir, **{"data.eval_split": "train"})
+  untrained_run(config, str(tmp_path), 3)
+  metrics = evaluate.evaluate_checkpoint(config, str(tmp_path))
+  assert metrics["step"] == 3 and metrics["num_examples"] == 32 and metrics["num_skipped"] == 0
+  assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
+
+
+def test_a_truncated_shard_is_used_up_to_the_cut_and_the_loss_counted(data_dir, tmp_path,
+                                                                       monkeypatch, caplog):
+  from vidtx import data
+  copy = str(tmp_path / "data")
+  shutil.copytree(data_dir, copy)
+  # 2 train shards of 16 clips, 2 validation shards of 20 (metadata.json has their counts).
+  train_shard, eval_shard = (os.path.join(copy, f"{split}-0000{k}-of-00002.tfrecord")
+                             for split, k in (("train", 0), ("validation", 1)))
+  train_lost, eval_lost = 16 - truncate(train_shard, 0.6), 20 - truncate(eval_shard, 0.6)
+  assert train_lost > 0 and eval_lost > 0
+
+  streams, closed_at_eval = [], []
+  build, run_eval = data.build, evaluate.evaluate
+  monkeypatch.setattr(data, "build", lambda *a, train, **kw: (
+      streams.append(build(*a, train=train, **kw)) or streams[-1] if train
+      else build(*a, train=train, **kw)))
+  monkeypatch.setattr(evaluate, "evaluate", lambda *a: (
+      closed_at_eval.append([s.closed for s in streams]) or run_eval(*a)))
+
+  config = tiny_config(copy, total_steps=4, checkpoint_every_steps=4, **{"optim.warmup_steps": 1})
+  metrics = train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert metrics["num_skipped"] == eval_lost and metrics["num_examples"] == 40 - eval_lost
+  # 2 batches per epoch of all 32 records; the stream reads up to 2 batches ahead.
+  skipped = scalars(str(tmp_path / "work"), "train/skipped_records")
+  assert 2 * train_lost <= skipped[4] <= 3 * train_lost
+  for shard in (train_shard, eval_shard):
+    assert len([r for r in caplog.records if r.levelname == "WARNING"
+                and shard in r.getMessage()]) == 1
+  # The train pipeline stopped before the final evaluation, not at garbage collection.
+  assert closed_at_eval == [[True]]

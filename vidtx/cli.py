@@ -1,7 +1,8 @@
 """What every vidtx command shares: the --config flag, flag parsing, one-line errors, a quiet log.
 
-A command (vidtx.main, vidtx.predict, vidtx.tools.*, vidtx.data.check) defines its flags, the
-config with `define_config`, and runs with `run(main)` in place of absl's `app.run(main)`:
+A command (vidtx.main, vidtx.predict, vidtx.tools.*, vidtx.data.check and convert_videos)
+defines its flags, the config with `define_config`, and runs with `run(main)` in place of absl's
+`app.run(main)`:
 - a mistake on the command line (a misspelt config field, a value of the wrong type, a config
   file that is missing or fails, an unknown or missing flag) ends the command before `main` with
   one line "error: ..." that names the flag and the fix, and exit status 1;

@@ -3,7 +3,8 @@
 Classifiers: loss, top-1 and top-5 of the single centre view (middle clip, centre crop) under
 plain names and, with V = eval_clips x eval_crops > 1 views per video, of the softmax averaged
 over the views under names ending in the views, e.g. top1_5x3. Pre-training models: the
-reconstruction error of the centre view. Records that failed to decode count in num_skipped.
+reconstruction error of the centre view. Records that failed to decode, or were lost in a shard
+that ends early, count in num_skipped.
 """
 
 import jax
@@ -57,7 +58,7 @@ def describe(metrics: dict[str, float]) -> str:
             if k.startswith("top1_")]
   for k in ("num_skipped", "skipped_records"):
     if metrics.get(k):
-      parts.append(f"{metrics[k]:.0f} corrupt records skipped")
+      parts.append(f"{metrics[k]:.0f} records skipped (corrupt, or lost in a damaged shard)")
   return ", ".join(parts)
 
 
@@ -124,9 +125,9 @@ def eval_batches(setup: builder.Setup, data_dir: str):
   """This process's batches of the eval split (see vidtx.data.build)."""
   config = setup.config
   batch_size = (config.eval_batch_size or config.batch_size) // jax.process_count()
-  return data.build(config.data, config.data.eval_split, batch_size=batch_size, seed=config.seed,
-                    process_index=jax.process_index(), process_count=jax.process_count(),
-                    data_dir=data_dir)
+  return data.build(config.data, config.data.eval_split, train=False, batch_size=batch_size,
+                    seed=config.seed, process_index=jax.process_index(),
+                    process_count=jax.process_count(), data_dir=data_dir)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:

@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -163,70 +164,82 @@ def _format_duration(seconds: float) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns eval metrics."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns eval metrics.
+
+  A run that fails before its first step (missing data, a wrong class count, a bad init_from)
+  removes the workdir it created, so the next try starts clean; an existing workdir is kept.
+  """
   setup = builder.build(config)
   # Before anything collective (orbax, the step), so a mismatch is an error, not a hang.
   sharding.check_processes_agree("config", config.to_json())
-  os.makedirs(workdir, exist_ok=True)
-  data_dir = builder.prepare_data(config, workdir)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
-  writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  # Removed again if this run fails at start: it did not exist, so nothing in it is older.
+  new_workdir = not os.path.lexists(workdir)
+  try:
+    data_dir = builder.prepare_data(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+  except BaseException:
+    _remove_new_workdir(workdir, new_workdir)
+    raise
 
-  with jax.set_mesh(setup.mesh):
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(setup.abstract_state)
-      step, rng = meta["step"], np.asarray(meta["rng"], np.uint32)
-      data_position = meta["data_position"]
-      logging.info("Resuming at step %d of %d.", step, config.total_steps)
-    else:
-      state = builder.init_state(setup)
-      if config.init_from:
-        family = models.family(config.model)
-        # Position tables are resized to the token grid; families without tubelets have none.
-        grid = masking.token_grid(config.model, config.data) if family.tubelets else None
-        state = checkpoint.init_from(state, config.init_from, family, grid,
-                                     config.init_from_inflation)
-      step, data_position = 0, 0
-      rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
-      param_count = layers.count_params(setup.abstract_state["model"])
-      logging.info("Training %s (%s parameters) on %d devices, mesh %s, from %s.",
-                   config.model.name, f"{param_count:,}", jax.device_count(),
-                   dict(setup.mesh.shape), config.init_from or "scratch")
+  train_data, preemption, first_step, failed_at_start = None, None, None, False
+  try:
+    with jax.set_mesh(setup.mesh):
+      if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(setup.abstract_state)
+        step, rng = meta["step"], np.asarray(meta["rng"], np.uint32)
+        data_position = meta["data_position"]
+        logging.info("Resuming at step %d of %d.", step, config.total_steps)
+      else:
+        state = builder.init_state(setup)
+        if config.init_from:
+          family = models.family(config.model)
+          # Position tables are resized to the token grid; families without tubelets have none.
+          grid = masking.token_grid(config.model, config.data) if family.tubelets else None
+          state = checkpoint.init_from(state, config.init_from, family, grid,
+                                       config.init_from_inflation)
+        step, data_position = 0, 0
+        rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
+        param_count = layers.count_params(setup.abstract_state["model"])
+        logging.info("Training %s (%s parameters) on %d devices, mesh %s, from %s.",
+                     config.model.name, f"{param_count:,}", jax.device_count(),
+                     dict(setup.mesh.shape), config.init_from or "scratch")
+      first_step = step
 
-    sharding.check_processes_agree("step to start from", str(step))
-    train_step = compile_train_step(setup)
-    rng_array = jax.make_array_from_process_local_data(sharding.replicated(setup.mesh), rng)
-    eval_step = evaluate.make_eval_step(setup)
-    lr_schedule = optim.schedule(config.optim, config.total_steps)
+      sharding.check_processes_agree("step to start from", str(step))
+      train_step = compile_train_step(setup)
+      rng_array = jax.make_array_from_process_local_data(sharding.replicated(setup.mesh), rng)
+      eval_step = evaluate.make_eval_step(setup)
+      lr_schedule = optim.schedule(config.optim, config.total_steps)
 
-    def save(step):
-      ckpt.save(step, state, {"step": step, "data_position": data_position,
-                              "rng": rng.tolist()})
+      def save(step):
+        ckpt.save(step, state, {"step": step, "data_position": data_position,
+                                "rng": rng.tolist()})
 
-    def run_eval(step):
-      metrics = evaluate.evaluate(eval_step, state, evaluate.eval_batches(setup, data_dir),
-                                  setup.batch_sharding)
-      writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-      writer.flush()
-      logging.info("eval at step %d over %d clips: %s", step, metrics["num_examples"],
-                   evaluate.describe(metrics))
-      return metrics
+      def run_eval(step):
+        metrics = evaluate.evaluate(eval_step, state, evaluate.eval_batches(setup, data_dir),
+                                    setup.batch_sharding)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        writer.flush()
+        logging.info("eval at step %d over %d clips: %s", step, metrics["num_examples"],
+                     evaluate.describe(metrics))
+        return metrics
 
-    train_data = data.build(config.data, config.data.train_split,
-                            batch_size=config.batch_size // jax.process_count(),
-                            seed=config.seed, start_batch=data_position,
-                            process_index=jax.process_index(),
-                            process_count=jax.process_count(), data_dir=data_dir)
-    train_batches = _device_prefetch(train_data, setup.batch_sharding)
+      train_data = data.build(config.data, config.data.train_split, train=True,
+                              batch_size=config.batch_size // jax.process_count(),
+                              seed=config.seed, start_batch=data_position,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count(), data_dir=data_dir)
+      train_batches = _device_prefetch(train_data, setup.batch_sharding)
 
-    preemption = _Preemption()
-    pending, last_log = [], (step, time.time())
-    previous_stop = None  # read one step late, so the host does not wait for every step
-    try:
+      preemption = _Preemption()
+      pending, last_log = [], (step, time.time())
+      previous_stop = None  # read one step late, so the host does not wait for every step
       while step < config.total_steps:
         state, metrics = train_step(state, next(train_batches), rng_array,
                                     stop_flags(setup.mesh, preemption.requested))
@@ -243,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           now = time.time()
           steps_per_s = (step - last_log[0]) / (now - last_log[1])
           eta = (config.total_steps - step) / steps_per_s
-          # Records that failed to decode since this process started (this host's).
+          # Records that failed to decode or were lost since this process started (this
+          # host's).
           means["train/skipped_records"] = train_data.skipped
           writer.write_scalars(step, {**means, "train/lr": float(lr_schedule(step - 1)),
                                       "train/steps_per_s": steps_per_s})
@@ -254,14 +268,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if stop is not None and bool(stop):
           save(step)
           ckpt.wait()
-          logging.warning("Saved step %d after SIGTERM (to this or another process); rerun the same "
-                          "command to resume.", step)
+          logging.warning("Saved step %d after SIGTERM (to this or another process); rerun the "
+                          "same command to resume.", step)
           return {}
         if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
           save(step)
         if config.eval_every_steps and step % config.eval_every_steps == 0 \
             and step < config.total_steps:
           run_eval(step)
+      # The last step is taken: the train pipeline stops now, not decoding batches beside the
+      # final evaluation.
+      train_data.close()
       if ckpt.latest_step() != step:
         save(step)
       metrics = run_eval(step)
@@ -269,8 +286,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with open(os.path.join(workdir, "eval_metrics.json"), "w") as f:
           json.dump({"step": step, **metrics}, f, indent=2)
       return metrics
-    finally:
+  except BaseException:
+    failed_at_start = first_step is None or step == first_step  # before any step was taken
+    raise
+  finally:
+    if train_data is not None:
+      train_data.close()
+    if preemption is not None:
       preemption.restore()
-      ckpt.wait()
-      ckpt.close()
-      writer.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if failed_at_start:
+      _remove_new_workdir(workdir, new_workdir)
+
+
+def _remove_new_workdir(workdir: str, new: bool) -> None:
+  """Removes the workdir of a run that failed at start if the run created it (new): what it
+  holds (config.json, empty summaries, generated data) is of no use to the next try."""
+  if new and os.path.isdir(workdir):
+    logging.info("Removing %s, which this run created before it failed.", workdir)
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -4,6 +4,7 @@ helpers of test_video_files.py."""
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -41,9 +42,9 @@ def pipeline_labels(output_dir, split):
   """The labels of a split as the training pipeline's eval pass yields them."""
   cfg = configuration.base().data
   cfg.update(dict(name="converted", num_frames=4, min_resize=32, crop_size=32,
-                  data_dir=str(output_dir), train_split="none"))  # an eval pass of any split
+                  data_dir=str(output_dir)))
   labels = []
-  for batch in pipeline.build(cfg, split, batch_size=4, seed=0):
+  for batch in pipeline.build(cfg, split, train=False, batch_size=4, seed=0):
     labels += batch["label"][batch["mask"] > 0].tolist()
   return sorted(labels)
 
@@ -266,17 +267,58 @@ def test_annotation_errors_name_the_problem(tmp_path):
                            examples_per_shard=0)
 
 
+def test_the_log_names_failed_and_misplaced_videos(tmp_path, caplog):
+  root = tmp_path / "videos"
+  write_video(root / "train/walking/a.mp4", source_frames(4, 0), "libx264")
+  write_garbage(str(root / "train/walking/broken.mp4"))
+  for name in ("b.mp4", "c.mkv"):  # beside the class folders, not in one
+    write_video(root / "train" / name, source_frames(4, 1), "libx264")
+  caplog.set_level(logging.INFO)
+  summary = convert_videos.convert(str(tmp_path / "out"), format="folders", video_root=str(root),
+                                   short_side=SHORT_SIDE, workers=1)
+  assert summary["splits"] == {"train": 1} and summary["failures"] == {"train": 1}
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert f"Ignored 2 video files that are not in a class folder, e.g. {root}/train/b.mp4: " \
+      "--format=folders reads <video_root>/<split>/<class>/<video>" in warnings
+  failed, = [w for w in warnings if w.startswith("Cannot convert")]
+  assert failed.startswith(f"Cannot convert {root}/train/walking/broken.mp4: corrupt: ")
+  assert failed.endswith(" (skipped; listed in train_failures.csv)")
+
+
+def test_progress_shows_an_eta_only_after_enough_videos(monkeypatch, caplog):
+  clock = [0.0]
+  monkeypatch.setattr(convert_videos.time, "monotonic", lambda: clock[0])
+  monkeypatch.setattr(convert_videos, "LOG_EVERY_S", 0.0)  # a line per video
+  caplog.set_level(logging.INFO)
+  progress = convert_videos._Progress(total=1000)  # pylint: disable=protected-access
+  clock[0] = 100.0  # a slow first video (the workers start): its rate says little
+  progress(None)
+  for _ in range(convert_videos.ETA_AFTER_VIDEOS - 1):
+    clock[0] += 1.0
+    progress("x.mp4: corrupt: broken")
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == "Converted 1/1000 videos (0.0 videos/s), 0 failed so far"
+  assert lines[-2:] == [
+      "Cannot convert x.mp4: corrupt: broken",
+      f"Converted 20/1000 videos (0.2 videos/s, ETA {980 / (20 / 119) / 60:.1f} min), 19 failed "
+      "so far"]
+  assert sum("ETA" in line for line in lines) == 1
+
+
 def test_command_line_with_worker_processes(tmp_path):
   root = tmp_path / "clips"
   for i in range(4):
     write_video(root / f"train/class_{i % 2}/{i}.mp4", source_frames(8, i), "libx264")
+  write_garbage(str(root / "validation/class_0/broken.mp4"))
   out = tmp_path / "shards"
   result = subprocess.run(
       [sys.executable, "-m", "vidtx.data.convert_videos", "--format=folders",
        f"--video_root={root}", f"--output_dir={out}", "--examples_per_shard=2", "--workers=2",
        "--short_side=32"], capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
+  # A worker's failure is logged by the main process, naming the file.
+  assert f"Cannot convert {root}/validation/class_0/broken.mp4: corrupt: " in result.stderr
   with open(out / "metadata.json") as f:
-    assert json.load(f)["shard_counts"] == {
-        "train": {"train-00000-of-00002.tfrecord": 2, "train-00001-of-00002.tfrecord": 2}}
+    assert json.load(f)["shard_counts"]["train"] == {
+        "train-00000-of-00002.tfrecord": 2, "train-00001-of-00002.tfrecord": 2}
   assert len(read_records(out, "train")) == 4

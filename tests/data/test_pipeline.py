@@ -1,13 +1,19 @@
 """Tests of the tf.data pipeline (vidtx.data.pipeline): eval batches, hosts, corrupt records,
-repeated augmentation, train determinism and resume, config checks."""
+truncated shards, repeated augmentation, train determinism and resume, the role of a split,
+config checks, prompt shutdown."""
 
+import itertools
 import json
+import os
+import shutil
+import weakref
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from test_clips import frame_indices, gray_clip, make_config
+from test_train import truncate
 from vidtx import data, errors
 from vidtx.data import pipeline, records, synthetic
 
@@ -43,7 +49,8 @@ def id_dataset(tmp_path_factory):
 
 def test_eval_covers_every_example_once_with_padding(id_dataset):
   cfg = make_config()
-  batches = list(data.build(cfg, "validation", batch_size=4, seed=0, data_dir=id_dataset))
+  batches = list(data.build(cfg, "validation", train=False, batch_size=4, seed=0,
+                            data_dir=id_dataset))
   assert len(batches) == 6
   for b in batches:
     assert b["video"].shape == (4, 4, 32, 32, 3) and b["video"].dtype == np.float32
@@ -59,7 +66,8 @@ def test_eval_covers_every_example_once_with_padding(id_dataset):
 
 def test_multi_view_eval_batches(id_dataset):
   cfg = make_config(eval_clips=2, eval_crops=3)
-  batches = list(data.build(cfg, "validation", batch_size=8, seed=0, data_dir=id_dataset))
+  batches = list(data.build(cfg, "validation", train=False, batch_size=8, seed=0,
+                            data_dir=id_dataset))
   assert [b["video"].shape for b in batches] == [(8, 6, 4, 32, 32, 3)] * 3
   assert sum(b["mask"].sum() for b in batches) == 21
 
@@ -68,8 +76,8 @@ def test_eval_two_hosts_cover_every_example_once(id_dataset):
   cfg = make_config()
   labels, num_batches = [], []
   for host in range(2):
-    batches = list(data.build(cfg, "validation", batch_size=4, seed=0, process_index=host,
-                              process_count=2, data_dir=id_dataset))
+    batches = list(data.build(cfg, "validation", train=False, batch_size=4, seed=0,
+                              process_index=host, process_count=2, data_dir=id_dataset))
     num_batches.append(len(batches))
     for b in batches:
       labels += b["label"][b["mask"] > 0].tolist()
@@ -79,17 +87,17 @@ def test_eval_two_hosts_cover_every_example_once(id_dataset):
 
 def test_host_without_files_is_an_error(id_dataset):
   with pytest.raises(ValueError, match="Host 3 of 4 gets none of the 3 shard files"):
-    data.build(make_config(), "train", batch_size=2, seed=0, process_index=3, process_count=4,
-               data_dir=id_dataset)
+    data.build(make_config(), "train", train=True, batch_size=2, seed=0, process_index=3,
+               process_count=4, data_dir=id_dataset)
 
 
 def test_missing_data_dir_names_data_dir(tmp_path):
   missing = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="config.data.data_dir") as e:
-    data.build(make_config(), "validation", batch_size=2, seed=0, data_dir=missing)
+    data.build(make_config(), "validation", train=False, batch_size=2, seed=0, data_dir=missing)
   assert missing in str(e.value) and "validation-*-of-*" in str(e.value)
   with pytest.raises(ValueError, match="pass data_dir=prepare"):
-    data.build(make_config(), "validation", batch_size=2, seed=0)
+    data.build(make_config(), "validation", train=False, batch_size=2, seed=0)
 
 
 # --- corrupt records ------------------------------------------------------------------------------
@@ -106,7 +114,8 @@ def corrupt_dataset(tmp_path_factory):
 
 
 def test_corrupt_records_are_skipped_and_counted_in_training(corrupt_dataset):
-  stream = data.build(make_config(), "train", batch_size=4, seed=0, data_dir=corrupt_dataset)
+  stream = data.build(make_config(), "train", train=True, batch_size=4, seed=0,
+                      data_dir=corrupt_dataset)
   batches = take(stream, 6)  # 3 batches per epoch: the 12 records twice
   assert stream.skipped == 6
   for b in batches:
@@ -116,13 +125,13 @@ def test_corrupt_records_are_skipped_and_counted_in_training(corrupt_dataset):
     # Every good record once; a skipped record's slot holds a copy of another clip.
     labels = np.concatenate([b["label"] for b in epoch])
     assert set(labels) == set(range(12)) - {2, 5, 8}
-  resumed = data.build(make_config(), "train", batch_size=4, seed=0, start_batch=4,
+  resumed = data.build(make_config(), "train", train=True, batch_size=4, seed=0, start_batch=4,
                        data_dir=corrupt_dataset)
   assert_same_batches(take(resumed, 2), batches[4:6])
 
 
 def test_corrupt_records_are_skipped_and_counted_in_evaluation(corrupt_dataset):
-  batches = list(data.build(make_config(), "validation", batch_size=5, seed=0,
+  batches = list(data.build(make_config(), "validation", train=False, batch_size=5, seed=0,
                             data_dir=corrupt_dataset))
   assert len(batches) == 3  # 12 records in windows of 5
   mask = np.concatenate([b["mask"] for b in batches])
@@ -135,7 +144,91 @@ def test_corrupt_records_are_skipped_and_counted_in_evaluation(corrupt_dataset):
 def test_a_batch_of_only_corrupt_records_is_an_error(tmp_path):
   write_split(tmp_path, "train", [2], corrupt=(0, 1))
   with pytest.raises(tf.errors.InvalidArgumentError, match="All 2 records of a train batch"):
-    next(data.build(make_config(), "train", batch_size=2, seed=0, data_dir=str(tmp_path)))
+    next(data.build(make_config(), "train", train=True, batch_size=2, seed=0,
+                    data_dir=str(tmp_path)))
+
+
+# --- truncated shards ----------------------------------------------------------------------------
+
+
+def write_metadata(data_dir, shard_sizes):
+  """metadata.json as the converter writes it: {split: shard sizes}."""
+  metadata = {"splits": {}, "shard_counts": {}}
+  for split, sizes in shard_sizes.items():
+    names = [records.shard_name(split, k, len(sizes)) for k in range(len(sizes))]
+    metadata["shard_counts"][split] = dict(zip(names, sizes))
+    metadata["splits"][split] = sum(sizes)
+  with open(os.path.join(data_dir, records.METADATA), "w") as f:
+    json.dump(metadata, f)
+
+
+def warnings_naming(caplog, path):
+  return [r for r in caplog.records if r.levelname == "WARNING" and path in r.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def truncated_dataset(tmp_path_factory):
+  """16 train and 16 validation records in 2 shards each, with metadata.json; the second shard
+  of each split (labels 8-15) cut to 60% of its size. Returns (data_dir, whole records left in
+  each cut shard)."""
+  data_dir = tmp_path_factory.mktemp("truncated")
+  for split in ("train", "validation"):
+    write_split(data_dir, split, [8, 8])
+  write_metadata(data_dir, {"train": [8, 8], "validation": [8, 8]})
+  left = {split: truncate(str(data_dir / records.shard_name(split, 1, 2)), 0.6)
+          for split in ("train", "validation")}
+  assert left == {"train": 4, "validation": 4}  # equal records: 60% of 8 whole is 4
+  return str(data_dir), left
+
+
+def test_a_truncated_shard_trains_on_its_readable_records_and_counts_the_rest(truncated_dataset,
+                                                                                caplog):
+  data_dir, _ = truncated_dataset
+  readable = set(range(12))  # the 4 records after the cut (labels 12-15) are lost
+  stream = train_stream(data_dir, make_config())
+  batches = take(stream, 8)  # 16 records / 4: two epochs of 4 batches
+  for epoch in (batches[:4], batches[4:]):
+    labels = np.concatenate([b["label"] for b in epoch])
+    assert len(labels) == 16 and set(labels) == readable  # the lost ones' slots hold copies
+  assert stream.skipped == 8  # 4 lost records per epoch
+  shard = os.path.join(data_dir, records.shard_name("train", 1, 2))
+  assert len(warnings_naming(caplog, shard)) == 1
+  # Resumed anywhere, the stream goes on with the batches of the uninterrupted one.
+  for start in (3, 5):
+    resumed = train_stream(data_dir, make_config(), start_batch=start)
+    assert_same_batches(take(resumed, 8 - start), batches[start:])
+  assert len(warnings_naming(caplog, shard)) == 1  # once per process
+
+
+def test_a_truncated_shard_is_evaluated_up_to_the_cut_and_the_rest_counted(truncated_dataset,
+                                                                            caplog):
+  data_dir, _ = truncated_dataset
+  batches = list(data.build(make_config(), "validation", train=False, batch_size=5, seed=0,
+                            data_dir=data_dir))
+  assert len(batches) == 4  # 16 records, as metadata.json says, in windows of 5
+  mask = np.concatenate([b["mask"] for b in batches])
+  skipped = np.concatenate([b["skipped"] for b in batches])
+  assert mask.sum() == 12 and skipped.sum() == 4 and not (mask * skipped).any()
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  assert sorted(labels) == list(range(12))
+  shard = os.path.join(data_dir, records.shard_name("validation", 1, 2))
+  assert len(warnings_naming(caplog, shard)) == 1
+
+
+def test_without_metadata_a_truncated_shard_counts_the_record_cut_in_two(truncated_dataset,
+                                                                          tmp_path, caplog):
+  data_dir = str(tmp_path / "copy")
+  shutil.copytree(truncated_dataset[0], data_dir)
+  os.remove(os.path.join(data_dir, records.METADATA))  # counted by reading: 8 + 4 whole records
+  batches = list(data.build(make_config(), "validation", train=False, batch_size=16, seed=0,
+                            data_dir=data_dir))
+  assert len(batches) == 1
+  assert batches[0]["mask"].sum() == 12 and batches[0]["skipped"].sum() == 1
+  shard = os.path.join(data_dir, records.shard_name("validation", 1, 2))
+  assert len(warnings_naming(caplog, shard)) == 1
+  stream = train_stream(data_dir, make_config(), batch_size=13)  # one batch of all 13 records
+  take(stream, 2)
+  assert stream.skipped == 2
 
 
 # --- train stream ------------------------------------------------------------------------------
@@ -154,7 +247,8 @@ def assert_same_batches(a, b):
 
 def train_stream(data_dir, cfg=None, **kwargs):
   kwargs = {"batch_size": 4, "seed": 0, **kwargs}
-  return data.build(cfg or make_config(frame_stride=2), "train", data_dir=data_dir, **kwargs)
+  return data.build(cfg or make_config(frame_stride=2), "train", train=True, data_dir=data_dir,
+                    **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +347,55 @@ def test_batch_larger_than_host_data_is_an_error(id_dataset):
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(errors.ConfigError, match="config.data." + message.replace(
       "(", r"\(").replace(")", r"\)").replace("[", r"\[").replace(".", r"\.")):
-    data.build(make_config(**{field: value}), "train", batch_size=2, seed=0, data_dir="x")
+    data.build(make_config(**{field: value}), "train", train=True, batch_size=2, seed=0,
+               data_dir="x")
   with pytest.raises(errors.ConfigError, match="frame_stride=2: the segment sampler"):
     pipeline.check_config(make_config(sampler="segment", frame_stride=2))
+
+
+# --- the role decides, not the split's name ---------------------------------------------------
+
+
+def test_the_train_split_can_be_evaluated(id_dataset):
+  # At most a few batches: read as training, the split would never end.
+  batches = list(itertools.islice(data.build(make_config(), "train", train=False, batch_size=8,
+                                             seed=0, data_dir=id_dataset), 5))
+  assert len(batches) == 3  # 22 records
+  assert all(set(b) == {"video", "label", "mask", "skipped"} for b in batches)
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  assert sorted(labels) == list(range(22))  # every train record once, in order
+  with pytest.raises(ValueError, match="start_batch=2 is only supported for training"):
+    data.build(make_config(), "train", train=False, batch_size=8, seed=0, start_batch=2,
+               data_dir=id_dataset)
+
+
+def test_num_classes_must_be_the_count_labels_json_names(tmp_path):
+  write_split(tmp_path, "train", [2], num_frames=4)
+  assert pipeline.check_num_classes(make_config(num_classes=400), str(tmp_path)) is None
+  with open(tmp_path / records.LABELS, "w") as f:
+    json.dump([f"class {i}" for i in range(8)], f)
+  with pytest.raises(errors.ConfigError, match=r"^config.data.num_classes=400: the dataset's "
+                     r"labels.json names 8 classes: set --config.data.num_classes=8$"):
+    pipeline.check_num_classes(make_config(num_classes=400), str(tmp_path))
+  assert len(pipeline.check_num_classes(make_config(num_classes=8), str(tmp_path))) == 8
+
+
+# --- shutting down ------------------------------------------------------------------------------
+
+
+def test_pipelines_stop_promptly(id_dataset):
+  """An iterator's deletion waits out the sleep of TF's autotuning thread (up to a minute), so
+  no pipeline runs one; a closed train stream lets go of its iterator at once."""
+  cfg = make_config()
+  files = records.list_files(id_dataset, "train")
+  counts = records.file_counts(id_dataset, files)
+  for ds in (pipeline.train_dataset(cfg, files, counts, batch_size=4, seed=0),
+             pipeline.eval_dataset(cfg, files, counts, batch_size=4)):
+    assert ds.options().autotune.enabled is False
+  stream = train_stream(id_dataset)
+  next(stream)
+  iterator = weakref.ref(stream._batches._iterator)  # pylint: disable=protected-access
+  stream.close()
+  assert stream.closed and iterator() is None
+  with pytest.raises(StopIteration):
+    next(stream)

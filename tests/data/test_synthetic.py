@@ -1,14 +1,17 @@
 """Tests of the synthetic motion dataset: the generator, the writer and prepare()."""
 
+import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from vidtx import configuration, data
-from vidtx.data import records
+from test_video_files import source_frames, write_video
+from vidtx import configuration, data, errors
+from vidtx.data import convert_videos, records
 from vidtx.data import synthetic
 
 
@@ -174,10 +177,97 @@ def test_prepare_generates_once(tmp_path, monkeypatch):
   assert data.prepare(cfg, str(tmp_path)) == data_dir
   assert os.path.getmtime(os.path.join(data_dir, "metadata.json")) == mtime
 
-  # Other generation parameters: refuse to use the stale data, and say what to do.
+  # Other generation parameters: refuse to use the stale data, and say what to do (a new
+  # data_dir, not deleting anything).
   cfg.synthetic.seed = 1
-  with pytest.raises(ValueError, match="Delete .*synthetic_motion"):
+  before = snapshot(data_dir)
+  with pytest.raises(errors.ConfigError) as e:
     data.prepare(cfg, str(tmp_path))
+  assert str(e.value) == (
+      f"config.data.data_dir={data_dir!r}: holds the synthetic dataset generated with other "
+      "settings (seed 0 there, 1 asked): set --config.data.data_dir to a new directory to "
+      "generate it there, or config.data.synthetic back to the settings of this one")
+  assert snapshot(data_dir) == before
+
+
+def snapshot(directory):
+  """{relative path: (size, mtime, sha256)} of every file under `directory`."""
+  out = {}
+  for parent, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(parent, name)
+      with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+      out[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns,
+                                               digest)
+  return out
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """Two tiny videos converted by vidtx.data.convert_videos (--format=folders)."""
+  root = tmp_path_factory.mktemp("videos")
+  for i, split in enumerate(["train", "val"]):
+    write_video(root / split / f"class_{i}" / f"{i}.mp4", source_frames(4, i), "libx264")
+  out = tmp_path_factory.mktemp("converted")
+  convert_videos.convert(str(out), format="folders", video_root=str(root), short_side=16,
+                         workers=1)
+  return out
+
+
+def test_prepare_refuses_a_converted_dataset_and_touches_nothing(converted, tmp_path):
+  """The demo config on converted videos without --config.data.name=custom: the message says
+  to add it, never to delete the user's data, and the directory is left as it was."""
+  before = snapshot(converted)
+  assert ".convert" in os.listdir(converted) and "metadata.json" in os.listdir(converted)
+  with pytest.raises(errors.ConfigError) as e:
+    data.prepare(make_config(data_dir=str(converted)), str(tmp_path))
+  assert str(e.value) == (
+      f"config.data.data_dir={str(converted)!r}: holds a dataset converted by "
+      "vidtx.data.convert_videos, not the synthetic data: add --config.data.name=custom")
+  assert "delet" not in str(e.value).lower()
+  assert snapshot(converted) == before
+
+  # A conversion not finished yet (no metadata.json): the generator must not write there either.
+  unfinished = tmp_path / "unfinished"
+  shutil.copytree(converted, unfinished)
+  os.remove(unfinished / "metadata.json")
+  before = snapshot(unfinished)
+  with pytest.raises(errors.ConfigError, match=r"holds an unfinished conversion of vidtx\.data\."
+                     r"convert_videos .*: run the converter again to finish it, then add "
+                     r"--config\.data\.name=custom$"):
+    data.prepare(make_config(data_dir=str(unfinished)), str(tmp_path))
+  assert snapshot(unfinished) == before
+
+
+def test_prepare_refuses_files_it_did_not_generate(tmp_path):
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "train-00000-of-00001.tfrecord").write_bytes(b"someone's shard")
+  before = snapshot(mine)
+  with pytest.raises(errors.ConfigError) as e:
+    data.prepare(make_config(data_dir=str(mine)), str(tmp_path))
+  assert str(e.value).endswith(
+      "holds files that are not the synthetic data (no metadata.json of its generator): to "
+      "train on your own DMVR shards add --config.data.name=custom; for the synthetic data set "
+      "--config.data.data_dir to a new directory")
+  assert "delet" not in str(e.value).lower()
+  assert snapshot(mine) == before
+
+
+def test_prepare_finishes_a_generation_cut_short(tmp_path):
+  """A directory the generator started (its marker is there) is its own: generated again."""
+  cut = tmp_path / "cut"
+  cut.mkdir()
+  (cut / synthetic.GENERATING).write_text("")
+  (cut / "train-00000-of-00009.tfrecord").write_bytes(b"interrupted run")
+  cfg = make_config(data_dir=str(cut))
+  cfg.synthetic.update(num_train=4, num_val=2, num_frames=2, size=16, num_shards=2)
+  assert data.prepare(cfg, str(tmp_path)) == str(cut)
+  assert sorted(os.listdir(cut)) == [
+      "labels.json", "metadata.json", "train-00000-of-00002.tfrecord",
+      "train-00001-of-00002.tfrecord", "validation-00000-of-00002.tfrecord",
+      "validation-00001-of-00002.tfrecord"]  # the marker and the stale shard are gone
 
 
 def test_prepare_uses_explicit_data_dir(tmp_path):
@@ -210,10 +300,10 @@ def test_synthetic_end_to_end(tmp_path):
   """prepare() + build() give batches of the configured shapes and labels."""
   cfg = make_config()
   data_dir = data.prepare(cfg, str(tmp_path))
-  batch = next(data.build(cfg, "train", batch_size=8, seed=0, data_dir=data_dir))
+  batch = next(data.build(cfg, "train", train=True, batch_size=8, seed=0, data_dir=data_dir))
   assert batch["video"].shape == (8, 8, 32, 32, 3) and batch["video"].dtype == np.float32
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(8))
   assert np.isfinite(batch["video"]).all() and -2.5 < batch["video"].mean() < 2.5
   labels = np.concatenate([b["label"][b["mask"] > 0] for b in data.build(
-      cfg, "validation", batch_size=4, seed=0, data_dir=data_dir)])
+      cfg, "validation", train=False, batch_size=4, seed=0, data_dir=data_dir)])
   np.testing.assert_array_equal(np.sort(labels), np.sort(np.arange(10) % 8))

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vidtx import configuration, data, errors
-from vidtx.data import clips, records, tfds_datasets
+from vidtx.data import clips, pipeline, records, tfds_datasets
 
 NAME = "vidtx_test_videos"
 
@@ -57,13 +57,13 @@ def test_train_and_multi_view_eval_batches(tfds_dir):
   cfg = data_config(tfds_dir)
   assert data.prepare(cfg, "") == tfds_dir
   assert data.num_examples(cfg, "train", tfds_dir) == 8
-  batches = data.build(cfg, "train", batch_size=4, seed=0)
+  batches = data.build(cfg, "train", train=True, batch_size=4, seed=0)
   for _ in range(3):  # more than one epoch of 2 batches
     batch = next(batches)
     assert batch["video"].shape == (4, 4, 16, 16, 3) and batch["video"].dtype == np.float32
     assert set(batch["label"]) <= {0, 1, 2}
   assert batches.skipped == 0
-  evals = list(data.build(cfg, "validation", batch_size=2, seed=0))
+  evals = list(data.build(cfg, "validation", train=False, batch_size=2, seed=0))
   assert [b["video"].shape for b in evals] == [(2, 6, 4, 16, 16, 3)] * 2
   assert sorted(np.concatenate([b["label"][b["mask"] > 0] for b in evals])) == [0, 1, 2]
 
@@ -87,12 +87,12 @@ def test_a_tfds_record_gives_the_clip_its_frames_give_as_a_dmvr_record(tfds_dir)
 
 def test_hosts_read_disjoint_parts_that_together_are_the_split(tfds_dir):
   cfg = data_config(tfds_dir, eval_clips=1, eval_crops=1)
-  train = data.build(cfg, "train", batch_size=4, seed=0, process_index=1, process_count=2)
+  train = data.build(cfg, "train", train=True, batch_size=4, seed=0, process_index=1,
+                     process_count=2)
   assert next(train)["video"].shape == (4, 4, 16, 16, 3)
-  cfg.train_split = "none"  # so "train" is read once, in order, as evaluation reads
 
-  def clips(**host):
-    batches = data.build(cfg, "train", batch_size=3, seed=0, **host)
+  def clips(**host):  # "train" read once, in order, as evaluation reads
+    batches = data.build(cfg, "train", train=False, batch_size=3, seed=0, **host)
     return [v.tobytes() for b in batches for v, m in zip(b["video"], b["mask"]) if m]
   hosts = [clips(process_index=i, process_count=2) for i in range(2)]
   assert [len(h) for h in hosts] == [4, 4] and not set(hosts[0]) & set(hosts[1])
@@ -122,8 +122,10 @@ def test_missing_datasets_splits_and_wrong_class_counts_are_clear_errors(tfds_di
     data.prepare(data_config(tfds_dir, name="tfds:vidtx_no_such_videos"), "")
   with pytest.raises(errors.DataNotFoundError, match="no split 'test'"):
     data.prepare(data_config(tfds_dir, eval_split="test"), "")
-  with pytest.raises(errors.ConfigError, match="num_classes=5.*has 3 classes"):
+  with pytest.raises(errors.ConfigError, match="num_classes=5: the dataset's TFDS label feature "
+                     "names 3 classes: set --config.data.num_classes=3"):
     data.prepare(data_config(tfds_dir, num_classes=5), "")
+  assert pipeline.check_num_classes(data_config(tfds_dir), tfds_dir) == ["a", "b", "c"]
   with pytest.raises(errors.ConfigError, match="'clip' is not a ClassLabel"):
     data.prepare(data_config(tfds_dir, tfds_features=("video", "clip")), "")
   with pytest.raises(errors.ConfigError, match="'label' is not a Video.*'video': 'Video'"):

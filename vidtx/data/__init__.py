@@ -28,9 +28,9 @@ def _hide_accelerators_from_tf():
 
 _hide_accelerators_from_tf()  # before the modules below, which use TF
 
-from vidtx.data import records, synthetic, tfds_datasets  # pylint: disable=g-import-not-at-top
+from vidtx.data import pipeline, records, synthetic, tfds_datasets  # pylint: disable=g-import-not-at-top
 from vidtx.data.pipeline import build, num_examples  # pylint: disable=g-import-not-at-top
-from vidtx.errors import ConfigError, DataNotFoundError  # pylint: disable=g-import-not-at-top
+from vidtx.errors import DataNotFoundError  # pylint: disable=g-import-not-at-top
 
 SYNTHETIC = "synthetic_motion"
 
@@ -41,23 +41,29 @@ def prepare(data_config, workdir):
   synthetic_motion is generated on first use into config.data.data_dir, or into
   <workdir>/data/synthetic_motion when that is "". "tfds:<name>" must be prepared in TFDS's
   data_dir (config.data.data_dir; "" is TFDS's default). Other datasets must already be in
-  config.data.data_dir; a DataNotFoundError says what is missing.
+  config.data.data_dir; a DataNotFoundError says what is missing. Where the dataset names its
+  classes, a config.data.num_classes of another count is a ConfigError with the count to set.
   """
+  data_dir = _find_or_generate(data_config, workdir)
+  pipeline.check_num_classes(data_config, data_dir)
+  return data_dir
+
+
+def _find_or_generate(data_config, workdir):
   if data_config.name == SYNTHETIC:
     return synthetic.prepare(data_config, workdir)
   if tfds_datasets.is_tfds(data_config):
     for split in (data_config.train_split, data_config.eval_split):
       # Raises saying how to prepare the dataset.
       tfds_datasets.split_files(data_config, data_config.data_dir, split)
-    classes = tfds_datasets.tfds_num_classes(data_config, data_config.data_dir)
-    if classes != data_config.num_classes:
-      raise ConfigError(f"config.data.num_classes={data_config.num_classes}, but "
-                        f"{data_config.name!r} has {classes} classes: set "
-                        f"--config.data.num_classes={classes}")
     return data_config.data_dir
   how = (f"Prepare {data_config.name!r} as DMVR TFRecord shards (README, section Data) and pass "
          "--config.data.data_dir=<their directory>; or try this config on the built-in data "
          f"with --config.data.name={SYNTHETIC}.")
+  if data_config.name == "custom":
+    how = ("Convert your videos with python -m vidtx.data.convert_videos --format=folders "
+           "--video_root=<videos>/ (<split>/<class>/<video>) --output_dir=<shards> and pass "
+           "--config.data.data_dir=<shards> (README, Training on your own videos).")
   if not data_config.data_dir:
     raise DataNotFoundError(
         f"Dataset {data_config.name!r} is read from disk, but config.data.data_dir is empty, so "
@@ -67,24 +73,7 @@ def prepare(data_config, workdir):
       records.list_files(data_config.data_dir, split)  # raises naming the missing files
   except DataNotFoundError as e:
     raise DataNotFoundError(f"Dataset {data_config.name!r} is not prepared: {e} {how}") from None
-  _check_num_classes(data_config)
   return data_config.data_dir
-
-
-def _check_num_classes(data_config):
-  """The converter's labels.json and metadata.json "num_classes", when there, must agree with
-  config.data.num_classes: a head of another size would train on wrong or missing classes
-  without an error."""
-  data_dir, want = data_config.data_dir, data_config.num_classes
-  if tf.io.gfile.exists(os.path.join(data_dir, records.LABELS)):
-    names = records.load_class_names(data_dir)
-    if len(names) != want:
-      raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{records.LABELS} names "
-                        f"{len(names)} classes: set --config.data.num_classes={len(names)}")
-  stated = records.load_metadata(data_dir).get("num_classes")
-  if stated is not None and stated != want:
-    raise ConfigError(f"config.data.num_classes={want}, but {data_dir}/{records.METADATA} says "
-                      f"num_classes={stated}: set --config.data.num_classes={stated}")
 
 
 __all__ = ["build", "prepare", "num_examples", "SYNTHETIC"]

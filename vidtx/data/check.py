@@ -17,17 +17,18 @@ import copy
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 
-from vidtx import errors
+from vidtx import cli, errors
 from vidtx.data import pipeline, records, tfds_datasets
 
 
-class CheckError(ValueError):
-  """The data cannot train this config; the message names the problem and the fix."""
+class CheckError(errors.ConfigError):
+  """The data cannot train this config; the message names the problem and the fix (a
+  ConfigError, so the commands report it in one line)."""
 
 
 def _shard_numbers(files, split):
@@ -105,10 +106,8 @@ def _first_batch(data_config, split, batch_size, *, train):
     cfg.shuffle_buffer = min(cfg.shuffle_buffer, batch_size)  # same clips, less reading
     copies = cfg.get("repeated_aug", 1)  # a train batch holds whole groups of augmented copies
     batch_size = max(batch_size - batch_size % copies, copies)
-  else:
-    cfg.train_split = f"not {split}"  # build() makes an eval pass of any other split
   try:
-    return next(iter(pipeline.build(cfg, split, batch_size=batch_size, seed=0)))
+    return next(iter(pipeline.build(cfg, split, train=train, batch_size=batch_size, seed=0)))
   except tf.errors.OpError as e:
     raise CheckError(f"the training pipeline fails on split {split!r} "
                      f"({'train' if train else 'eval'} processing): "
@@ -242,29 +241,27 @@ def check(data_config, splits=None, *, num_examples=8, full=True, out=print):
           for split in splits}
 
 
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
+  """Defined only when run as a program, so importing the checker defines no flags."""
+  cli.define_config("Experiment config file (as for vidtx.main); its data fields are checked. "
+                    "Override with --config.data.<field>=<value>.", flag_values)
+  flags.DEFINE_list("split", [], "Splits to check; default: config.data.train_split and "
+                    "config.data.eval_split.", flag_values=flag_values)
+  flags.DEFINE_integer("num_examples", 8, "Records shown and processed per split.",
+                       flag_values=flag_values)
+  flags.DEFINE_bool("full", True, "Read every record (counts, labels, frame counts); --nofull "
+                    "reads only --num_examples per split.", flag_values=flag_values)
+  flags.mark_flag_as_required("config", flag_values=flag_values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  counts = check(f.config.data, f.split or None, num_examples=f.num_examples, full=f.full)
+  print(f"OK: {counts}")
+
+
 if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file (as for vidtx.main); its data fields are "
-      "checked. Override with --config.data.<field>=<value>.", lock_config=True)
-  _SPLIT = flags.DEFINE_list("split", [], "Splits to check; default: config.data.train_split "
-                             "and config.data.eval_split.")
-  _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 8, "Records shown and processed per "
-                                       "split.")
-  _FULL = flags.DEFINE_bool("full", True, "Read every record (counts, labels, frame counts); "
-                            "--nofull reads only --num_examples per split.")
-  flags.mark_flags_as_required(["config"])
-
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-      counts = check(_CONFIG.value.data, _SPLIT.value or None, num_examples=_NUM_EXAMPLES.value,
-                     full=_FULL.value)
-    except (CheckError, errors.ConfigError, errors.DataNotFoundError) as e:
-      sys.exit(f"error: {e}")
-    print(f"OK: {counts}")
-
-  app.run(main)
+  define_flags()
+  cli.run(main)

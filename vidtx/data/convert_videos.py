@@ -24,6 +24,7 @@ file, or write `<split>=<file>`):
                   --annotations=ssv2/labels/train.json,ssv2/labels/validation.json \\
                   --output_dir=/data/ssv2_tfrecords
   folders   One folder per split and one per class: <video_root>/<split>/<class>/<video>.
+            Video files above the class folders are ignored, with a warning.
               python -m vidtx.data.convert_videos --format=folders --video_root=my_videos \\
                   --output_dir=/data/my_tfrecords
   csv       Lines `path,label` (or `path label`; an optional `path,label` header); paths are
@@ -45,7 +46,8 @@ videos of a split are shuffled with --seed first, so shards mix the classes); la
 list of class names, index = label); metadata.json (record counts, read by the training
 pipeline; written last, so it marks a finished conversion); <split>_failures.csv (path, reason,
 detail) of every video that could not be used, with reason "missing", "corrupt" (includes
-truncated files), "no_video_stream" or "zero_frames". A failure never stops the conversion.
+truncated files), "no_video_stream" or "zero_frames"; each is also logged as a warning. A failure
+never stops the conversion.
 
 Restarting: each shard is written by one worker under a temporary name and renamed when
 complete; its record count and failures go to .convert/<shard>.json. The assignment of videos
@@ -66,20 +68,28 @@ import multiprocessing
 import os
 import re
 import socket
-import sys
 import time
 
-from absl import logging
+from absl import app, flags, logging
 
+from vidtx import cli, errors
 from vidtx.data import records, video_files
 
 FORMATS = ("kinetics", "ssv2", "folders", "csv")
 STATE_DIR = ".convert"
 LOG_EVERY_S = 10.0
+# Videos done before the progress log shows an ETA: the first ones also pay for starting the
+# workers, so an ETA from them alone is far too long.
+ETA_AFTER_VIDEOS = 20
 _SPLIT_WORDS = {"train": "train", "training": "train", "val": "validation",
                 "valid": "validation", "validation": "validation", "test": "test",
                 "testing": "test"}
 _TRIMMED_NAME = re.compile(r"^(?P<id>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
+
+
+class ConversionError(errors.FlagError):
+  """The videos cannot be converted as the flags and the annotation files they name ask; the
+  message names the flag or file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +121,8 @@ def _annotation_files(annotations):
       raise FileNotFoundError(f"--annotations: {path!r} does not exist")
     out.append((split_name(split) if split else None, path))
   if not out:
-    raise ValueError("--annotations is empty: give the annotation files, e.g. "
-                     "--annotations=train.csv,val.csv")
+    raise ConversionError("--annotations is empty: give the annotation files, e.g. "
+                          "--annotations=train.csv,val.csv")
   return out
 
 
@@ -120,9 +130,16 @@ def _split_from_file_name(path):
   words = re.split(r"[-_.\s]+", os.path.splitext(os.path.basename(path))[0].lower())
   found = {_SPLIT_WORDS[w] for w in words if w in _SPLIT_WORDS}
   if len(found) != 1:
-    raise ValueError(f"Cannot tell the split of {path!r} from its name: write it as "
-                     f"--annotations=<split>={path}")
+    raise ConversionError(f"Cannot tell the split of {path!r} from its name: write it as "
+                          f"--annotations=<split>={path}")
   return found.pop()
+
+
+def _json(text, where):
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise ConversionError(f"{where} is not valid JSON ({e})") from None
 
 
 def read_label_map(path):
@@ -132,12 +149,12 @@ def read_label_map(path):
     text = f.read()
   if not path.endswith(".json"):
     return [line.strip() for line in text.splitlines() if line.strip()]
-  data = json.loads(text)
+  data = _json(text, f"--labels={path!r}")
   if isinstance(data, list):
     return [str(name) for name in data]
   by_index = {int(index): name for name, index in data.items()}
   if sorted(by_index) != list(range(len(data))):
-    raise ValueError(f"--labels={path!r}: the indices must be 0..{len(data) - 1}, each once")
+    raise ConversionError(f"--labels={path!r}: the indices must be 0..{len(data) - 1}, each once")
   return [by_index[i] for i in range(len(data))]
 
 
@@ -148,8 +165,8 @@ def _class_names(seen, labels_path):
   names = read_label_map(labels_path)
   unknown = sorted(set(seen) - set(names))
   if unknown:
-    raise ValueError(f"--labels={labels_path!r} has no class {unknown[0]!r} "
-                     f"({len(unknown)} classes of the annotations are missing from it)")
+    raise ConversionError(f"--labels={labels_path!r} has no class {unknown[0]!r} "
+                          f"({len(unknown)} classes of the annotations are missing from it)")
   return names
 
 
@@ -187,13 +204,13 @@ def _kinetics(root, annotations, labels_path):
       reader = csv.DictReader(f)
       need = {"label", "youtube_id", "time_start", "time_end"}
       if not need <= set(reader.fieldnames or ()):
-        raise ValueError(f"{path!r} is not a Kinetics CSV: need the columns {sorted(need)}, "
-                         f"found {reader.fieldnames}")
+        raise ConversionError(f"{path!r} is not a Kinetics CSV: need the columns {sorted(need)}, "
+                              f"found {reader.fieldnames}")
       for row in reader:
         split_dir = row.get("split") or split or _split_from_file_name(path)
         if not row["label"]:
-          raise ValueError(f"{path!r}, youtube_id {row['youtube_id']}: no label (a test CSV "
-                           "without labels cannot be converted for training)")
+          raise ConversionError(f"{path!r}, youtube_id {row['youtube_id']}: no label (a test CSV "
+                                "without labels cannot be converted for training)")
         rows.append((split_dir, row))
   names = _class_names({row["label"].strip() for _, row in rows}, labels_path)
   index = {name: i for i, name in enumerate(names)}
@@ -216,7 +233,7 @@ def _kinetics(root, annotations, labels_path):
 
 def _ssv2(root, annotations, labels_path):
   if not labels_path:
-    raise ValueError("--format=ssv2 needs --labels=<the labels JSON, template -> index>")
+    raise ConversionError("--format=ssv2 needs --labels=<the labels JSON, template -> index>")
   names = read_label_map(labels_path)
   index = {name: i for i, name in enumerate(names)}
   files = _index_videos(root)
@@ -224,24 +241,31 @@ def _ssv2(root, annotations, labels_path):
   for split, path in _annotation_files(annotations):
     split = split or _split_from_file_name(path)
     with open(path) as f:
-      entries = json.load(f)
+      entries = _json(f.read(), f"--annotations: {path!r}")
     for entry in entries:
       vid = str(entry["id"])
       if "template" not in entry:
-        raise ValueError(f"{path!r}: video {vid} has no 'template' (the test list has no "
-                         "labels: convert the train and validation lists)")
+        raise ConversionError(f"{path!r}: video {vid} has no 'template' (the test list has no "
+                              "labels: convert the train and validation lists)")
       name = entry["template"].replace("[", "").replace("]", "")
       if name not in index:
-        raise ValueError(f"{path!r}: video {vid} has the template {name!r}, which is not in "
-                         f"--labels={labels_path!r}")
+        raise ConversionError(f"{path!r}: video {vid} has the template {name!r}, which is not in "
+                              f"--labels={labels_path!r}")
       video_path = (files.get(vid) or [os.path.join(root, vid + ".webm")])[0]
       videos[split].append(_video(root, video_path, index[name], name))
   return videos, names
 
 
+def _is_video(name):
+  return os.path.splitext(name)[1].lower() in video_files.VIDEO_EXTENSIONS and \
+      not name.startswith(".")
+
+
 def _folders(root, labels_path):
   found = []  # (split, class name, path)
   skipped = []
+  # Videos above the class level (e.g. --video_root given as the train folder): not read.
+  misplaced = [os.path.join(root, n) for n in sorted(os.listdir(root)) if _is_video(n)]
   for split_dir in sorted(os.listdir(root)):
     split_path = os.path.join(root, split_dir)
     if not os.path.isdir(split_path) or split_dir.startswith("."):
@@ -249,19 +273,24 @@ def _folders(root, labels_path):
     for class_name in sorted(os.listdir(split_path)):
       class_path = os.path.join(split_path, class_name)
       if not os.path.isdir(class_path):
+        if _is_video(class_name):
+          misplaced.append(class_path)
         continue
       for name in sorted(os.listdir(class_path)):
         path = os.path.join(class_path, name)
-        is_video = os.path.splitext(name)[1].lower() in video_files.VIDEO_EXTENSIONS
-        if is_video and not name.startswith("."):
+        if _is_video(name):
           found.append((split_name(split_dir), class_name, path))
         elif not name.startswith("."):
           skipped.append(path)
+  if misplaced:
+    logging.warning("Ignored %d video files that are not in a class folder, e.g. %s: "
+                    "--format=folders reads <video_root>/<split>/<class>/<video>", len(misplaced),
+                    misplaced[0])
   if skipped:
     logging.warning("Ignored %d files that are not videos (%s), e.g. %s", len(skipped),
                     "/".join(video_files.VIDEO_EXTENSIONS), skipped[0])
   if not found:
-    raise ValueError(f"--video_root={root!r} has no videos in <split>/<class>/ folders")
+    raise ConversionError(f"--video_root={root!r} has no videos in <split>/<class>/ folders")
   names = _class_names({c for _, c, _ in found}, labels_path)
   index = {name: i for i, name in enumerate(names)}
   videos = collections.defaultdict(list)
@@ -281,21 +310,21 @@ def _csv(root, annotations, labels_path):
           continue
         fields = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
         if len(fields) != 2:
-          raise ValueError(f"{path}:{number}: expected 'path,label', got {line!r}")
+          raise ConversionError(f"{path}:{number}: expected 'path,label', got {line!r}")
         video_path, label = (x.strip() for x in fields)
         if number == 1 and (video_path.lower(), label.lower()) == ("path", "label"):
           continue
         rows.append((split, os.path.join(root, video_path), label))
   numeric = [label.isdigit() for _, _, label in rows]
   if any(numeric) and not all(numeric):
-    raise ValueError("--annotations: the labels mix integers and class names; use one kind")
+    raise ConversionError("--annotations: the labels mix integers and class names; use one kind")
   if rows and all(numeric):
     indices = [int(label) for _, _, label in rows]
     names = (read_label_map(labels_path) if labels_path
              else [str(i) for i in range(max(indices) + 1)])
     if max(indices) >= len(names):
-      raise ValueError(f"label {max(indices)} is out of range of --labels={labels_path!r} "
-                       f"({len(names)} classes)")
+      raise ConversionError(f"label {max(indices)} is out of range of --labels={labels_path!r} "
+                            f"({len(names)} classes)")
   else:
     names = _class_names({label for _, _, label in rows}, labels_path)
     position = {name: i for i, name in enumerate(names)}
@@ -316,12 +345,12 @@ def list_videos(format, video_root, annotations=(), labels=""):  # pylint: disab
     return _ssv2(video_root, annotations, labels)
   if format == "folders":
     if annotations:
-      raise ValueError("--format=folders reads the splits and classes from the folders: drop "
-                       "--annotations")
+      raise ConversionError("--format=folders reads the splits and classes from the folders: drop "
+                            "--annotations")
     return _folders(video_root, labels)
   if format == "csv":
     return _csv(video_root, annotations, labels)
-  raise ValueError(f"--format={format!r}: choose one of {FORMATS}")
+  raise ConversionError(f"--format={format!r}: choose one of {FORMATS}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,12 +412,12 @@ def _convert_shard(output_dir, shard, settings, progress):
         frames, rate = video_files.read_video(video.path, window=video.window, **settings)
       except video_files.VideoError as e:
         failures.append({"path": video.path, "reason": e.reason, "detail": e.detail})
-        progress(False)
+        progress(f"{video.path}: {e} (skipped; listed in {shard.split}_failures.csv)")
         continue
       context = {records.SOURCE_KEY: video.source}
       if rate:
         context[records.FRAME_RATE_KEY] = rate
-      progress(True)
+      progress(None)
       yield records.make_example(frames, video.label, video.label_name, context)
 
   count = records.write_records(os.path.join(output_dir, shard.name), examples())
@@ -410,25 +439,30 @@ def _convert_shard_in_worker(output_dir, shard, settings):
 
 
 class _Progress:
-  """Logs videos done / total, videos/s, ETA and failures, at most every LOG_EVERY_S."""
+  """Called once per video with None, or for a video that failed the line that says why (logged
+  at once); logs videos done / total, videos/s, failures and, after ETA_AFTER_VIDEOS, the ETA,
+  at most every LOG_EVERY_S."""
 
   def __init__(self, total):
     self.total, self.done, self.failed = total, 0, 0
     self.start = self.last_log = time.monotonic()
 
-  def __call__(self, ok):
+  def __call__(self, failure):
     self.done += 1
-    self.failed += not ok
+    if failure is not None:
+      self.failed += 1
+      logging.warning("Cannot convert %s", failure)
     if time.monotonic() - self.last_log >= LOG_EVERY_S:
       self.log()
 
   def log(self):
     self.last_log = now = time.monotonic()
     rate = self.done / max(now - self.start, 1e-9)
-    eta = (self.total - self.done) / rate if rate else math.inf
-    logging.info("Converted %d/%d videos (%.1f videos/s, ETA %s), %d failed so far", self.done,
-                 self.total, rate, "?" if eta == math.inf else f"{eta / 60:.1f} min",
-                 self.failed)
+    eta = ""
+    if self.done >= ETA_AFTER_VIDEOS:
+      eta = f", ETA {(self.total - self.done) / rate / 60:.1f} min"
+    logging.info("Converted %d/%d videos (%.1f videos/s%s), %d failed so far", self.done,
+                 self.total, rate, eta, self.failed)
 
 
 def _run(output_dir, shards, settings, workers):
@@ -476,15 +510,15 @@ def convert(output_dir, *, format, video_root, annotations=(), labels="", splits
   for flag, value, low in (("short_side", short_side, 0), ("fps", fps, 0),
                            ("examples_per_shard", examples_per_shard, 1), ("workers", workers, 0)):
     if value < low:
-      raise ValueError(f"--{flag}={value!r}: must be at least {low}")
+      raise ConversionError(f"--{flag}={value!r}: must be at least {low}")
   if not 1 <= jpeg_quality <= 100:
-    raise ValueError(f"--jpeg_quality={jpeg_quality!r}: must be in 1..100 (default 90)")
+    raise ConversionError(f"--jpeg_quality={jpeg_quality!r}: must be in 1..100 (default 90)")
   videos, names = list_videos(format, video_root, annotations, labels)
   if splits:
     missing = sorted(set(splits) - set(videos))
     if missing:
-      raise ValueError(f"--splits: no videos of split {missing[0]!r}; the annotations have "
-                       f"{sorted(videos)}")
+      raise ConversionError(f"--splits: no videos of split {missing[0]!r}; the annotations have "
+                            f"{sorted(videos)}")
     videos = {s: v for s, v in videos.items() if s in splits}
   settings = dict(short_side=int(short_side), fps=float(fps), jpeg_quality=int(jpeg_quality))
   shards = _plan_shards(videos, examples_per_shard, seed, settings)
@@ -516,8 +550,9 @@ def convert(output_dir, *, format, video_root, annotations=(), labels="", splits
     metadata["splits"][split] = sum(metadata["shard_counts"][split].values())
     metadata["failures"][split] = len(failures)
     reasons = collections.Counter(f["reason"] for f in failures)
-    logging.info("%s: %d records in %d shards; %d videos failed %s (see %s_failures.csv)", split,
-                 metadata["splits"][split], len(mine), len(failures), dict(reasons), split)
+    logging.info("%s: %d records in %d shards; %d videos failed %s (see %s)", split,
+                 metadata["splits"][split], len(mine), len(failures), dict(reasons),
+                 os.path.join(output_dir, f"{split}_failures.csv"))
   _write_json(os.path.join(output_dir, records.LABELS), names)
   # metadata.json marks a finished conversion, so it goes last.
   _write_json(os.path.join(output_dir, records.METADATA), metadata)
@@ -525,38 +560,42 @@ def convert(output_dir, *, format, video_root, annotations=(), labels="", splits
               shards_written=len(todo), shards_skipped=len(shards) - len(todo))
 
 
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
+  """Defined only when run as a program, so importing the converter defines no flags."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_enum("format", None, FORMATS, "Annotation format (module docstring).", **fv)
+  flags.DEFINE_string("video_root", None, "Directory holding the videos.", **fv)
+  flags.DEFINE_string("output_dir", None, "Where the shards go.", **fv)
+  flags.DEFINE_list("annotations", [], "Annotation files, each `path` or `<split>=path` (not for "
+                    "folders).", **fv)
+  flags.DEFINE_string("labels", "", "Label map: JSON list, JSON object name -> index, or one "
+                      "name per line. Required for ssv2; otherwise the sorted class names.", **fv)
+  flags.DEFINE_list("splits", [], "Convert only these splits (default: all).", **fv)
+  flags.DEFINE_integer("short_side", 256, "Resize the short side to this (never upscaled); 0 "
+                       "keeps the size.", **fv)
+  flags.DEFINE_float("fps", 0.0, "Resample to this frame rate; 0 keeps the source's.", **fv)
+  flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the frames, 1..100.", **fv)
+  flags.DEFINE_integer("examples_per_shard", 256, "Videos per shard.", **fv)
+  flags.DEFINE_integer("workers", 0, "Worker processes; 0: one per core.", **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the order of the videos in the shards.", **fv)
+  flags.mark_flags_as_required(["format", "video_root", "output_dir"], **fv)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  # The paths first: a typo fails at once, not after the videos have been listed.
+  cli.check_readable("video_root", f.video_root)
+  if f.labels:
+    cli.check_readable("labels", f.labels)
+  cli.check_writable("output_dir", f.output_dir)
+  convert(f.output_dir, format=f.format, video_root=f.video_root, annotations=f.annotations,
+          labels=f.labels, splits=f.splits, short_side=f.short_side, fps=f.fps,
+          jpeg_quality=f.jpeg_quality, examples_per_shard=f.examples_per_shard,
+          workers=f.workers, seed=f.seed)
+
+
 if __name__ == "__main__":
-  from absl import app, flags
-
-  _FORMAT = flags.DEFINE_enum("format", None, FORMATS, "Annotation format (module docstring).")
-  _VIDEO_ROOT = flags.DEFINE_string("video_root", None, "Directory holding the videos.")
-  _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the shards go.")
-  _ANNOTATIONS = flags.DEFINE_list(
-      "annotations", [], "Annotation files, each `path` or `<split>=path` (not for folders).")
-  _LABELS = flags.DEFINE_string(
-      "labels", "", "Label map: JSON list, JSON object name -> index, or one name per line. "
-      "Required for ssv2; otherwise the sorted class names.")
-  _SPLITS = flags.DEFINE_list("splits", [], "Convert only these splits (default: all).")
-  _SHORT_SIDE = flags.DEFINE_integer(
-      "short_side", 256, "Resize the short side to this (never upscaled); 0 keeps the size.")
-  _FPS = flags.DEFINE_float("fps", 0.0, "Resample to this frame rate; 0 keeps the source's.")
-  _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of the frames, 1..100.")
-  _EXAMPLES_PER_SHARD = flags.DEFINE_integer("examples_per_shard", 256, "Videos per shard.")
-  _WORKERS = flags.DEFINE_integer("workers", 0, "Worker processes; 0: one per core.")
-  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the order of the videos in the shards.")
-  flags.mark_flags_as_required(["format", "video_root", "output_dir"])
-
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-      convert(_OUTPUT_DIR.value, format=_FORMAT.value, video_root=_VIDEO_ROOT.value,
-              annotations=_ANNOTATIONS.value, labels=_LABELS.value, splits=_SPLITS.value,
-              short_side=_SHORT_SIDE.value, fps=_FPS.value, jpeg_quality=_JPEG_QUALITY.value,
-              examples_per_shard=_EXAMPLES_PER_SHARD.value, workers=_WORKERS.value,
-              seed=_SEED.value)
-    except (ValueError, FileNotFoundError) as e:  # bad flags or annotations: the message says
-      logging.error("%s", e)
-      sys.exit(f"error: {e}")
-
-  app.run(main)
+  define_flags()
+  cli.run(main)

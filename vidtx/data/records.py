@@ -7,6 +7,10 @@ the train epochs (and for multi-host eval); they are read from an optional metad
 {"splits": {"train": 1000, ...}, "shard_counts": {"train": {"train-00000-of-00004.tfrecord": 250,
 ...}, ...}}, and otherwise counted by reading the files once per process.
 
+A shard that ends early (truncated by a copy that did not finish, or damaged from some record on)
+is read up to the damage: the input pipeline uses the records before it and counts the rest as
+skipped, naming the shard once in the log (`report_damaged`).
+
 Writing the layout is shared by the synthetic generator and the video converter; reading it by
 the input pipeline (vidtx.data.pipeline), the checker and the tools.
 """
@@ -32,6 +36,8 @@ FRAME_RATE_KEY = "clip/frame_rate"
 METADATA = "metadata.json"
 LABELS = "labels.json"  # class names: a JSON list, index = label
 READ_BUFFER_BYTES = 256 << 10
+# A TFRecord holds its data plus 16 bytes: its length (8 bytes) and two CRCs (4 each).
+RECORD_OVERHEAD_BYTES = 16
 
 
 def shard_pattern(split):
@@ -123,8 +129,27 @@ def host_files(files, process_index, process_count):
 
 
 def record_dataset(path):
-  """The records of one file, as serialized strings."""
+  """The records of one file, as serialized strings; a damaged file raises DataLossError."""
   return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+
+
+def readable_records(path):
+  """The records of one file up to the first one that cannot be read (a truncated or damaged
+  file), without error: TFRecordDataset gives up a file at its first read error."""
+  return record_dataset(path).ignore_errors()
+
+
+_REPORTED = set()
+
+
+def report_damaged(path):
+  """Logs once per process that the shard `path` ends early, and what that costs."""
+  if path not in _REPORTED:
+    _REPORTED.add(path)
+    logging.warning(
+        "%s is truncated or damaged: its records after the damage cannot be read, so they are "
+        "skipped (counted in train/skipped_records and eval num_skipped); copy or convert this "
+        "shard again.", path)
 
 
 def parse_example(serialized):
@@ -164,12 +189,23 @@ _COUNT_CACHE = {}
 
 
 def _count_records(path):
-  """Counts the records of one file by reading it (cached; only done without metadata)."""
+  """Counts the records of one file by reading it (cached; only done without metadata). A file
+  whose readable records end before the file does lost at least the record cut at the damage,
+  which counts as one record (the pipeline then counts it as skipped)."""
   key = (path, tf.io.gfile.stat(path).length)
   if key not in _COUNT_CACHE:
     logging.info("Counting records in %s (add shard_counts to %s to skip this).", path, METADATA)
-    _COUNT_CACHE[key] = int(record_dataset(path).reduce(
-        np.int64(0), lambda n, _: n + 1))
+    options = tf.data.Options()
+    options.autotune.enabled = False  # its thread can hold the end up (see pipeline._options)
+    count, size = readable_records(path).with_options(options).reduce(
+        (np.int64(0), np.int64(0)), lambda state, record: (
+            state[0] + 1, state[1] + RECORD_OVERHEAD_BYTES
+            + tf.cast(tf.strings.length(record), tf.int64)))
+    count = int(count)
+    if int(size) < key[1]:
+      report_damaged(path)
+      count += 1
+    _COUNT_CACHE[key] = count
   return _COUNT_CACHE[key]
 
 

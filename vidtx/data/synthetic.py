@@ -16,6 +16,7 @@ import socket
 from absl import logging
 import numpy as np
 
+from vidtx import errors
 from vidtx.data import records
 
 CLASSES = (
@@ -27,6 +28,9 @@ METADATA = records.METADATA
 # Bump when the generator changes, so existing data dirs are detected as stale.
 GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
+# Written first into a data dir and removed once metadata.json is there: a directory that has
+# it holds an unfinished generation that prepare() may finish, and only such a directory.
+GENERATING = ".generating_synthetic_motion"
 # Generating a clip takes ~6 ms, starting a worker process ~7 s (it imports TF): below this
 # many clips per worker, more workers do not pay for themselves.
 CLIPS_PER_WORKER = 1000
@@ -177,6 +181,7 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
     raise ValueError(f"Need num_train, num_val and num_shards >= 1, got {params}; "
                      "change config.data.synthetic.")
   os.makedirs(data_dir, exist_ok=True)
+  open(os.path.join(data_dir, GENERATING), "w").close()
   metadata = dict(name="synthetic_motion", classes=list(CLASSES), splits={}, shard_counts={},
                   generation=params)
   jobs = []
@@ -211,6 +216,7 @@ def write_dataset(data_dir, *, num_train, num_val, num_frames=16, size=40, seed=
   with open(tmp, "w") as f:
     json.dump(metadata, f, indent=2)
   os.replace(tmp, os.path.join(data_dir, METADATA))
+  os.remove(os.path.join(data_dir, GENERATING))
   return metadata
 
 
@@ -226,21 +232,55 @@ def _write_shard(path, split_id, lo, hi, *, seed, num_frames, size):
 def prepare(data_config, workdir):
   """Generates the dataset into its data dir unless metadata.json is already there.
 
-  Returns the data dir. Raises if an existing dataset was generated with other parameters.
+  Returns the data dir. Raises errors.ConfigError if the data dir holds anything else: a
+  dataset generated with other parameters, a converted dataset (data.name should be "custom"),
+  or files the generator did not write. It never writes into such a directory (the generator
+  replaces shards), and its messages never suggest deleting one.
   """
   data_dir = data_config.data_dir or os.path.join(workdir, "data", "synthetic_motion")
   want = generation_params(**data_config.synthetic)
   path = os.path.join(data_dir, METADATA)
   if os.path.exists(path):
-    with open(path) as f:
-      have = json.load(f).get("generation")
+    try:
+      with open(path) as f:
+        metadata = json.load(f)
+    except ValueError:  # not JSON: not ours
+      metadata = {}
+    have = metadata.get("generation") if isinstance(metadata, dict) else None
+    if have is None:
+      errors.fail("data.data_dir", data_dir, _not_synthetic(data_dir, metadata))
     if have != want:
-      raise ValueError(
-          f"The synthetic dataset in {data_dir} was generated with {have}, but "
-          f"config.data.synthetic asks for {want}. Delete {data_dir} to regenerate it, or set "
-          "config.data.data_dir to another directory.")
+      changed = ", ".join(f"{k} {have.get(k)!r} there, {v!r} asked" for k, v in want.items()
+                          if have.get(k) != v)
+      # An older generator's data cannot be asked for again: only a new directory helps.
+      back = ("" if have.get("version") != GENERATOR_VERSION else
+              ", or config.data.synthetic back to the settings of this one")
+      errors.fail("data.data_dir", data_dir,
+                  f"holds the synthetic dataset generated with other settings ({changed}): set "
+                  f"--config.data.data_dir to a new directory to generate it there{back}")
     logging.info("Using existing synthetic dataset in %s", data_dir)
     return data_dir
+  if os.path.isdir(data_dir) and os.listdir(data_dir) and not os.path.exists(
+      os.path.join(data_dir, GENERATING)):
+    errors.fail("data.data_dir", data_dir, _not_synthetic(data_dir, None))
   logging.info("Generating synthetic motion dataset in %s with %s", data_dir, want)
   write_dataset(data_dir, **{k: v for k, v in want.items() if k != "version"})
   return data_dir
+
+
+def _not_synthetic(data_dir, metadata):
+  """What a data dir holds instead of the synthetic data, and the fix: `metadata` is its
+  metadata.json (None if it has none)."""
+  converted = (isinstance(metadata, dict) and "format" in metadata
+               or os.path.isdir(os.path.join(data_dir, ".convert"))  # convert_videos.STATE_DIR
+               or any(name.endswith("_failures.csv") for name in os.listdir(data_dir)))
+  if converted and metadata is not None:
+    return ("holds a dataset converted by vidtx.data.convert_videos, not the synthetic data: "
+            "add --config.data.name=custom")
+  if converted:
+    return ("holds an unfinished conversion of vidtx.data.convert_videos (no metadata.json "
+            "yet), not the synthetic data: run the converter again to finish it, then add "
+            "--config.data.name=custom")
+  return (f"holds files that are not the synthetic data (no {METADATA} of its generator): to "
+          "train on your own DMVR shards add --config.data.name=custom; for the synthetic data "
+          "set --config.data.data_dir to a new directory")

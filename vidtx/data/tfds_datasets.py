@@ -78,9 +78,9 @@ def record_parser(data_config):
   return parse
 
 
-def tfds_num_classes(data_config, data_dir):
-  """Classes of the TFDS dataset's label feature (a ClassLabel), after checking that its video
-  feature is a Video (whose frames are stored encoded, so `record_parser` can leave them so)."""
+def label_feature(data_config, data_dir):
+  """The TFDS dataset's label feature (a ClassLabel), after checking that its video feature is a
+  Video (whose frames are stored encoded, so `record_parser` can leave them so)."""
   import tensorflow_datasets as tfds
   video_key, label_key = data_config.tfds_features
   features = tfds_builder(data_config, data_dir).info.features
@@ -90,12 +90,11 @@ def tfds_num_classes(data_config, data_dir):
       raise ConfigError(f"config.data.tfds_features={tuple(data_config.tfds_features)!r}: "
                         f"{key!r} is not a {kind.__name__} feature of {data_config.name!r}; its "
                         f"features are {kinds}")
-  return features[label_key].num_classes
+  return features[label_key]
 
 
 def class_names(data_config, data_dir):
   """The class names, index = label: a TFDS dataset's ClassLabel names, else labels.json."""
   if is_tfds(data_config):
-    _, label_key = data_config.tfds_features
-    return list(tfds_builder(data_config, data_dir).info.features[label_key].names)
+    return list(label_feature(data_config, data_dir).names)
   return records.load_class_names(data_dir)

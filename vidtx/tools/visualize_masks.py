@@ -233,7 +233,7 @@ def load_clip(config, index: int, workdir=None) -> tuple[np.ndarray, int]:
       raise VisualizeError(f"--index={index} is beyond the {count} clips of the {split!r} split "
                            f"in {data_dir}; use --index=0..{count - 1}")
     batch_size = 16
-    batches = data.build(config.data, split, batch_size=batch_size, seed=config.seed,
+    batches = data.build(config.data, split, train=False, batch_size=batch_size, seed=config.seed,
                          data_dir=data_dir)
     for i, batch in enumerate(batches):
       if i == index // batch_size:
