@@ -27,7 +27,9 @@ setup(
         # pytest-xdist: the README's test command runs two workers.
         "test": ["pytest>=8", "pytest-xdist>=3.6", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6.29", "matplotlib>=3.9"],
-        # Parity tests and weight converters: CPU torch and HF transformers.
-        "torch": ["torch==2.13.0", "transformers==4.57.6"],
+        # Parity tests and weight converters: PyTorch, torchvision and HF transformers, run on
+        # the CPU. These wheels are PyPI's CUDA builds (~3 GB with their NVIDIA libraries):
+        # torchvision's wheel needs them, and fails to import beside the CPU-only torch build.
+        "torch": ["torch==2.14.1", "torchvision==0.29.1", "transformers==4.57.6"],
     },
 )
