@@ -14,6 +14,12 @@ process as HF `VideoMAEForVideoClassification` on CPU torch: forward + backward 
 eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch step-time ratio. Their
 steps alternate with vidtx's, and the ratio is the median over those pairs of steps. Only for
 the plain ViT configs (model.name="vit", masking none).
+
+With --device_augment the preprocessing the train step runs on the device with
+data.host_augment=False (RandAugment, colour jitter, normalising, erasing of the config:
+`vidtx.data.on_device.train_clips`) is also timed alone on the same batch, in turn with the
+steps, and printed as a share of the step: the accelerator time that moving augmentation off
+the host costs.
 """
 
 from vidtx import builder, host
@@ -29,6 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vidtx import train
+from vidtx.data import on_device
 from vidtx.models import layers
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
@@ -60,8 +67,8 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
   d = config.data
   rng = np.random.default_rng(0)
   host_batch = {
-      "video": rng.normal(size=(config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3))
-      .astype(np.float32),
+      "video": rng.integers(0, 256, (config.batch_size, d.num_frames, d.crop_size, d.crop_size,
+                                     3), np.uint8),  # what the input pipeline sends
       "label": (np.arange(config.batch_size) % d.num_classes).astype(np.int32)}
   with jax.set_mesh(setup.mesh):
     state = builder.init_state(setup)
@@ -110,6 +117,10 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
 
 def torch_step(config, compiled: bool):
   """One training step of the same ViT as HF VideoMAE in PyTorch: fwd + bwd + AdamW."""
+  import sys
+  # The CUDA torch wheel's triton crashes the process when it loads after TensorFlow (which
+  # vidtx imported); torch.compile on the CPU does not need it.
+  sys.modules.setdefault("triton", None)
   import torch
   import transformers
   from vidtx.models import vit
@@ -137,10 +148,23 @@ def torch_step(config, compiled: bool):
   return torch.compile(step) if compiled else step
 
 
+def device_augment(config):
+  """One call of the device's train preprocessing (host_augment=False) on a uint8 batch."""
+  d = config.data.copy_and_resolve_references()
+  d.host_augment = False
+  video = jax.device_put(np.random.default_rng(1).integers(
+      0, 256, (config.batch_size, d.num_frames, d.crop_size, d.crop_size, 3), np.uint8))
+  augment = jax.jit(lambda video, key: on_device.train_clips(d, video, key))
+  key = jax.random.key(0)
+  return lambda: jax.block_until_ready(augment(video, key))
+
+
 def main(argv):
   del argv
   c = flags.FLAGS.config
   others = {}
+  if flags.FLAGS.device_augment:
+    others["device augmentation"] = device_augment(c)
   if flags.FLAGS.torch:
     others["eager"] = torch_step(c, compiled=False)
     if flags.FLAGS.torch_compile:
@@ -158,7 +182,14 @@ def main(argv):
   print(f"| {name} | {r['step_ms']:.1f} ({r['p10_ms']:.1f}-{r['p90_ms']:.1f}) | "
         f"{r['clips_per_s']:.1f} | {r['tflop_per_step']:.3f} | {r['tflops_per_device']:.3f} | "
         f"{mfu} | {memory} |")
-  if others:
+  if "device augmentation" in r["others"]:
+    ms, ratio = r["others"].pop("device augmentation")
+    d = c.data
+    print(f"\ndevice augmentation alone (RandAugment {d.randaugment_layers} layers m"
+          f"{d.randaugment_magnitude:g}, colour jitter {d.color_jitter:g}, erasing "
+          f"{d.random_erasing:g}, normalising): {ms:.1f} ms per batch, {100 / ratio:.1f}% of "
+          "the step (median of the pairs)")
+  if r["others"]:
     import torch
     print(f"\nsame model, batch and input in PyTorch {torch.__version__} (HF VideoMAE), "
           f"{torch.get_num_threads()} threads, its steps taken in turn with vidtx's:")
@@ -174,5 +205,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
   flags.DEFINE_bool("torch", False, "Also time HF VideoMAE in PyTorch on CPU, same batch.")
   flags.DEFINE_bool("torch_compile", False, "With --torch, also time torch.compile.")
+  flags.DEFINE_bool("device_augment", False, "Also time the train step's device augmentation "
+                    "(data.host_augment=False) alone, as a share of the step.")
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -2,9 +2,15 @@
 shared helpers of tests/test_train.py."""
 
 import os
+import sys
 import tempfile
 
-from vidtx import host
+# The torch extra's CUDA wheels bring triton, whose native library crashes the process when it
+# loads after TensorFlow's (transformers and torchvision import it through torch._dynamo). The
+# tests run PyTorch on the CPU and never need it: `import triton` fails as if it were absent.
+sys.modules.setdefault("triton", None)
+
+from vidtx import host  # noqa: E402
 
 host.keep_freed_memory()  # as vidtx.main does: training steps reuse the last step's memory
 

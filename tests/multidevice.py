@@ -1,6 +1,6 @@
 """Real train steps on 8 simulated CPU devices, in a fresh process (JAX fixes its device count
 when it starts), for the tests that compare meshes: `train(runs)` runs each named config on
-random batches and returns its losses, mesh, every state leaf's sharding and the final state."""
+a random batch and returns its losses, mesh, every state leaf's sharding and the final state."""
 
 import json
 import os
@@ -30,10 +30,10 @@ for name, fields in runs.items():
     report[name] = str(e)
     continue
   d, rng = c.data, np.random.default_rng(0)
-  batches = [{"video": rng.normal(size=(c.batch_size, d.num_frames, d.crop_size, d.crop_size,
-                                        3)).astype(np.float32),
-              "label": rng.integers(0, d.num_classes, c.batch_size).astype(np.int32)}
-             for _ in range(steps)]
+  # One random batch (uint8, as the host sends), every step: its loss must fall.
+  batches = [{"video": rng.integers(0, 256, (c.batch_size, d.num_frames, d.crop_size,
+                                            d.crop_size, 3), np.uint8),
+              "label": rng.integers(0, d.num_classes, c.batch_size).astype(np.int32)}] * steps
   with jax.set_mesh(setup.mesh):
     state = builder.init_state(setup)
     step = train.make_train_step(setup)
@@ -59,7 +59,7 @@ print("RESULT " + json.dumps(report))
 def train(runs: dict[str, dict], out_dir, steps: int = 2) -> dict:
   """{name: {"mesh", "losses", "shardings", "state": {path: array}} or the ConfigError's
   message} for `runs` {name: flattened config fields, plus "one_device": True for a one-device
-  mesh}, each trained `steps` real train steps on the same random batches from the same init.
+  mesh}, each trained `steps` real train steps on the same random batch from the same init.
   The final states are written to `out_dir`."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(runs), str(steps),

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from vidtx import builder, configuration, evaluate, sharding
+from vidtx.data import on_device
 
 
 def softmax(x):
@@ -45,7 +46,7 @@ def setup_for(**overrides):
 
 def multi_view_batch():
   rng = np.random.default_rng(0)
-  return {"video": rng.normal(size=(4, 6, 4, 32, 32, 3)).astype(np.float32),
+  return {"video": rng.integers(0, 256, (4, 6, 4, 32, 32, 3), np.uint8),  # as the host sends
           "label": np.array([1, 5, 7, 0], np.int32),
           "mask": np.array([1, 1, 1, 0], np.float32),  # the last slot is padding ...
           "skipped": np.array([0, 0, 0, 1], np.float32)}  # ... for a record that did not decode
@@ -60,7 +61,8 @@ def test_eval_step_averages_the_views_of_each_video():
     sums = eval_step(state, sharding.to_global(batch, setup.batch_sharding))
     one_view = jax.jit(lambda state, video: nnx.merge(setup.graphdef, state)["model"](
         video, train=False)[0])
-    logits = jnp.stack([one_view(state, batch["video"][:, v]) for v in range(6)],
+    video = on_device.eval_clips(setup.config.data, batch["video"])  # normalised
+    logits = jnp.stack([one_view(state, video[:, v]) for v in range(6)],
                        axis=1)  # [b, V, classes], view by view
   labels, mask = jnp.asarray(batch["label"]), batch["mask"]
   want = {**evaluate.classification_metrics(logits[:, 1], labels),  # centre: clip 0, crop 1

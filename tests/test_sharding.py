@@ -48,7 +48,7 @@ def test_presets_give_the_same_losses_with_parameters_sharded_as_the_rules_say(t
   # The same three steps and final state, whatever the placement; two micro-batches of 8 make
   # the same update as one batch of 16.
   for name in ("fsdp", "tensor", "mixed", "fsdp_accumulated"):
-    multidevice.assert_same_training(r[name], r["data"], name)
+    multidevice.assert_same_training(r[name], r["data"], name, atol=1e-5)
   assert r["data"]["losses"][2] < r["data"]["losses"][0]
 
 

@@ -229,8 +229,10 @@ def _wait_for_checkpoint(proc, workdir, min_step):
 
 
 # Long enough that the run is still going when its first checkpoint appears.
+# Drop path and the device's augmentation draw from the step's key: a resume must repeat them.
 RESUME_STEPS = {"total_steps": 120, "checkpoint_every_steps": 10, "log_every_steps": 20,
-                "model.drop_path": 0.1}
+                "model.drop_path": 0.1, "data.randaugment_layers": 2, "data.color_jitter": 0.4,
+                "data.random_erasing": 0.5}
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,11 @@ def check_readable(flag: str, path: str) -> None:
 def quiet_orbax(record: std_logging.LogRecord) -> bool:
   """A log filter: orbax logs every save step at INFO; keep its warnings and errors. A failed
   save's exception reaches `main`, which reports it in one line, so the tracebacks orbax logs
-  with it (one per thread) are dropped."""
+  with it (one per thread) are dropped, and so are asyncio's reports of the same failure in
+  orbax's write tasks that nobody awaited ("Task exception was never retrieved")."""
+  if record.name == "asyncio" and record.exc_info and any(
+      "/orbax/" in frame.filename for frame in traceback.extract_tb(record.exc_info[2])):
+    return False
   if "/orbax/" not in record.pathname:
     return True
   record.exc_info = record.exc_text = None

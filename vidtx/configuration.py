@@ -109,6 +109,11 @@ def base() -> ml_collections.ConfigDict:
   # Brightness/contrast/saturation factors in 1 +- strength, hue +- strength/4; 0: off.
   c.data.color_jitter = 0.0
   c.data.random_erasing = 0.0  # probability of one noise box, same on all frames (VideoMAE 0.25)
+  # Where RandAugment and colour jitter run, the most expensive work per clip: False (default)
+  # in the train step on the accelerator, so one host core feeds about twice the clips (README,
+  # Scaling); True on the host's CPU, for runs whose accelerator time is the scarcer resource.
+  # Either way crops and flips run on the host, normalising and random erasing on the device.
+  c.data.host_augment = False
   # Each sampled record gives this many clips, consecutive in the batch, each with its own
   # augmentation of the same frames (VideoMAE's num_sample 2). batch_size counts clips; an
   # epoch is one pass over the records (repeated_aug x records clips). 1: off.

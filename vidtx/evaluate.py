@@ -15,7 +15,7 @@ from absl import logging
 from flax import nnx
 
 from vidtx import builder, data, models, sharding
-from vidtx.data import clips
+from vidtx.data import clips, on_device
 from vidtx.models import masking
 
 
@@ -66,9 +66,10 @@ def make_eval_step(setup):
   """jit: (state, batch) -> sums over the unmasked examples of the metrics, their count and the
   number of skipped records.
 
-  batch["video"] is [b, T, S, S, 3], or [b, V, T, S, S, 3] with V > 1 views (vidtx.data.build);
-  the views run one after the other (a lax.map), so memory stays that of one view. Pre-training
-  models see only the centre view, masked from a fixed key so evaluations compare.
+  batch["video"] is uint8 [b, T, S, S, 3], or [b, V, T, S, S, 3] with V > 1 views
+  (vidtx.data.build); the views are normalised and run one after the other (a lax.map), so
+  memory stays that of one view. Pre-training models see only the centre view, masked from a
+  fixed key so evaluations compare.
   `setup` is the `vidtx.builder.Setup` of the run (config, graphdef, shardings, mesh).
   """
   config = setup.config
@@ -78,6 +79,7 @@ def make_eval_step(setup):
 
   def run(state, video):
     model = nnx.merge(setup.graphdef, state)["model"]
+    video = on_device.eval_clips(config.data, video)
     key = None if classifies else jax.random.key(config.seed)
     keep = masking.for_config(config.model, config.data, key, video.shape[0])
     logits, aux = model(video, train=False, keep=keep)

@@ -28,7 +28,7 @@ from absl import flags, logging
 from flax import nnx
 
 from vidtx import builder, cli, configuration, errors, models
-from vidtx.data import clips, records, tfds_datasets, video_files
+from vidtx.data import clips, on_device, records, tfds_datasets, video_files
 from vidtx.models import masking
 
 DEFAULT_CONVERSION = {"short_side": 256, "fps": 0.0, "jpeg_quality": 90}
@@ -66,7 +66,8 @@ def file_views(config: ml_collections.ConfigDict, conversion: dict, path: str) -
   """float32 [views, T, S, S, 3] of the video file, as evaluation would see it.
   Raises video_files.VideoError naming what is wrong with the file."""
   frames, _ = video_files.read_video(path, **conversion)
-  return clips.eval_views(config.data, tf.constant(frames, tf.string)).numpy()
+  views = clips.eval_views(config.data, tf.constant(frames, tf.string)).numpy()
+  return np.asarray(on_device.eval_clips(config.data, views))
 
 
 class Predictor:

@@ -1,6 +1,7 @@
 """The one training loop: build, restore, step, evaluate, checkpoint, log."""
 
 import collections
+import functools
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from vidtx import builder, checkpoint, data, evaluate, memory, models, optim, sharding
-from vidtx.data import mixup
+from vidtx.data import mixup, on_device
 from vidtx.models import layers, masking
 
 
@@ -34,6 +35,12 @@ def make_train_step(setup: builder.Setup):
   k = config.grad_accum_steps
   classifies = models.classifies(config.model)
   micro_sharding = jax.sharding.NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
+  batch_spec = setup.batch_sharding.spec
+  # Each device augments, normalises and erases its own clips (see on_device.train_clips), each
+  # clip drawing from the key and its index in the global batch: the same clips on any mesh.
+  preprocess = jax.shard_map(functools.partial(on_device.train_clips, config.data),
+                             mesh=setup.mesh, in_specs=(batch_spec, P(), P(batch_spec[0])),
+                             out_specs=batch_spec)
 
   def loss_and_metrics(graphdef, params, rest, video, labels, key):
     keep = masking.for_config(config.model, config.data, jax.random.fold_in(key, 1),
@@ -63,17 +70,20 @@ def make_train_step(setup: builder.Setup):
     model, optimizer = merged["model"], merged["optimizer"]
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # The step's randomness depends only on the root key and the step: resumes are exact.
-    key = jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...])
+    key, data_key = jax.random.split(
+        jax.random.fold_in(jax.random.wrap_key_data(rng), optimizer.step[...]))
+    # The host sends uint8 clips; the rest of their preprocessing happens here, on the device.
+    video = preprocess(batch["video"], data_key, jnp.arange(batch["video"].shape[0]))
     grad_fn = jax.grad(loss_and_metrics, argnums=1, has_aux=True)
     if k == 1:
-      grads, (metrics, batch_stats) = grad_fn(graphdef, params, rest, batch["video"],
-                                              batch["label"], key)
+      grads, (metrics, batch_stats) = grad_fn(graphdef, params, rest, video, batch["label"],
+                                              key)
     else:
       # Micro-batch i takes every k-th clip from i on, so each device keeps its own clips.
       micro = jax.tree.map(
           lambda x: jax.lax.with_sharding_constraint(
               x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), micro_sharding),
-          {"video": batch["video"], "label": batch["label"]})
+          {"video": video, "label": batch["label"]})
 
       def accumulate(total, i_batch):
         i, mb = i_batch
@@ -118,7 +128,7 @@ def compile_train_step(setup: builder.Setup):
                memory.describe(memory.estimate(setup)))
   batch = {
       "video": jax.ShapeDtypeStruct((config.batch_size, d.num_frames, d.crop_size, d.crop_size,
-                                     3), jnp.float32, sharding=setup.batch_sharding),
+                                     3), jnp.uint8, sharding=setup.batch_sharding),
       "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
                                     sharding=setup.batch_sharding),
   }

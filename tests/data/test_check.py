@@ -63,7 +63,9 @@ def test_passes_on_a_good_conversion(converted):
   assert "frames per record: min 12, median 12, max 12; 0 shorter than the 7-frame" in text
   assert text.count("12 frames of 40x53 at 25 fps") == 6
   assert "train processing: " in text and "eval processing: " in text
-  assert "video float32 [4, 4, 32, 32, 3]" in text.split("train processing: ")[1]
+  train_line = text.split("train processing: ")[1].splitlines()[0]
+  assert "video uint8 [4, 4, 32, 32, 3] min " in train_line
+  assert float(train_line.split(" mean ")[-1]) > 10  # real pixels, not a black batch
   lines = []
   assert check.check(data_config(converted), ["validation"], num_examples=1, full=False,
                      out=lines.append) == {"validation": 1}

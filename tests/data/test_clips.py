@@ -8,14 +8,10 @@ import tensorflow as tf
 from vidtx import configuration
 from vidtx.data import clips, records, synthetic, transforms
 
-MEAN = np.array([0.485, 0.456, 0.406])
-STD = np.array([0.229, 0.224, 0.225])
-
-
 def make_config(**overrides):
   cfg = configuration.base().data
   cfg.update(dict(name="test", num_frames=4, frame_stride=1, min_resize=36, crop_size=32,
-                  mean=tuple(MEAN), std=tuple(STD), shuffle_buffer=8,
+                  shuffle_buffer=8,
                   synthetic=dict(num_train=24, num_val=10, num_shards=3)))
   cfg.update(overrides)
   return cfg
@@ -28,9 +24,8 @@ def gray_clip(num_frames, size=24, start=0):
 
 
 def frame_indices(video, start=0):
-  """Inverse of gray_clip after normalisation: the frame index of every output frame."""
-  pixels = (video[..., 0].mean(axis=(-1, -2)) * STD[0] + MEAN[0]) * 255
-  return np.round(pixels / 20).astype(int) - start
+  """Inverse of gray_clip: the frame index of every output frame."""
+  return np.round(video[..., 0].mean(axis=(-1, -2)) / 20).astype(int) - start
 
 
 def record_of(frames, label=0):
@@ -86,12 +81,15 @@ def test_only_sampled_frames_are_decoded():
     transforms.decode_frames(tf.constant(frames))
 
 
-def test_normalisation_numbers():
+def test_clips_leave_the_host_as_uint8_pixels():
+  """Not normalised: that happens on the device (vidtx.data.on_device)."""
   frames = np.zeros((4, 24, 24, 3), np.uint8) + np.array([200, 100, 50], np.uint8)
   video, _ = eval_views(make_config(), record_of(frames))
-  assert video.shape == (1, 4, 32, 32, 3) and video.dtype == np.float32
-  want = (np.array([200, 100, 50]) / 255 - MEAN) / STD
-  np.testing.assert_allclose(video, np.broadcast_to(want, video.shape), atol=2 / 255 / 0.224)
+  assert video.shape == (1, 4, 32, 32, 3) and video.dtype == np.uint8
+  np.testing.assert_allclose(video, np.broadcast_to([200, 100, 50], video.shape), atol=2)
+  video, _ = train_clips(make_config(randaugment_layers=2, random_erasing=1.0), record_of(frames),
+                         [0, 0])
+  assert video.dtype == np.uint8 and video.shape == (1, 4, 32, 32, 3)
 
 
 # --- train augmentation --------------------------------------------------------------------------
@@ -99,10 +97,10 @@ def test_normalisation_numbers():
 
 @pytest.fixture(scope="module")
 def texture():
-  """A textured still image stored at 36 x 36, and its decoded, normalised pixels."""
+  """A textured still image stored at 36 x 36, and its decoded pixels."""
   image = np.random.default_rng(0).integers(0, 255, (36, 36, 3), dtype=np.uint8)
   decoded = tf.io.decode_jpeg(records.encode_jpeg(image, synthetic.JPEG_QUALITY, full_chroma=True))
-  return image, (decoded.numpy() / 255 - MEAN) / STD
+  return image, decoded.numpy()
 
 
 @pytest.mark.parametrize("flip", ["none", "random"])
@@ -117,13 +115,13 @@ def test_crop_and_flip_are_the_same_for_all_frames(texture, flip):
     video = train_clips(cfg, record, [i, 3])[0][0]
     for frame in video[1:]:
       np.testing.assert_array_equal(frame, video[0])
-    match = [k for k, w in windows.items() if np.allclose(video[0], w, atol=1e-5)]
+    match = [k for k, w in windows.items() if np.array_equal(video[0], w)]
     assert match, "the output is not a crop of the input"
     seen.add(match[0])
   assert len({m[:2] for m in seen}) > 3  # crops are random
   assert {m[2] for m in seen} == ({False, True} if flip == "random" else {False})
   centre = eval_views(cfg, record)[0][0]
-  np.testing.assert_allclose(centre[0], windows[(2, 2, False)], atol=1e-5)
+  np.testing.assert_array_equal(centre[0], windows[(2, 2, False)])
 
 
 def test_scale_jitter_draws_the_short_side():
@@ -136,8 +134,8 @@ def test_scale_jitter_draws_the_short_side():
     sides = []
     for i in range(12):
       video = train_clips(cfg, record, [i, 1])[0][0]
-      pixels = (video[..., 1] * STD[1] + MEAN[1]) * 255
-      slope = np.median(np.diff(pixels[0, 8:24], axis=-1))
+      pixels = video[0, 8:24, 8:24, 1].astype(float)
+      slope = np.median((pixels[:, -1] - pixels[:, 0]) / 15)  # over 15 pixels: rounding is small
       sides.append(7 * 36 / slope)
     return np.array(sides)
 
@@ -149,7 +147,7 @@ def test_scale_jitter_draws_the_short_side():
 ALL_AUGMENTATIONS = dict(
     num_frames=4, sampler="segment", train_crop="random_resized", flip="swap_labels",
     randaugment_layers=4, randaugment_magnitude=9.0, color_jitter=0.4, random_erasing=1.0,
-    repeated_aug=2)
+    repeated_aug=2, host_augment=True)
 
 
 def test_every_augmentation_keeps_identical_frames_identical(texture):
@@ -182,8 +180,8 @@ def test_eval_views_are_clips_times_crops():
                     eval_crops=3)
   video, _ = eval_views(cfg, record_of(clip))
   assert video.shape == (9, 4, 16, 16, 3)
-  red = (video[..., 0].mean(axis=(-1, -2)) * STD[0] + MEAN[0]) * 255 / 10
-  green = (video[..., 1].mean(axis=(1, 2, 3)) * STD[1] + MEAN[1]) * 255 / 6
+  red = video[..., 0].mean(axis=(-1, -2)) / 10
+  green = video[..., 1].mean(axis=(1, 2, 3)) / 6
   # Clips start at 0, 6 and 13 (max start 20 - 7 = 13); crops at columns 0, 12 and 24.
   starts = np.round(red[:, 0]).astype(int).reshape(3, 3)
   np.testing.assert_array_equal(starts, [[0] * 3, [6] * 3, [13] * 3])

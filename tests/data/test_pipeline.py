@@ -53,7 +53,7 @@ def test_eval_covers_every_example_once_with_padding(id_dataset):
                             data_dir=id_dataset))
   assert len(batches) == 6
   for b in batches:
-    assert b["video"].shape == (4, 4, 32, 32, 3) and b["video"].dtype == np.float32
+    assert b["video"].shape == (4, 4, 32, 32, 3) and b["video"].dtype == np.uint8
     assert b["label"].dtype == np.int32 and b["mask"].dtype == np.float32
     assert not b["skipped"].any()
   mask = np.concatenate([b["mask"] for b in batches])

@@ -60,7 +60,7 @@ def test_train_and_multi_view_eval_batches(tfds_dir):
   batches = data.build(cfg, "train", train=True, batch_size=4, seed=0)
   for _ in range(3):  # more than one epoch of 2 batches
     batch = next(batches)
-    assert batch["video"].shape == (4, 4, 16, 16, 3) and batch["video"].dtype == np.float32
+    assert batch["video"].shape == (4, 4, 16, 16, 3) and batch["video"].dtype == np.uint8
     assert set(batch["label"]) <= {0, 1, 2}
   assert batches.skipped == 0
   evals = list(data.build(cfg, "validation", train=False, batch_size=2, seed=0))

@@ -6,17 +6,22 @@ import numpy as np
 import pytest
 
 from vidtx import builder, configuration, sharding, train
-from vidtx.data import synthetic
+from vidtx.data import on_device, synthetic
 
 
 def synthetic_batch(config, batch_size=8):
-  """{"video", "label"}: `batch_size` synthetic-motion clips of config.data's size, normalised as
-  the pipeline does, of classes 0, 1, 2, ... (every class of a batch of 8)."""
+  """{"video", "label"}: `batch_size` synthetic-motion clips of config.data's size as the input
+  pipeline sends them (uint8), of classes 0, 1, 2, ... (every class of a batch of 8)."""
   d = config.data
   clips = np.stack([synthetic.generate_clip((0, i), i % 8, num_frames=d.num_frames,
                                             size=d.crop_size) for i in range(batch_size)])
-  return {"video": ((clips / 255.0 - np.asarray(d.mean)) / np.asarray(d.std)).astype(np.float32),
+  return {"video": clips.astype(np.uint8),
           "label": (np.arange(batch_size) % d.num_classes).astype(np.int32)}
+
+
+def model_input(config, video):
+  """The normalised float32 clips a model sees for uint8 `video` (as the eval step makes them)."""
+  return np.asarray(on_device.eval_clips(config.data, video))
 
 
 def train_losses(config, steps=8, batch_size=8):

@@ -14,7 +14,7 @@ from vidtx import builder, configuration, errors, models, train
 from vidtx.models import layers
 
 import multidevice  # noqa: E402  (tests/multidevice.py)
-from conftest import synthetic_batch, train_losses  # noqa: E402  (tests/models/conftest.py)
+from conftest import model_input, synthetic_batch, train_losses  # noqa: E402  (tests/models/conftest.py)
 
 
 
@@ -60,7 +60,7 @@ def test_parameters_of_the_sizes():
 def test_batch_norm_uses_the_batch_in_training_and_the_running_averages_in_evaluation():
   c = tiny_config()
   model = models.build(c.model, c.data, nnx.Rngs(0))
-  video = jnp.asarray(synthetic_batch(c, 4)["video"])
+  video = jnp.asarray(model_input(c, synthetic_batch(c, 4)["video"]))
   evaluate = nnx.jit(lambda model, video: model(video, train=False)[0])
   train_mode = nnx.jit(lambda model, video: model(video, train=True)[0])
   # Evaluation: a clip alone gives its logits within the batch, and nothing moves.
@@ -97,7 +97,7 @@ def test_the_train_step_moves_the_running_averages_pytorch_s_way():
     rng = np.asarray(jax.random.key_data(jax.random.key(0)), np.uint32)
     state, _ = train.make_train_step(setup)(state, batch, rng,
                                             train.stop_flags(setup.mesh, False))
-  conv = jax.lax.conv_general_dilated(batch["video"], kernel, (1, 2, 2), [(1, 1), (3, 3), (3, 3)],
+  conv = jax.lax.conv_general_dilated(model_input(c, batch["video"]), kernel, (1, 2, 2), [(1, 1), (3, 3), (3, 3)],
                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
                                       precision="highest")
   values = np.asarray(conv, np.float64).reshape(-1, 16)

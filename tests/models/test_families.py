@@ -18,7 +18,7 @@ from vidtx.tools import flops
 from vidtx.weights import tables
 
 import multidevice  # noqa: E402  (tests/multidevice.py)
-from conftest import synthetic_batch  # noqa: E402  (tests/models/conftest.py)
+from conftest import model_input, synthetic_batch  # noqa: E402  (tests/models/conftest.py)
 
 # Every family's tiny config: 2 blocks (or stages) of width 32 on 4 frames of 32x32.
 COMMON = {"data.num_frames": 4, "data.crop_size": 32, "data.num_classes": 8, "batch_size": 4,
@@ -136,7 +136,7 @@ def test_evaluating_a_clip_does_not_depend_on_the_other_clips(run):
     logits, aux = nnx.merge(run.setup.graphdef, state)["model"](video, train=False, keep=keep)
     return logits if classifies else {k: v for k, v in aux.items() if k != "loss"}
 
-  video = run.batch["video"]
+  video = model_input(run.setup.config, run.batch["video"])
   with jax.set_mesh(run.setup.mesh):
     batch = evaluate(run.state, video, keep)
     alone = evaluate(run.state, video[2:3], None if keep is None else keep[2:3])

@@ -24,14 +24,16 @@ def sample_frames(data_config, num_available, key=None, num_clips=1):
 
 
 # fold_in index of each augmentation under a clip's key, so each draws independently.
-_AUGMENTATIONS = ("crop", "resize", "flip", "randaugment", "color_jitter", "random_erasing")
+_AUGMENTATIONS = ("crop", "resize", "flip", "randaugment", "color_jitter")
 
 
 def augment(data_config, frames, label, key, flip_table=None):
-  """Train augmentation of decoded frames [T, H, W, 3] -> (float32 [T, S, S, 3], label).
+  """Host train augmentation of decoded frames [T, H, W, 3] -> (uint8 [T, S, S, 3], label).
 
-  Order: crop (and resize), flip, RandAugment, colour jitter, normalise, random erasing. The
-  label changes only when flip="swap_labels" mirrors a left/right class.
+  Order: crop (and resize), flip, RandAugment and colour jitter (with config.data.host_augment;
+  else on the device), rounding to uint8. Normalising and random erasing follow on the device
+  (vidtx.data.on_device.train_clips). The label changes only when flip="swap_labels" mirrors a
+  left/right class.
   """
   cfg = data_config
   sub = lambda name: fold_in(key, _AUGMENTATIONS.index(name))
@@ -47,19 +49,16 @@ def augment(data_config, frames, label, key, flip_table=None):
                                sub("crop"))
   if cfg.flip != "none":
     x, label = transforms.random_flip(x, label, sub("flip"), flip_table)
-  if cfg.randaugment_layers:
+  if cfg.host_augment and cfg.randaugment_layers:
     x = transforms.randaugment(x, sub("randaugment"), cfg.randaugment_layers,
                                cfg.randaugment_magnitude)
-  if cfg.color_jitter:
+  if cfg.host_augment and cfg.color_jitter:
     x = transforms.color_jitter(x, sub("color_jitter"), cfg.color_jitter)
-  x = transforms.normalize(x, cfg.mean, cfg.std)
-  if cfg.random_erasing:
-    x = transforms.random_erasing(x, sub("random_erasing"), cfg.random_erasing)
-  return x, label
+  return transforms.to_uint8(x), label
 
 
 def train_example(data_config, serialized, key, flip_table=None):
-  """One record -> `repeated_aug` augmented clips (video float32 [k, T, S, S, 3], label [k]).
+  """One record -> `repeated_aug` augmented clips (video uint8 [k, T, S, S, 3], label [k]).
 
   The frames are sampled (key fold_in 0) and decoded once; copy j augments them with its own
   key (fold_in 1, then j), as VideoMAE's num_sample does. Only the sampled frames are decoded.
@@ -89,7 +88,8 @@ def centre_view(data_config):
 
 
 def eval_example(data_config, serialized):
-  """One record -> (video float32 [V, T, S, S, 3], label), V = num_views.
+  """One record -> (video uint8 [V, T, S, S, 3], label), V = num_views; normalised on the
+  device (vidtx.data.on_device.eval_clips).
 
   Views are clip-major: view k * eval_crops + c is clip k (sample_frames) and spatial crop c
   (transforms.spatial_crops) of the frames resized to short side eval_resize (0: min_resize).
@@ -111,4 +111,4 @@ def eval_views(data_config, encoded):
   views = transforms.spatial_crops(clips, cfg.crop_size, cfg.eval_crops)  # [C, K, T, S, S, 3]
   views = tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4, 5]),
                      [num_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3])
-  return transforms.normalize(views, cfg.mean, cfg.std)
+  return transforms.to_uint8(views)

@@ -229,7 +229,7 @@ def _padded_eval_batches(ds, data_config, batch_size, num_batches):
            "skipped": ((slots >= n) & (slots < read)).astype(np.float32)}
     yielded += 1
   for _ in range(num_batches - yielded):
-    yield {"video": np.zeros((batch_size, *shape), np.float32),
+    yield {"video": np.zeros((batch_size, *shape), np.uint8),
            "label": np.zeros((batch_size,), np.int32),
            "mask": np.zeros((batch_size,), np.float32),
            "skipped": np.zeros((batch_size,), np.float32)}
@@ -329,14 +329,15 @@ def build(data_config, split, *, train, batch_size, seed, start_batch=0, process
   """Iterator of host-local numpy batches of `split`, read for training (train=True) or for
   evaluation (train=False): the caller's role decides, whatever the split's name.
 
-  train=True: an infinite `TrainBatches` of {"video": f32 [b, T, S, S, 3], "label": i32 [b]},
+  train=True: an infinite `TrainBatches` of {"video": uint8 [b, T, S, S, 3], "label": i32 [b]},
   deterministic in (seed, process_index); the first batch is batch number `start_batch`; its
   `skipped` attribute counts the records that failed to decode or were lost.
   train=False: one pass, {"video", "label", "mask", "skipped"}, padded with mask 0 to full
-  batches; "video" is [b, T, S, S, 3], or [b, V, T, S, S, 3] for V = eval_clips x eval_crops
-  > 1 views (see clips.eval_example); "skipped" is 1 in the slots of records that failed to
-  decode or were lost.
-  Every host yields the same number of batches.
+  batches; "video" is uint8 [b, T, S, S, 3], or [b, V, T, S, S, 3] for V = eval_clips x
+  eval_crops > 1 views (see clips.eval_example); "skipped" is 1 in the slots of records that
+  failed to decode or were lost.
+  Every host yields the same number of batches. Videos are uint8 pixels: the train and eval
+  steps normalise them on the device (vidtx.data.on_device), where training also erases.
   `data_dir` defaults to config.data.data_dir (pass the value returned by `prepare`).
   """
   cfg = data_config

@@ -2,9 +2,10 @@
 
 A clip is [T, H, W, 3]. Every random transform takes a stateless seed `key` (int64 [2]) and
 applies one draw to every frame, so a clip stays one consistent video: the same crop box, flip,
-RandAugment ops and magnitudes, colour factors and erased box on all frames. Data-dependent ops
+RandAugment ops and magnitudes and colour factors on all frames. Data-dependent ops
 (AutoContrast, Equalize, Contrast) take their statistics over the whole clip, so even they map
-every frame through the same function. Pixels are in [0, 255] until `normalize`.
+every frame through the same function. Pixels are in [0, 255]; the clips leave the host as
+uint8 (`to_uint8`), normalised and randomly erased on the device (vidtx.data.on_device).
 
 Element-wise work on whole clips runs through `_compiled` (XLA, which fuses it into one pass
 over the clip): several times faster per core than TF's op-by-op kernels.
@@ -80,7 +81,7 @@ def segment_indices(num_available, num_frames, key=None, num_clips=1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding, resizing, cropping, flipping, normalising.
+# Decoding, resizing, cropping, flipping, rounding to uint8.
 
 
 def decode_frames(encoded):
@@ -224,14 +225,11 @@ def random_flip(frames, label, key, table=None):
   return tf.cond(flipped, lambda: flip(frames), lambda: frames), label
 
 
-def normalize(frames, mean, std):
-  """(x / 255 - mean) / std per channel, float32."""
-  return _normalize(frames, tf.constant(mean, tf.float32), tf.constant(std, tf.float32))
-
-
 @_compiled
-def _normalize(frames, mean, std):
-  return (tf.cast(frames, tf.float32) / 255.0 - mean) / std
+def to_uint8(frames):
+  """Pixels in [0, 255] rounded to uint8: what the host sends (normalised on the device,
+  vidtx.data.on_device)."""
+  return tf.cast(tf.clip_by_value(tf.round(tf.cast(frames, tf.float32)), 0.0, 255.0), tf.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,37 +395,3 @@ def color_jitter(frames, key, strength):
   x = _blend(tf.reduce_mean(_gray(x)), x, 1.0 + strength * u[1])
   x = _blend(_gray(x), x, 1.0 + strength * u[2])
   return tf.image.adjust_hue(x / 255.0, strength / 4 * u[3]) * 255.0
-
-
-def random_erasing(frames, key, probability, area=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3),
-                   attempts=10):
-  """With `probability`, replaces one box with N(0, 1) noise (timm's "pixel" mode; apply after
-  normalisation). The box and the noise are the same on every frame. Its area is uniform in
-  `area` times the frame's, its aspect log-uniform in `ratio`; the first of `attempts` draws
-  that fits strictly inside the frame is used, and none fitting erases nothing."""
-  h, w = tf.shape(frames)[1], tf.shape(frames)[2]
-  u = _uniform(fold_in(key, 0), [4, attempts])
-  target = tf.cast(h * w, tf.float32) * (area[0] + (area[1] - area[0]) * u[0])
-  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = tf.exp(log_lo + (log_hi - log_lo) * u[1])
-  box_h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-  fits = (box_h < h) & (box_w < w)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-  box_h, box_w = box_h[first], box_w[first]
-  top = tf.cast(u[2][first] * tf.cast(h - box_h + 1, tf.float32), tf.int32)
-  left = tf.cast(u[3][first] * tf.cast(w - box_w + 1, tf.float32), tf.int32)
-  erase = tf.reduce_any(fits) & (_uniform(fold_in(key, 1)) < probability)
-
-  def erased():  # runs only for the clips that get a box
-    rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
-    box = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-    noise = tf.random.stateless_normal(tf.stack([h, w, 3]), fold_in(key, 2), alg="philox")
-    return _paste(frames, box, noise)
-  return tf.cond(erase, erased, lambda: frames)
-
-
-@_compiled
-def _paste(frames, box, noise):
-  """`frames` with the pixels inside `box` [H, W] replaced by `noise` [H, W, C] on every frame."""
-  return tf.where(box[None, :, :, None], noise[None], tf.cast(frames, tf.float32))

@@ -25,7 +25,7 @@ from absl import flags, logging
 from flax import nnx
 
 from vidtx import builder, cli, configuration, errors, models, predict
-from vidtx.data import records
+from vidtx.data import on_device, records
 from vidtx.models import masking
 
 FORMATS = ("stablehlo", "saved_model")
@@ -36,11 +36,9 @@ def logits_fn(model: nnx.Module, config: ml_collections.ConfigDict):
   the evaluation forward pass (MAR: on its fixed test mask)."""
   check_classifies(config)
   graphdef, params = nnx.split(model)
-  mean = np.asarray(config.data.mean, np.float32)
-  std = np.asarray(config.data.std, np.float32)
 
   def fn(params, frames):
-    video = (frames.astype(jnp.float32) / 255.0 - mean) / std
+    video = on_device.eval_clips(config.data, frames)
     keep = masking.for_config(config.model, config.data, None, frames.shape[0])
     logits, _ = nnx.merge(graphdef, params)(video, train=False, keep=keep)
     return logits

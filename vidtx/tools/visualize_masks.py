@@ -30,7 +30,7 @@ from flax import nnx
 from PIL import Image, ImageDraw, ImageFont
 
 from vidtx import builder, cli, configuration, data, errors, models
-from vidtx.data import synthetic
+from vidtx.data import on_device, synthetic
 from vidtx.models import layers, masking
 
 
@@ -237,7 +237,8 @@ def load_clip(config, index: int, workdir=None) -> tuple[np.ndarray, int]:
                          data_dir=data_dir)
     for i, batch in enumerate(batches):
       if i == index // batch_size:
-        return batch["video"][index % batch_size], int(batch["label"][index % batch_size])
+        video = on_device.eval_clips(config.data, batch["video"][index % batch_size])
+        return np.asarray(video), int(batch["label"][index % batch_size])
   raise AssertionError(f"the {split!r} split yielded fewer than {index + 1} clips")
 
 
