@@ -24,7 +24,12 @@ VARIANTS = {
     "ila_ssv2.py": [None, "cpu"],
     "tps_k400.py": [None, "swin_b", "cpu"],
     "tps_ssv2.py": [None, "swin_b", "cpu"],
+    "mvit_k400.py": [None, "b_32x3", "cpu"],
+    "mvitv2_k400.py": [None, "b", "cpu"],
+    "mvitv2_ssv2.py": [None, "cpu"],
     "cnn3d_synthetic.py": [None],
+    "r2plus1d_k400.py": [None, "r2plus1d_34", "r3d_18", "mc3_18", "cpu"],
+    "s3d_k400.py": [None, "s3d_g", "cpu"],
     "custom.py": [None],
 }
 # The configs of a dataset on disk (Kinetics-400, SSv2): each has a `:cpu` variant.
@@ -102,7 +107,8 @@ def test_pretraining_recipe_scales_lr_with_batch():
 @pytest.mark.parametrize("name, variant", [("demo.py", None), ("videomae_pretrain_k400.py", "cpu"),
                                            ("videomae_k400.py", "cpu"), ("mar_k400.py", "cpu"),
                                            ("timesformer_k400.py", "cpu"),
-                                           ("vivit_k400.py", "cpu")])
+                                           ("vivit_k400.py", "cpu"), ("r2plus1d_k400.py", "cpu"),
+                                           ("s3d_k400.py", "cpu")])
 def test_flops_tool_counts_the_cpu_configs(name, variant):
   """(The ViT-B ones are counted in tests/tools/test_flops.py.)"""
   c = load(name, variant)

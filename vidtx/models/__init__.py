@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from vidtx import errors
-from vidtx.models import cnn3d, ila, layers, mae, masking, timesformer, tps, vit, vivit, vtn
+from vidtx.models import (cnn3d, ila, layers, mae, masking, mvit, r2plus1d, s3d, timesformer,
+                          tps, vit, vivit, vtn)
 from vidtx.models.family import SHARED_FIELDS, Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     vit.FAMILY, mae.FAMILY, timesformer.FAMILY, vivit.FAMILY, ila.FAMILY, vtn.FAMILY, tps.FAMILY,
-    cnn3d.FAMILY,
+    cnn3d.FAMILY, r2plus1d.FAMILY, s3d.FAMILY, mvit.FAMILY,
 )}
 
 

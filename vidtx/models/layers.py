@@ -173,12 +173,16 @@ def xla_attention():
     _force_xla_attention = False
 
 
-def dot_product_attention(q, k, v):
+def dot_product_attention(q, k, v, bias=None):
   """Softmax attention over q, k, v [B, N, heads, head_dim], with the kernel
-  `attention_kernel` picks for this machine."""
+  `attention_kernel` picks for this machine. k and v may have fewer tokens than q (pooled
+  keys); `bias` [B, heads, N_q, N_k] is added to the logits (relative positions)."""
   if not _force_xla_attention and attention_kernel(q.dtype, q.shape[-1],
                                                    jax.devices()[0]) == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if bias is None:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype),
+                                        implementation="cudnn")
   # Heads before tokens, so the batched dots have their batch axes leading: XLA:CPU runs
   # these and their gradients 1.3-1.7x faster than jax.nn.dot_product_attention's XLA path,
   # which keeps [B, N, heads, head_dim]. Logits and softmax in float32, as there. The softmax
@@ -187,6 +191,8 @@ def dot_product_attention(q, k, v):
   q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
   logits = jnp.einsum("bhqd,bhkd->bhqk", q * q.shape[-1] ** -0.5, k,
                       preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
   weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)
@@ -583,6 +589,27 @@ class Conv3d(nnx.Module):
     return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
+def depthwise_conv3d(x, kernel, stride, padding):
+  """PyTorch's Conv3d with groups = channels on x [B, T, H, W, C], kernel [kT, kH, kW, 1, C],
+  zero `padding` on both sides of T, H and W. On XLA:CPU, whose grouped convolutions run ~10x
+  slower than a plain sum, it is the sum over the kernel's taps of shifted, strided slices
+  times per-channel weights (one fusion; measured in conv_and_mvit.md); elsewhere the
+  convolution."""
+  if jax.default_backend() != "cpu":
+    return jax.lax.conv_general_dilated(
+        x, kernel, tuple(stride), tuple((p, p) for p in padding),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=x.shape[-1])
+  b, *size, c = x.shape
+  x = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)))
+  kernel_size = kernel.shape[:3]
+  out = [(n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel_size, padding, stride)]
+  y = 0
+  for tap in np.ndindex(*kernel_size):
+    end = [t + (o - 1) * s + 1 for t, o, s in zip(tap, out, stride)]
+    y = y + jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1)) * kernel[(*tap, 0)]
+  return y
+
+
 class BatchNorm(nnx.Module):
   """PyTorch's BatchNorm over the channels (last axis) of x [..., C], in float32, returned in
   x's dtype.
@@ -625,16 +652,17 @@ class BatchNorm(nnx.Module):
 
 class ConvBatchNorm(nnx.Module):
   """Conv3d (no bias) -> BatchNorm -> `activation` (None: none, as before a residual sum): the
-  unit 3-D CNNs are built of. Returns the conv's compute dtype."""
+  unit 3-D CNNs are built of. Returns the conv's compute dtype. `momentum` and `eps` are the
+  BatchNorm's (PyTorch's defaults; torchvision's S3D uses 0.001 and 0.001)."""
 
   def __init__(self, c_in: int, c_out: int, kernel, *, stride=1, padding=0, groups: int = 1,
                activation: Callable | None = jax.nn.relu,
-               axes: tuple[str | None, str | None] = CONV_AXES, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               axes: tuple[str | None, str | None] = CONV_AXES, momentum: float = 0.1,
+               eps: float = 1e-5, dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.activation = activation
     self.conv = Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, groups=groups,
                        axes=axes, dtype=dtype, rngs=rngs)
-    self.norm = BatchNorm(c_out, rngs=rngs)
+    self.norm = BatchNorm(c_out, momentum=momentum, eps=eps, rngs=rngs)
 
   def __call__(self, x, train: bool):
     y = self.norm(self.conv(x), train)

@@ -7,7 +7,8 @@ then train or evaluate with --config.init_from=<directory>.
 
 The config's model family (`vidtx.models.family`) lists the checkpoint layouts it converts
 from (`Family.converters`, `vidtx.weights`: VideoMAE and MAR for vit and mae, TimeSformer,
-ViViT, VTN, CLIP for ILA's tower, Swin for TPS); the layout is detected from the keys. The
+ViViT, VTN, CLIP for ILA's tower, Swin for TPS, torchvision's video models for r2plus1d and
+s3d, torchvision and PySlowFast MViT for mvit); the layout is detected from the keys. The
 checkpoint is converted into the config's model (built abstractly: ViT-H costs no memory here)
 and must fit it exactly: every key used, every parameter and BatchNorm statistic filled. To
 fine-tune from a pre-training checkpoint, convert it with the pre-training config (the same

@@ -128,6 +128,11 @@ def check_supported(config):
   m = config.model
   supported = {name: f.rollout_attentions for name, f in models.FAMILIES.items()
                if f.rollout_attentions}
+  if m.name not in supported:
+    raise visualize_masks.VisualizeError(
+        f"model.name={m.name!r} has no attention rollout: it needs every attention step over "
+        "the clip's tokens, which pooling attention (MViT: keys pooled to fewer tokens), "
+        f"windows and convolutions are not; the families with one: {supported}")
   if m.attention not in supported.get(m.name, ()):
     raise visualize_masks.VisualizeError(
         f"model.name={m.name!r} with attention={m.attention!r}: attention rollout needs every "

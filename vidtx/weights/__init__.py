@@ -9,7 +9,11 @@ is read, `vidtx.weights.settings`):
 - `vtn`: the PySlowFast VTN checkpoint, and an HF LongformerModel into VTN's temporal encoder;
 - `clip`: an HF CLIP vision tower (into ILA's `clip/`); `swin`: an HF image Swin into TPS,
   inflated;
-- `image`: an HF image ViT or CLIP tower into a one-frame ViT, which init_from inflates.
+- `image`: an HF image ViT or CLIP tower into a one-frame ViT, which init_from inflates;
+- `torchvision_video`: torchvision's VideoResNet (R(2+1)D, R3D, MC3) and S3D, BatchNorm
+  statistics included (the r2plus1d and s3d families);
+- `mvit`: torchvision's MViT (mvit_v1_b, mvit_v2_s) and PySlowFast's MViT / MViTv2 `.pyth`
+  files (the mvit family).
 Each model family lists the sources it converts from in its record (`Family.converters`);
 `vidtx.tools.convert_weights` picks among them. `files` reads checkpoint files and an HF
 directory's config.json; `inflate` holds the image -> video rules, which init_from uses too.

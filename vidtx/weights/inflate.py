@@ -12,7 +12,10 @@ image checkpoints into video models (`kernel`, `relative_bias_table`, e.g. Swin 
   (`position_table`);
 - a time embedding of another number of frames is resized, nearest (`time_table`);
 - a 2-D relative position bias table is repeated for every time offset of a 3-D one
-  (`relative_bias_table`).
+  (`relative_bias_table`);
+- MViTv2's decomposed relative position tables (rel_pos_t, rel_pos_h, rel_pos_w: a row per
+  offset) of another clip length or crop are resized linearly over their rows
+  (`linear_resize_matrix`, as MViTv2 itself resizes them when pooled sizes differ).
 """
 
 import math
@@ -69,6 +72,21 @@ def relative_bias_table(table: np.ndarray, frames: int) -> np.ndarray:
   return np.tile(table, (2 * frames - 1, 1))
 
 
+def linear_resize_matrix(src: int, dst: int) -> np.ndarray:
+  """[dst, src]: the linear map PyTorch's F.interpolate(mode="linear", align_corners=False)
+  applies along an axis of `src` samples to give `dst` (the identity when they agree)."""
+  x = np.maximum((np.arange(dst) + 0.5) * src / dst - 0.5, 0.0)
+  lo = np.minimum(np.floor(x).astype(int), src - 1)
+  hi = np.minimum(lo + 1, src - 1)
+  matrix = np.zeros((dst, src))
+  np.add.at(matrix, (np.arange(dst), lo), 1.0 - (x - lo))
+  np.add.at(matrix, (np.arange(dst), hi), x - lo)
+  return matrix
+
+
+RELATIVE_TABLES = ("rel_pos_t", "rel_pos_h", "rel_pos_w")
+
+
 def parameter(name: str, value: np.ndarray, shape, grid, inflation: str) -> np.ndarray | None:
   """Parameter `name` of `shape` from a checkpoint's `value` of another shape by the rule its
   name and shapes call for, or None when no rule maps them. `grid` (T', H', W'): the model's
@@ -83,4 +101,6 @@ def parameter(name: str, value: np.ndarray, shape, grid, inflation: str) -> np.n
     return position_table(value, shape, grid)
   if name.endswith("time_embed/embedding") and value.shape[1:] == shape[1:]:
     return time_table(value, shape)
+  if name.endswith(RELATIVE_TABLES) and value.ndim == 2 and value.shape[1:] == shape[1:]:
+    return (linear_resize_matrix(value.shape[0], shape[0]) @ value).astype(value.dtype)
   return None

@@ -1,0 +1,62 @@
+"""S3D and S3D-G (vidtx.models.s3d) on Kinetics-400, from scratch, with PySlowFast's recipe for
+convolutional video networks.
+
+  python -m vidtx.main --config=configs/s3d_k400.py[:variant] --workdir=...
+
+torchvision's Kinetics S3D weights start the s3d variant too:
+  python -m vidtx.tools.convert_weights --config=configs/s3d_k400.py \\
+      --checkpoint=<s3d .pth> --out=<dir>
+  then --config.init_from=<dir>.
+
+Variants: s3d (default; torchvision's S3D), s3d_g (feature gating, model.s3d.gating); cpu: S3D's
+layers at a quarter of the widths, trained from scratch on the built-in data.
+Clips (Xie et al., 2018): 64 frames 2 apart (15 fps from 30, as torchvision's recipe), 224^2
+crops after PySlowFast's short-side jitter 256-320, flips. Test: 3 clips x 1 centre crop at
+short side 256, averaged: together they span the 10-second video, which the paper tests whole
+(fully convolutional over 250 frames).
+Recipe (PySlowFast configs/Kinetics/SLOW_8x8_R50.yaml and its kin): SGD momentum 0.9
+(Nesterov, PySlowFast's default), lr 0.1 per 64 clips, cosine over 196 epochs after 34 linear
+warm-up epochs from 0.01, weight decay 1e-4 (none on BatchNorm's scales and biases: vidtx.optim
+decays matrices and kernels only; the gates' Linears decay), dropout 0.5 before the classifier.
+BatchNorm keeps torchvision S3D's momentum 0.001 and eps 1e-3 (the cpu variant's short run: 0.01).
+Not reproduced: PySlowFast's BatchNorm over groups of 8 clips (BN.NUM_SYNC_DEVICES; ours
+normalises over the global batch) and "precise BN" before each evaluation.
+"""
+
+from vidtx import configuration
+
+VARIANTS = ("s3d", "s3d_g", "cpu")
+
+
+def get_config(arg=None):
+  arg = arg or "s3d"
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
+  c = configuration.base()
+  c.model.name = "s3d"
+  c.model.head_dropout = 0.5
+  c.optim.name, c.optim.momentum, c.optim.nesterov = "sgd", 0.9, True
+  c.optim.weight_decay = 1e-4
+  if arg == "cpu":
+    configuration.cpu_scale(c)
+    c.model.size = "small"
+    c.model.s3d.norm_momentum = 0.01  # running averages over ~100 of the 1000 steps
+    c.total_steps = 1000
+    c.optim.lr, c.optim.warmup_steps, c.optim.warmup_init_lr = 0.05, 50, 0.005
+    return c
+  c.model.size = "s3d"
+  c.model.s3d.gating = arg == "s3d_g"
+  configuration.use_dataset(c, "kinetics400")
+  c.data.num_frames, c.data.frame_stride = 64, 2
+  c.data.min_resize, c.data.max_resize, c.data.crop_size = 256, 320, 224
+  c.data.eval_clips, c.data.eval_crops, c.data.eval_resize = 3, 1, 256
+  c.batch_size = 64
+  c.eval_batch_size = 32  # videos, each with 3 views
+  steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
+  c.total_steps = 196 * steps_per_epoch
+  c.optim.lr, c.optim.warmup_init_lr = 0.1, 0.01
+  c.optim.warmup_steps = 34 * steps_per_epoch
+  c.log_every_steps = 100
+  c.eval_every_steps = 10 * steps_per_epoch
+  c.checkpoint_every_steps = steps_per_epoch
+  return c
