@@ -52,6 +52,10 @@ def run(main, *, user_errors: tuple[type[Exception], ...] = ()) -> None:
     try:
       return call(main, argv, user_errors)
     except SystemExit as e:
+      if isinstance(e.code, str):
+        # Threads left by a failed orbax save may still log the failure their way: the error
+        # line stays the last.
+        std_logging.disable(std_logging.CRITICAL)
       if isinstance(e.code, str) and _threads_left():
         # A failed orbax save leaves threads that wait out a 300 s barrier before the process
         # may end: nothing is left to finish, so end it now.
