@@ -14,21 +14,14 @@ path, mixup / cutmix, RandAugment, erasing, label smoothing). Test: 5 clips x 1 
 224.
 """
 
-import importlib.util
 import os
 
 from vidtx import configuration
 
+# configs/mvit_k400.py, whose recipe this config shares.
+MVIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvit_k400.py")
+
 VARIANTS = ("s", "b", "cpu")
-
-
-def _mvit_config():
-  """configs/mvit_k400.py, whose recipe this config shares."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvit_k400.py")
-  spec = importlib.util.spec_from_file_location("mvit_k400", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg=None):
@@ -38,6 +31,6 @@ def get_config(arg=None):
   c = configuration.base()
   c.model.size = "v2_b" if arg == "b" else "v2_s"
   frames, stride = (32, 3) if arg == "b" else (16, 4)
-  _mvit_config().recipe(c, arg, frames=frames, stride=stride,
-                        drop_path=0.3 if arg == "b" else 0.2)
+  configuration.load_module(MVIT).recipe(c, arg, frames=frames, stride=stride,
+                                         drop_path=0.3 if arg == "b" else 0.2)
   return c

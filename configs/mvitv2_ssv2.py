@@ -12,18 +12,12 @@ Test: 1 clip x 3 crops at 224.
 Variants: none (default), cpu: MViTv2-S's blocks at CPU scale on the built-in data.
 """
 
-import importlib.util
 import os
 
 from vidtx import configuration
 
-
-def _mvit_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvit_k400.py")
-  spec = importlib.util.spec_from_file_location("mvit_k400", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+# configs/mvit_k400.py, whose recipe this config shares.
+MVIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvit_k400.py")
 
 
 def get_config(arg=None):
@@ -31,7 +25,7 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use none or 'cpu'")
   c = configuration.base()
   c.model.size = "v2_s"
-  _mvit_config().recipe(c, arg or "", frames=16, stride=4, drop_path=0.4)
+  configuration.load_module(MVIT).recipe(c, arg or "", frames=16, stride=4, drop_path=0.4)
   c.optim.name, c.optim.momentum = "sgd", 0.9
   c.optim.weight_decay = 1e-4
   c.optim.grad_clip = 0.0

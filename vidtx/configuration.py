@@ -284,17 +284,22 @@ def cpu_scale(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every_steps = 1000
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-  """The config of `path/to/file.py[:variant]`, as --config=<spec> would give it (for code and
-  notebooks; the command line uses ml_collections' config flags)."""
-  path, _, variant = spec.partition(":")
+def load_module(path: str):
+  """The config file at `path` as a module (a config that shares another's recipe calls it)."""
   module_spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   if module_spec is None or not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path!r} does not exist")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  config = module.get_config(variant or None)
+  return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of `path/to/file.py[:variant]`, as --config=<spec> would give it (for code and
+  notebooks; the command line uses ml_collections' config flags)."""
+  path, _, variant = spec.partition(":")
+  config = load_module(path).get_config(variant or None)
   config.lock()  # as the command line locks it: unknown fields are errors
   return config
 
