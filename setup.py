@@ -31,7 +31,9 @@ setup(
         # the CPU. These wheels are PyPI's CUDA builds (~3 GB with their NVIDIA libraries):
         # torchvision's wheel needs them, and fails to import beside the CPU-only torch build.
         # Their triton crashes a process that loaded TensorFlow first: tests/conftest.py keeps
-        # it from loading (nothing here needs it).
-        "torch": ["torch==2.14.1", "torchvision==0.29.1", "transformers==4.57.6"],
+        # it from loading (nothing here needs it). pytorchvideo (an sdist, pure Python) is the
+        # reference of the X3D, SlowFast, Slow and I3D parity tests.
+        "torch": ["torch==2.14.1", "torchvision==0.29.1", "transformers==4.57.6",
+                  "pytorchvideo==0.1.5"],
     },
 )
