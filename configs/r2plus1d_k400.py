@@ -17,8 +17,8 @@ Recipe (PySlowFast configs/Kinetics/SLOW_8x8_R50.yaml and its kin): SGD momentum
 (Nesterov, PySlowFast's default), lr 0.1 per 64 clips, cosine over 196 epochs after 34 linear
 warm-up epochs from 0.01, weight decay 1e-4 (none on BatchNorm's scales and biases: vidtx.optim
 decays matrices and kernels only), dropout 0.5 before the classifier.
-Not reproduced: PySlowFast's BatchNorm over groups of 8 clips (BN.NUM_SYNC_DEVICES; ours
-normalises over the global batch) and "precise BN" before each evaluation.
+BatchNorm as PySlowFast's: statistics over groups of 8 clips (one GPU's, BN.NUM_SYNC_DEVICES 1),
+and precise BN over 200 training batches before each evaluation.
 """
 
 from vidtx import configuration
@@ -48,6 +48,7 @@ def get_config(arg=None):
   c.data.min_resize, c.data.max_resize, c.data.crop_size = 128, 160, 112
   c.data.eval_clips, c.data.eval_crops, c.data.eval_resize = 5, 1, 128
   c.batch_size = 64
+  c.model.bn.group_size, c.model.bn.precise_batches = 8, 200
   c.eval_batch_size = 64  # videos, each with 5 views
   steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
   c.total_steps = 196 * steps_per_epoch

@@ -19,8 +19,8 @@ Recipe (PySlowFast configs/Kinetics/SLOW_8x8_R50.yaml and its kin): SGD momentum
 warm-up epochs from 0.01, weight decay 1e-4 (none on BatchNorm's scales and biases: vidtx.optim
 decays matrices and kernels only; the gates' Linears decay), dropout 0.5 before the classifier.
 BatchNorm keeps torchvision S3D's momentum 0.001 and eps 1e-3 (the cpu variant's short run: 0.01).
-Not reproduced: PySlowFast's BatchNorm over groups of 8 clips (BN.NUM_SYNC_DEVICES; ours
-normalises over the global batch) and "precise BN" before each evaluation.
+BatchNorm as PySlowFast's: statistics over groups of 8 clips (one GPU's, BN.NUM_SYNC_DEVICES 1),
+and precise BN over 200 training batches before each evaluation.
 """
 
 from vidtx import configuration
@@ -40,7 +40,7 @@ def get_config(arg=None):
   if arg == "cpu":
     configuration.cpu_scale(c)
     c.model.size = "small"
-    c.model.s3d.norm_momentum = 0.01  # running averages over ~100 of the 1000 steps
+    c.model.bn.momentum = 0.01  # running averages over ~100 of the 1000 steps
     c.total_steps = 1000
     c.optim.lr, c.optim.warmup_steps, c.optim.warmup_init_lr = 0.05, 50, 0.005
     return c
@@ -51,6 +51,7 @@ def get_config(arg=None):
   c.data.min_resize, c.data.max_resize, c.data.crop_size = 256, 320, 224
   c.data.eval_clips, c.data.eval_crops, c.data.eval_resize = 3, 1, 256
   c.batch_size = 64
+  c.model.bn.group_size, c.model.bn.precise_batches = 8, 200
   c.eval_batch_size = 32  # videos, each with 3 views
   steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
   c.total_steps = 196 * steps_per_epoch

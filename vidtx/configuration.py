@@ -64,6 +64,9 @@ def base() -> ml_collections.ConfigDict:
   # Evaluation sees all tokens, except cell_running, which uses its fixed test-time schedule.
   c.model.masking = "none"
   c.model.mask_ratio = 0.0  # fraction of tokens masked; cell_running: 0.25, 0.5 or 0.75
+  # BatchNorm settings of the convolutional families (documented in
+  # vidtx.models.batchnorm_section): momentum, eps, group_size, frozen, precise_batches.
+  c.model.bn = models.batchnorm_section()
   # config.model.<family>: each family's own fields, with its defaults (read only when
   # model.name is that family).
   for name, section in models.sections().items():

@@ -1,7 +1,6 @@
 """The one training loop: build, restore, step, evaluate, checkpoint, log."""
 
 import collections
-import functools
 import json
 import os
 import shutil
@@ -18,7 +17,8 @@ from clu import metric_writers
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from vidtx import builder, checkpoint, data, evaluate, memory, models, optim, sharding
+from vidtx import (builder, checkpoint, data, evaluate, memory, models, optim, precise_bn,
+                   sharding)
 from vidtx.data import mixup, on_device
 from vidtx.models import layers, masking
 
@@ -36,11 +36,7 @@ def make_train_step(setup: builder.Setup):
   classifies = models.classifies(config.model)
   micro_sharding = jax.sharding.NamedSharding(setup.mesh, P(None, *setup.batch_sharding.spec))
   batch_spec = setup.batch_sharding.spec
-  # Each device augments, normalises and erases its own clips (see on_device.train_clips), each
-  # clip drawing from the key and its index in the global batch: the same clips on any mesh.
-  preprocess = jax.shard_map(functools.partial(on_device.train_clips, config.data),
-                             mesh=setup.mesh, in_specs=(batch_spec, P(), P(batch_spec[0])),
-                             out_specs=batch_spec)
+  preprocess = on_device.sharded_train_clips(config.data, setup.mesh, batch_spec)
 
   def loss_and_metrics(graphdef, params, rest, video, labels, key):
     keep = masking.for_config(config.model, config.data, jax.random.fold_in(key, 1),
@@ -240,6 +236,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      evaluate.describe(metrics))
         return metrics
 
+      precise = (precise_bn.PreciseBatchNorm(setup) if config.model.bn.precise_batches
+                 else None)
+
+      def precise_statistics(state, step):
+        """Precise BN (config.model.bn.precise_batches) before an evaluation and its step's
+        checkpoint, over the training batches that follow `step`."""
+        if precise is None:
+          return state
+        start = time.time()
+        batches = data.build(config.data, config.data.train_split, train=True,
+                             batch_size=config.batch_size // jax.process_count(),
+                             seed=config.seed, start_batch=step,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count(), data_dir=data_dir)
+        try:
+          state = precise(state, _device_prefetch(batches, setup.batch_sharding),
+                          config.model.bn.precise_batches, rng_array, step)
+        finally:
+          batches.close()
+        logging.info("Precise BN at step %d: BatchNorm statistics recomputed over %d training "
+                     "batches in %.1f s.", step, config.model.bn.precise_batches,
+                     time.time() - start)
+        return state
+
       train_data = data.build(config.data, config.data.train_split, train=True,
                               batch_size=config.batch_size // jax.process_count(),
                               seed=config.seed, start_batch=data_position,
@@ -281,14 +301,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logging.warning("Saved step %d after SIGTERM (to this or another process); rerun the "
                           "same command to resume.", step)
           return {}
+        eval_due = (config.eval_every_steps and step % config.eval_every_steps == 0
+                    and step < config.total_steps)
+        if eval_due:
+          state = precise_statistics(state, step)
         if step % config.checkpoint_every_steps == 0 and step < config.total_steps:
           save(step)
-        if config.eval_every_steps and step % config.eval_every_steps == 0 \
-            and step < config.total_steps:
+        if eval_due:
           run_eval(step)
       # The last step is taken: the train pipeline stops now, not decoding batches beside the
       # final evaluation.
       train_data.close()
+      # A resumed finished run recomputes the statistics its last checkpoint holds: the same.
+      state = precise_statistics(state, step)
       if ckpt.latest_step() != step:
         save(step)
       metrics = run_eval(step)

@@ -39,7 +39,8 @@ TINY = {
     "tps": {"model.size": "swin_t", "model.attention": "patch_shift", "model.width": 32,
             "model.num_heads": 4, "model.patch_size": (2, 4, 4), "model.tps.window_size": 4,
             "model.tps.stage_depths": (2,)},
-    "cnn3d": {"model.size": "tiny"},
+    # BatchNorm over groups of 2 clips: on 8 devices, each group spans two of them.
+    "cnn3d": {"model.size": "tiny", "model.bn.group_size": 2},
     # MViTv2 (relative positions, residual pooling): a second stage from block 1.
     "mvit": {"model.size": "v2_s", "model.width": 32, "model.depth": 2, "model.num_heads": 2,
              "model.patch_size": (2, 4, 4), "model.mvit.stages": (1,),

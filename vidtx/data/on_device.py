@@ -11,10 +11,12 @@ Random choices come from the step's key and each clip's index in the global batc
 not depend on the mesh, and a resumed run repeats them exactly.
 """
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from vidtx.data import transforms
 
@@ -262,6 +264,14 @@ def train_clips(data_config, video, key, indices=None):
     return x
 
   return jax.lax.map(one, (indices, video))
+
+
+def sharded_train_clips(data_config, mesh, batch_spec):
+  """(video, key, indices) -> `train_clips` of a batch laid out by `batch_spec` on `mesh`: each
+  device augments, normalises and erases its own clips, each clip drawing from the key and its
+  index in the global batch, so the clips are the same on any mesh."""
+  return jax.shard_map(functools.partial(train_clips, data_config), mesh=mesh,
+                       in_specs=(batch_spec, P(), P(batch_spec[0])), out_specs=batch_spec)
 
 
 def eval_clips(data_config, video):

@@ -28,8 +28,59 @@ def family(model_config: ml_collections.ConfigDict) -> Family:
 
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs):
-  """The model of config.model (an nnx.Module), for clips of config.data."""
-  return family(model_config).build(model_config, data_config, rngs)
+  """The model of config.model (an nnx.Module), for clips of config.data, its BatchNorm layers
+  set by config.model.bn."""
+  model = family(model_config).build(model_config, data_config, rngs)
+  if not layers.configure_batchnorm(model, model_config.bn):
+    for field, default in batchnorm_section().items():
+      if model_config.bn[field] != default:
+        errors.fail(f"model.bn.{field}", model_config.bn[field], f"model.name="
+                    f"{model_config.name!r} has no BatchNorm layers: leave it at {default!r}")
+  return model
+
+
+def batchnorm_section() -> ml_collections.ConfigDict:
+  """config.model.bn: the BatchNorm layers (vidtx.models.layers.BatchNorm) of the convolutional
+  families; a family without them refuses a change here."""
+  s = ml_collections.ConfigDict()
+  # Running-average momentum (PyTorch's convention: the weight of the new batch) and epsilon;
+  # None: the family's own, those of the reference it follows (mostly 0.1 and 1e-5).
+  s.momentum = ml_collections.config_dict.placeholder(float)
+  s.eps = ml_collections.config_dict.placeholder(float)
+  # Statistics in training over groups of this many consecutive clips of the (micro-)batch,
+  # each group normalised on its own (PySlowFast's BN.NUM_SYNC_DEVICES x clips per device: 8
+  # clips); 0: over the global batch, which jit computes across the devices.
+  s.group_size = 0
+  # Training normalises with the running statistics and never updates them (detection,
+  # fine-tuning on little data); scales and biases still train (freeze them with
+  # optim.frozen).
+  s.frozen = False
+  # Precise BN (PySlowFast): before each evaluation, the running statistics are replaced by the
+  # population statistics of the model's BatchNorm inputs over this many training batches
+  # (augmented as in training); the saved checkpoint of that step holds them. 0: off.
+  s.precise_batches = 0
+  return s
+
+
+def check_batchnorm(config: ml_collections.ConfigDict) -> None:
+  """The checks of config.model.bn (ConfigError naming the field)."""
+  bn = config.model.bn
+  if bn.momentum is not None and not 0 < bn.momentum <= 1:
+    errors.fail("model.bn.momentum", bn.momentum, "must be in (0, 1], or None for the family's")
+  if bn.eps is not None and not bn.eps > 0:
+    errors.fail("model.bn.eps", bn.eps, "must be > 0, or None for the family's")
+  micro_batch = config.batch_size // max(config.grad_accum_steps, 1)
+  if not isinstance(bn.group_size, int) or bn.group_size < 0 or (
+      bn.group_size and micro_batch % bn.group_size):
+    errors.fail("model.bn.group_size", bn.group_size, f"give 0 (the whole batch) or a number "
+                f"of clips that divides the batch of each forward pass, {micro_batch} "
+                "(batch_size / grad_accum_steps)")
+  if not isinstance(bn.precise_batches, int) or bn.precise_batches < 0:
+    errors.fail("model.bn.precise_batches", bn.precise_batches, "give a number of batches "
+                "(PySlowFast: 200), or 0 for off")
+  if bn.frozen and bn.precise_batches:
+    errors.fail("model.bn.precise_batches", bn.precise_batches, "frozen BatchNorm keeps its "
+                "statistics: set model.bn.frozen=False or precise_batches=0")
 
 
 def classifies(model_config: ml_collections.ConfigDict) -> bool:
@@ -83,6 +134,7 @@ def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.Con
     errors.fail("model.drop_path", m.drop_path, "must be in [0, 1)")
   if not 0 <= m.head_dropout < 1:
     errors.fail("model.head_dropout", m.head_dropout, "must be in [0, 1)")
+  check_batchnorm(config)
   f.check(config)  # first: its message names the fix for the family (e.g. (1, p, p) patches)
   if f.tubelets:
     if len(m.patch_size) != 3:

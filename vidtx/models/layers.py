@@ -619,12 +619,22 @@ class BatchNorm(nnx.Module):
   averages `momentum` of the way towards the batch's mean and unbiased variance. `train=False`
   normalises with the running averages. They are `nnx.BatchStat`s `mean` and `var` (start 0
   and 1), with the logical axis of the scale and bias, so they shard and checkpoint alike.
+
+  Three settings, which `configure_batchnorm` sets for a whole model from config.model.bn:
+  - `group_size` N > 0: statistics over each group of N consecutive clips instead (PySlowFast's
+    BN.NUM_SYNC_DEVICES), x's leading axis being the clips; each group is normalised exactly as
+    if computed apart, and the running averages move towards the mean over the groups of their
+    statistics;
+  - `frozen`: training normalises with the running averages and leaves them unchanged;
+  - `unbiased_var=False`: the running variance takes the biased batch variance (precise BN
+    collects the batch's moments this way, with momentum 1).
   """
 
   def __init__(self, dim: int, *, momentum: float = 0.1, eps: float = 1e-5, rngs: nnx.Rngs):
     if not 0 <= momentum <= 1:
       raise ValueError(f"BatchNorm momentum={momentum} must be in [0, 1] (PyTorch's: 0.1)")
     self.momentum, self.eps = momentum, eps
+    self.group_size, self.frozen, self.unbiased_var = 0, False, True
     self.scale = param(rngs, ones, (dim,), ("norm",))
     self.bias = param(rngs, zeros, (dim,), ("norm",))
     stat = lambda value: nnx.BatchStat(jnp.full((dim,), value, jnp.float32),
@@ -633,21 +643,48 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x, train: bool):
     y = x.astype(jnp.float32)
-    if train:
-      count = y.size // y.shape[-1]
-      if count < 2:
-        raise ValueError(f"BatchNorm in training needs more than one value per channel, got "
-                         f"an input of shape {x.shape}")
-      axes = tuple(range(y.ndim - 1))
-      mean = y.mean(axes)
-      var = jnp.square(y - mean).mean(axes)
+    if train and not self.frozen:
+      clips = y.shape[0]
+      group = self.group_size or clips
+      count = group * (y.size // clips // y.shape[-1])  # values per channel in a group
+      if clips % group or count < 2:
+        raise ValueError(f"BatchNorm in training needs groups of group_size={self.group_size} "
+                         f"clips (0: all) that divide the batch and hold more than one value "
+                         f"per channel, got an input of shape {x.shape}")
+      groups = clips // group
+      # [groups, clips per group, ..., C]: statistics over all but the first and last axes.
+      g = y.reshape(groups, group, *y.shape[1:])
+      axes = tuple(range(1, g.ndim - 1))
+      mean = g.mean(axes, keepdims=True)
+      var = jnp.square(g - mean).mean(axes, keepdims=True)
+      y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(y.shape)
       m = self.momentum
-      self.mean[...] = (1 - m) * self.mean[...] + m * mean
-      self.var[...] = (1 - m) * self.var[...] + m * var * (count / (count - 1))
+      correction = count / (count - 1) if self.unbiased_var else 1.0
+      self.mean[...] = (1 - m) * self.mean[...] + m * mean.reshape(groups, -1).mean(0)
+      self.var[...] = ((1 - m) * self.var[...]
+                       + m * var.reshape(groups, -1).mean(0) * correction)
     else:
-      mean, var = self.mean[...], self.var[...]
-    y = (y - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+      y = (y - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.eps)
+    y = y * self.scale[...] + self.bias[...]
     return y.astype(x.dtype)
+
+
+def batchnorms(model: nnx.Module) -> list[BatchNorm]:
+  """The model's BatchNorm layers, in a fixed order."""
+  return [m for _, m in nnx.iter_modules(model) if isinstance(m, BatchNorm)]
+
+
+def configure_batchnorm(model: nnx.Module, bn) -> int:
+  """Applies config.model.bn (momentum and eps where set, group_size, frozen) to every
+  BatchNorm of the model; returns how many there are."""
+  layers = batchnorms(model)
+  for layer in layers:
+    if bn.momentum is not None:
+      layer.momentum = bn.momentum
+    if bn.eps is not None:
+      layer.eps = bn.eps
+    layer.group_size, layer.frozen = bn.group_size, bn.frozen
+  return len(layers)
 
 
 class ConvBatchNorm(nnx.Module):

@@ -16,8 +16,8 @@ and a 3x3x3 max pool (stride 1) then a 1x1x1 conv.
 
 The head's pooling window is 2x7x7 at 16+ frames of 224 (where it covers the whole map, as at
 torchvision's 16x224); on smaller clips it shrinks to the feature map (a global average).
-BatchNorm is torchvision S3D's: eps 1e-3 and PyTorch momentum 0.001 (TF's decay 0.999;
-`model.s3d.norm_momentum`, which short runs raise so that the running averages catch up).
+BatchNorm is torchvision S3D's: eps 1e-3 and PyTorch momentum 0.001 (TF's decay 0.999; short
+runs raise it with `model.bn.momentum` so that the running averages catch up).
 
 S3D-G (`gating=True`), as antoine77340/S3D_HowTo100M's s3dg.py and TF-slim's s3dg.py place
 it: self-gating (the channels' average over T, H, W -> Linear -> sigmoid -> scales the channels)
@@ -68,8 +68,8 @@ SIZES = {
 }
 # The head's average pool (T, H, W), shrunk to smaller feature maps.
 POOL = (2, 7, 7)
-# BatchNorm's epsilon in torchvision's S3D.
-EPS = 1e-3
+# BatchNorm's epsilon and momentum in torchvision's S3D (config.model.bn overrides them).
+EPS, NORM_MOMENTUM = 1e-3, 0.001
 
 
 def max_pool(x, window, stride, padding):
@@ -154,16 +154,15 @@ def width(widths) -> int:
 
 class S3D(nnx.Module):
   """S3D / S3D-G (see the module docstring). `stages`: the mixed blocks' widths of stages 3, 4
-  and 5; `stem`: the widths of conv1, conv2b, conv2c; `norm_momentum`: BatchNorm's."""
+  and 5; `stem`: the widths of conv1, conv2b, conv2c."""
 
   def __init__(self, *, num_classes: int, stem, stages, gating: bool = False,
-               norm_momentum: float = 0.001, head_dropout: float = 0.0, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               head_dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
     if len(stages) != 3:
       raise ValueError(f"S3D has three stages of mixed blocks (3, 4, 5), got {len(stages)}")
     self.head_dropout = head_dropout
     c1, c2b, c2c = stem
-    m = norm_momentum
+    m = NORM_MOMENTUM
     # conv1 reads 3 RGB channels, which split over no mesh axis.
     self.conv1 = SeparableConv(3, c1, 7, 2, 3, axes=(None, "conv_out"), momentum=m, dtype=dtype,
                                rngs=rngs)
@@ -217,8 +216,7 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
           rngs: nnx.Rngs) -> S3D:
   stem, stages = SIZES[model_config.size]
   return S3D(num_classes=data_config.num_classes, stem=stem, stages=stages,
-             gating=model_config.s3d.gating, norm_momentum=model_config.s3d.norm_momentum,
-             head_dropout=model_config.head_dropout,
+             gating=model_config.s3d.gating, head_dropout=model_config.head_dropout,
              dtype=jnp.dtype(model_config.dtype), rngs=rngs)
 
 
@@ -226,18 +224,12 @@ def section() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   # S3D-G: self-gating on every mixed block's branches and after conv2c. False: torchvision's S3D.
   s.gating = False
-  # BatchNorm's running averages move this fraction of the way per step (PyTorch's momentum;
-  # torchvision's S3D: 0.001, averages over ~1000 steps).
-  s.norm_momentum = 0.001
   return s
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.model.s3d.gating, bool):
     errors.fail("model.s3d.gating", config.model.s3d.gating, "give True (S3D-G) or False (S3D)")
-  if not 0 < config.model.s3d.norm_momentum <= 1:
-    errors.fail("model.s3d.norm_momentum", config.model.s3d.norm_momentum,
-                "must be in (0, 1] (torchvision's S3D: 0.001)")
   d = config.data
   t, h, _ = feature_grid(d.num_frames, d.crop_size)
   if t < 1:
