@@ -9,7 +9,11 @@ configs/Kinetics/MVIT_B_16x4_CONV.yaml.
 Variants: b_16x4 (default; 16 frames 4 apart: 36.6M parameters, 70.6 GMACs per 224^2 view);
 b_32x3 (32 frames 3 apart: 170 GMACs; drop path 0.3 as PySlowFast's 32x3); cpu: MViT-B's
 blocks at CPU scale on the built-in data (`cpu`). The paper's MViT-S (26.1M parameters, 32.9
-GMACs) is not here: no reference code at hand gives its layout.
+GMACs) is not here. Its Table 3(c) gives a 3x8x8 patch conv of stride 2x8x8 to 128 channels
+and stages of 7 blocks at 256 and 6 at 512 channels, but the first stage's block count and the
+key/value pooling are unreadable or unstated in the copies at hand, and PySlowFast, pytorchvideo
+and torchvision have no MViT-S. Of the readings, 3/7/6 blocks with conv pooling gives 26.0M
+parameters and 30.2 GMACs (8% under); only a guessed 4/7/6 with max pooling fits both numbers.
 
 The recipe (PySlowFast's, conv_and_mvit.md): AdamW, lr 1.6e-4 per 64 clips (scaled linearly),
 weight decay 0.05 (not on biases, norms and position tables), cosine over 200 epochs after 30
