@@ -10,10 +10,13 @@ update). MFU is achieved FLOP/s over the device's peak (the table below; dense b
 accelerators). On a CPU it prints FLOP/s only. Prints one markdown table row per run.
 
 With --torch (needs the `torch` extra) the same architecture, batch and input run in the same
-process as HF `VideoMAEForVideoClassification` on CPU torch: forward + backward + AdamW step,
-eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch step-time ratio. Their
-steps alternate with vidtx's, and the ratio is the median over those pairs of steps. Only for
-the plain ViT configs (model.name="vit", masking none).
+process on CPU torch: forward + backward + an optimizer step of the config's kind (AdamW, or
+SGD with its momentum), eager and (--torch_compile) `torch.compile`d, for the vidtx / PyTorch
+step-time ratio. Their steps alternate with vidtx's, and the ratio is the median over those
+pairs of steps. The twins (`torch_twin`): HF `VideoMAEForVideoClassification` for the plain ViT
+configs (model.name="vit", masking none); pytorchvideo's `create_x3d` for X3D (its hub's
+x3d_xs ... x3d_l, built for the config's clip, its softmax off); torchvision's r2plus1d_18,
+r3d_18 and mc3_18 for those sizes of model.name="r2plus1d". Each at its full widths.
 
 With --device_augment the preprocessing the train step runs on the device with
 data.host_augment=False (RandAugment, colour jitter, normalising, erasing of the config:
@@ -115,37 +118,68 @@ def measure(config, steps: int, warmup: int = 3, others: dict | None = None) -> 
                      for name in others}}
 
 
+def torch_twin(config):
+  """(the PyTorch model of the config's architecture in train mode, a random input batch in its
+  layout, (model, input) -> logits, its name) for `torch_step`."""
+  import torch
+  d, m = config.data, config.model
+  if m.name == "vit" and m.masking == "none":
+    import transformers
+    from vidtx.models import vit
+    width, depth, heads = vit.size(m)
+    pt, ph, _ = m.patch_size
+    hf_config = transformers.VideoMAEConfig(
+        image_size=d.crop_size, patch_size=ph, tubelet_size=pt, num_frames=d.num_frames,
+        hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+        intermediate_size=int(width * m.mlp_ratio), use_mean_pooling=True,
+        num_labels=d.num_classes, qkv_bias=m.qkv_bias)
+    model = transformers.VideoMAEForVideoClassification(hf_config)
+    video = torch.randn(config.batch_size, d.num_frames, 3, d.crop_size, d.crop_size)
+    return model.train(), video, lambda model, x: model(pixel_values=x).logits, "HF VideoMAE"
+  video = torch.randn(config.batch_size, 3, d.num_frames, d.crop_size, d.crop_size)
+  if m.name == "x3d" and not (m.x3d.stage_widths or m.x3d.stage_blocks) and (
+      m.x3d.head_width == 2048):
+    from pytorchvideo.models.x3d import create_x3d
+    from vidtx.models import x3d
+    model = create_x3d(input_clip_length=d.num_frames, input_crop_size=d.crop_size,
+                       model_num_class=d.num_classes, dropout_rate=m.head_dropout,
+                       depth_factor=x3d.DEPTH_FACTORS[m.size], head_activation=None)
+    return model.train(), video, lambda model, x: model(x), f"pytorchvideo x3d_{m.size}"
+  if m.name == "r2plus1d" and m.size in ("r2plus1d_18", "r3d_18", "mc3_18") and not (
+      m.r2plus1d.stage_widths or m.r2plus1d.stage_blocks):
+    import torchvision
+    model = getattr(torchvision.models.video, m.size)(num_classes=d.num_classes)
+    return model.train(), video, lambda model, x: model(x), f"torchvision {m.size}"
+  raise ValueError("--torch has PyTorch twins for plain ViT configs (model.name='vit', masking "
+                   "none), X3D and torchvision's R(2+1)D-18 / R3D-18 / MC3-18, at their full "
+                   f"widths: not model.name={m.name!r} size {m.size!r} as configured")
+
+
 def torch_step(config, compiled: bool):
-  """One training step of the same ViT as HF VideoMAE in PyTorch: fwd + bwd + AdamW."""
+  """One training step of `torch_twin`'s model: forward, cross-entropy, backward, and the
+  config's optimizer (AdamW, or SGD with its momentum and Nesterov setting); and the twin's
+  name."""
   import sys
   # The CUDA torch wheel's triton crashes the process when it loads after TensorFlow (which
   # vidtx imported); torch.compile on the CPU does not need it.
   sys.modules.setdefault("triton", None)
   import torch
-  import transformers
-  from vidtx.models import vit
-  if config.model.name != "vit" or config.model.masking != "none":
-    raise ValueError("--torch compares plain ViT configs only (model.name='vit', masking none)")
-  width, depth, heads = vit.size(config.model)
-  pt, ph, _ = config.model.patch_size
-  d = config.data
-  hf_config = transformers.VideoMAEConfig(
-      image_size=d.crop_size, patch_size=ph, tubelet_size=pt, num_frames=d.num_frames,
-      hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
-      intermediate_size=int(width * config.model.mlp_ratio), use_mean_pooling=True,
-      num_labels=d.num_classes, qkv_bias=config.model.qkv_bias)
-  model = transformers.VideoMAEForVideoClassification(hf_config).train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-  video = torch.randn(config.batch_size, d.num_frames, 3, d.crop_size, d.crop_size)
-  labels = torch.arange(config.batch_size) % d.num_classes
+  model, video, logits_of, name = torch_twin(config)
+  o = config.optim
+  if o.name == "sgd":
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                                nesterov=o.nesterov, weight_decay=o.weight_decay)
+  else:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+  labels = torch.arange(config.batch_size) % config.data.num_classes
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(pixel_values=video).logits, labels)
+    loss = torch.nn.functional.cross_entropy(logits_of(model, video), labels)
     loss.backward()
     optimizer.step()
 
-  return torch.compile(step) if compiled else step
+  return (torch.compile(step) if compiled else step), name
 
 
 def device_augment(config):
@@ -166,9 +200,9 @@ def main(argv):
   if flags.FLAGS.device_augment:
     others["device augmentation"] = device_augment(c)
   if flags.FLAGS.torch:
-    others["eager"] = torch_step(c, compiled=False)
+    others["eager"], twin = torch_step(c, compiled=False)
     if flags.FLAGS.torch_compile:
-      others["torch.compile"] = torch_step(c, compiled=True)
+      others["torch.compile"], _ = torch_step(c, compiled=True)
   r = measure(c, flags.FLAGS.steps, others=others)
   name = (f"{c.model.name} {c.model.size} {c.data.num_frames}x{c.data.crop_size}, masking "
           f"{c.model.masking} {c.model.mask_ratio}, batch {c.batch_size}, {c.model.dtype}")
@@ -191,7 +225,7 @@ def main(argv):
           "the step (median of the pairs)")
   if r["others"]:
     import torch
-    print(f"\nsame model, batch and input in PyTorch {torch.__version__} (HF VideoMAE), "
+    print(f"\nsame model, batch and input in PyTorch {torch.__version__} ({twin}), "
           f"{torch.get_num_threads()} threads, its steps taken in turn with vidtx's:")
     print("| variant | step ms (median) | vidtx / this (median of the step pairs) |")
     print("|---|---|---|")
@@ -203,7 +237,7 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                   lock_config=True)
   flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
-  flags.DEFINE_bool("torch", False, "Also time HF VideoMAE in PyTorch on CPU, same batch.")
+  flags.DEFINE_bool("torch", False, "Also time the model's PyTorch twin on CPU, same batch.")
   flags.DEFINE_bool("torch_compile", False, "With --torch, also time torch.compile.")
   flags.DEFINE_bool("device_augment", False, "Also time the train step's device augmentation "
                     "(data.host_augment=False) alone, as a share of the step.")

@@ -30,6 +30,11 @@ VARIANTS = {
     "cnn3d_synthetic.py": [None],
     "r2plus1d_k400.py": [None, "r2plus1d_34", "r3d_18", "mc3_18", "cpu"],
     "s3d_k400.py": [None, "s3d_g", "cpu"],
+    "x3d_k400.py": ["xs", "s", None, "l", "cpu"],
+    "slow_k400.py": [None, "r101", "cpu"],
+    "i3d_k400.py": [None, "r101", "cpu"],
+    "slowfast_k400.py": [None, "r50_4x16", "r101_8x8", "cpu"],
+    "slowfast_ssv2.py": [None, "cpu"],
     "custom.py": [None],
 }
 # The configs of a dataset on disk (Kinetics-400, SSv2): each has a `:cpu` variant.
@@ -108,7 +113,9 @@ def test_pretraining_recipe_scales_lr_with_batch():
                                            ("videomae_k400.py", "cpu"), ("mar_k400.py", "cpu"),
                                            ("timesformer_k400.py", "cpu"),
                                            ("vivit_k400.py", "cpu"), ("r2plus1d_k400.py", "cpu"),
-                                           ("s3d_k400.py", "cpu")])
+                                           ("s3d_k400.py", "cpu"), ("x3d_k400.py", "cpu"),
+                                           ("slow_k400.py", "cpu"), ("i3d_k400.py", "cpu"),
+                                           ("slowfast_k400.py", "cpu")])
 def test_flops_tool_counts_the_cpu_configs(name, variant):
   """(The ViT-B ones are counted in tests/tools/test_flops.py.)"""
   c = load(name, variant)

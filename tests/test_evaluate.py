@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vidtx import builder, configuration, evaluate, sharding
+from vidtx import builder, configuration, errors, evaluate, sharding
 from vidtx.data import on_device
 
 
@@ -39,7 +39,9 @@ TINY = {"model.width": 32, "model.depth": 2, "model.num_heads": 4, "model.patch_
 
 def setup_for(**overrides):
   c = configuration.base()
-  c.update_from_flattened_dict({**TINY, **overrides})
+  tiny = TINY if overrides.get("model.name", "vit") == "vit" else {
+      k: v for k, v in TINY.items() if not k.startswith("model.")}
+  c.update_from_flattened_dict({**tiny, **overrides})
   c.lock()
   return builder.build(c)
 
@@ -94,3 +96,31 @@ def test_pretraining_model_is_evaluated_on_the_centre_view():
   assert set(sums) == {"recon_mse", "count", "num_skipped"}
   np.testing.assert_allclose(sums["recon_mse"], want["recon_mse"], rtol=1e-6)
   assert float(sums["recon_mse"]) > 0
+
+
+def test_a_fully_convolutional_model_evaluates_crops_larger_than_its_training_ones():
+  setup = setup_for(**{"model.name": "cnn3d", "model.size": "tiny", "data.min_resize": 40,
+                       "data.eval_crop_size": 40})
+  state = builder.init_state(setup)
+  batch = {**multi_view_batch(), "video": np.random.default_rng(1).integers(
+      0, 256, (4, 6, 4, 40, 40, 3), np.uint8)}
+  with jax.set_mesh(setup.mesh):
+    sums = evaluate.make_eval_step(setup)(state, sharding.to_global(batch, setup.batch_sharding))
+    model = nnx.merge(setup.graphdef, state)["model"]
+    video = on_device.eval_clips(setup.config.data, batch["video"])
+    logits = jnp.stack([model(video[:, v])[0] for v in range(6)], axis=1)
+  want = evaluate.averaged_view_metrics(logits, jnp.asarray(batch["label"]), "2x3")
+  np.testing.assert_allclose(sums["loss_2x3"], np.sum(want["loss_2x3"] * batch["mask"]),
+                             rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.eval_crop_size": 48, "data.min_resize": 48},
+     "config.data.eval_crop_size=48: model.name='vit' evaluates clips of its training crop only"),
+    ({"model.name": "cnn3d", "model.size": "tiny", "data.eval_crop_size": 40},
+     "config.data.eval_crop_size=40: must be 0 .crop_size. or a side at most the eval short "
+     "side 36"),
+])
+def test_eval_crops_the_model_or_the_frames_cannot_take_are_refused(overrides, message):
+  with pytest.raises(errors.ConfigError, match=message):
+    setup_for(**overrides)

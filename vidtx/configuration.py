@@ -132,6 +132,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.eval_clips = 1
   c.data.eval_crops = 1
   c.data.eval_resize = 0  # short side before the eval crops; 0: min_resize (VideoMAE: crop_size)
+  # Side of the eval crops; 0: crop_size. Larger only for the fully convolutional families
+  # (PySlowFast's 3 crops of 256; X3D's test crop, e.g. 182 after training on 160).
+  c.data.eval_crop_size = 0
   c.data.mean = (0.485, 0.456, 0.406)  # per-channel normalisation of [0, 1] pixels
   c.data.std = (0.229, 0.224, 0.225)
   c.data.shuffle_buffer = 1024

@@ -188,3 +188,10 @@ def test_eval_views_are_clips_times_crops():
   np.testing.assert_allclose(green.reshape(3, 3), [[7.5, 19.5, 31.5]] * 3, atol=0.6)
   assert clips.centre_view(cfg) == 4
   assert clips.centre_view(make_config(eval_clips=2, eval_crops=3)) == 1
+  # Eval crops larger than the train crop (fully convolutional models): 24 wide, at columns 0,
+  # 8 and 16.
+  cfg.eval_crop_size = 24
+  video, _ = eval_views(cfg, record_of(clip))
+  assert video.shape == (9, 4, 24, 24, 3)
+  green = video[..., 1].mean(axis=(1, 2, 3)) / 6
+  np.testing.assert_allclose(green.reshape(3, 3), [[11.5, 19.5, 27.5]] * 3, atol=0.6)

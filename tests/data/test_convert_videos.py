@@ -273,7 +273,8 @@ def test_the_log_names_failed_and_misplaced_videos(tmp_path, caplog):
   write_garbage(str(root / "train/walking/broken.mp4"))
   for name in ("b.mp4", "c.mkv"):  # beside the class folders, not in one
     write_video(root / "train" / name, source_frames(4, 1), "libx264")
-  caplog.set_level(logging.INFO)
+  # absl's logger too: an absl app run earlier in this process (a CLI test) leaves it at WARNING.
+  caplog.set_level(logging.INFO, logger="absl")
   summary = convert_videos.convert(str(tmp_path / "out"), format="folders", video_root=str(root),
                                    short_side=SHORT_SIDE, workers=1)
   assert summary["splits"] == {"train": 1} and summary["failures"] == {"train": 1}
@@ -289,7 +290,8 @@ def test_progress_shows_an_eta_only_after_enough_videos(monkeypatch, caplog):
   clock = [0.0]
   monkeypatch.setattr(convert_videos.time, "monotonic", lambda: clock[0])
   monkeypatch.setattr(convert_videos, "LOG_EVERY_S", 0.0)  # a line per video
-  caplog.set_level(logging.INFO)
+  # absl's logger too: an absl app run earlier in this process (a CLI test) leaves it at WARNING.
+  caplog.set_level(logging.INFO, logger="absl")
   progress = convert_videos._Progress(total=1000)  # pylint: disable=protected-access
   clock[0] = 100.0  # a slow first video (the workers start): its rate says little
   progress(None)

@@ -49,6 +49,21 @@ TINY = {
     "r2plus1d": {"model.size": "mc3_18", "model.r2plus1d.stage_widths": (16, 32),
                  "model.r2plus1d.stage_blocks": (1, 1)},
     "s3d": {"model.size": "tiny", "model.s3d.gating": True, "data.num_frames": 8},
+    # Two stages; each first block strides and has SE, the second block of stage 2 has none.
+    "x3d": {"model.size": "xs", "model.x3d.stage_widths": (8, 16),
+            "model.x3d.stage_blocks": (1, 2), "model.x3d.head_width": 32},
+    # I3D's 5x7x7 stem, 3x1x1 conv_a and time pool; stage 2 strides, its first block a shortcut.
+    "resnet3d": {"model.size": "i3d_r50", "model.resnet3d.stage_widths": (8, 16),
+                 "model.resnet3d.stage_blocks": (1, 2)},
+    # SlowFast 8x8 (alpha 4: 2 Slow frames of 8), fusions after the stem and stage 1; the Fast
+    # widths (an eighth: 8, 16) split over 8 FSDP devices. Final BatchNorms start at zero (the
+    # recipe's): from the default start, the second SGD step at lr 0.1 on the noise batch
+    # raises the loss 2.4x and one device and 8 differ by 7e-5 in it (the first step's
+    # gradients by up to 2%, as resnet3d's do at these widths; direct gradients of this model
+    # on 1 and 8 devices agree to 1e-5 and with float64 to 6e-6).
+    "slowfast": {"model.size": "r50_8x8", "data.num_frames": 8,
+                 "model.slowfast.stage_widths": (64, 128), "model.slowfast.stage_blocks": (2, 1),
+                 "model.slowfast.zero_init_final_norm": True},
 }
 # Open: S3D's tiny model on 8 devices takes the same two steps by its losses (to 2e-5), but
 # after the second SGD step at lr 0.1 on the noise batch a few weights' gradients differ by a

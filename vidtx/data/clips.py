@@ -99,6 +99,11 @@ def eval_example(data_config, serialized):
   return eval_views(data_config, encoded), label
 
 
+def eval_crop_size(data_config) -> int:
+  """The side of the eval crops: data.eval_crop_size, or the train crop's."""
+  return data_config.eval_crop_size or data_config.crop_size
+
+
 def eval_views(data_config, encoded):
   """The views of `eval_example` of encoded frames [n] string (JPEG or PNG)."""
   cfg = data_config
@@ -108,7 +113,8 @@ def eval_views(data_config, encoded):
   frames = transforms.resize_short_side(frames, cfg.eval_resize or cfg.min_resize)
   shape = tf.shape(frames)
   clips = tf.reshape(frames, [cfg.eval_clips, cfg.num_frames, shape[1], shape[2], 3])
-  views = transforms.spatial_crops(clips, cfg.crop_size, cfg.eval_crops)  # [C, K, T, S, S, 3]
+  size = eval_crop_size(cfg)
+  views = transforms.spatial_crops(clips, size, cfg.eval_crops)  # [C, K, T, S, S, 3]
   views = tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4, 5]),
-                     [num_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3])
+                     [num_views(cfg), cfg.num_frames, size, size, 3])
   return transforms.to_uint8(views)

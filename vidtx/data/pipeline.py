@@ -214,7 +214,8 @@ def _padded_eval_batches(ds, data_config, batch_size, num_batches):
   """Pads every batch to batch_size (mask 0), flags the window's failed and lost records in
   "skipped", drops the view axis for one view, and adds empty batches up to num_batches."""
   cfg = data_config
-  clip = (cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
+  size = clips.eval_crop_size(cfg)
+  clip = (cfg.num_frames, size, size, 3)
   shape = clip if clips.num_views(cfg) == 1 else (clips.num_views(cfg), *clip)
   slots = np.arange(batch_size)
   yielded = 0
@@ -294,6 +295,9 @@ def check_config(data_config):
   if cfg.eval_resize and cfg.eval_resize < cfg.crop_size:
     fail("eval_resize", f"must be 0 (min_resize) or at least config.data.crop_size="
          f"{cfg.crop_size}")
+  if cfg.eval_crop_size < 0 or clips.eval_crop_size(cfg) > (cfg.eval_resize or cfg.min_resize):
+    fail("eval_crop_size", f"must be 0 (crop_size) or a side at most the eval short side "
+         f"{cfg.eval_resize or cfg.min_resize} (config.data.eval_resize, or min_resize)")
   if len(cfg.tfds_features) != 2:
     fail("tfds_features", "give the names of the video and the label feature")
   if len(cfg.mean) != 3 or len(cfg.std) != 3:

@@ -11,11 +11,17 @@ import ml_collections
 from vidtx import errors
 from vidtx.models import (cnn3d, ila, layers, mae, masking, mvit, r2plus1d, s3d, timesformer,
                           tps, vit, vivit, vtn)
+from vidtx.models import x3d
+from vidtx.models import resnet3d
+from vidtx.models import slowfast
 from vidtx.models.family import SHARED_FIELDS, Family
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     vit.FAMILY, mae.FAMILY, timesformer.FAMILY, vivit.FAMILY, ila.FAMILY, vtn.FAMILY, tps.FAMILY,
     cnn3d.FAMILY, r2plus1d.FAMILY, s3d.FAMILY, mvit.FAMILY,
+    x3d.FAMILY,
+    resnet3d.FAMILY,
+    slowfast.FAMILY,
 )}
 
 
@@ -135,6 +141,9 @@ def check_config(config: ml_collections.ConfigDict, defaults: ml_collections.Con
   if not 0 <= m.head_dropout < 1:
     errors.fail("model.head_dropout", m.head_dropout, "must be in [0, 1)")
   check_batchnorm(config)
+  if d.eval_crop_size and d.eval_crop_size != d.crop_size and not f.any_crop:
+    errors.fail("data.eval_crop_size", d.eval_crop_size, f"model.name={m.name!r} evaluates "
+                "clips of its training crop only: leave it at 0")
   f.check(config)  # first: its message names the fix for the family (e.g. (1, p, p) patches)
   if f.tubelets:
     if len(m.patch_size) != 3:

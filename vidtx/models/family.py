@@ -81,6 +81,9 @@ class Family:
   attentions: tuple[str, ...] = ()
   # Whether it cuts clips into model.patch_size tubelets, which must then tile the clip.
   tubelets: bool = False
+  # Whether it takes clips of any size (convolutions and a global pool, no position tables), so
+  # that evaluation may crop larger than training does (config.data.eval_crop_size).
+  any_crop: bool = False
   # (model_config) -> whether the model outputs logits (False: pre-training only); and, for the
   # messages of the tools that need logits, how a config of the family gets them.
   classifies: Callable[[ml_collections.ConfigDict], bool] = _always
@@ -93,8 +96,9 @@ class Family:
   # vidtx.weights.Source's this family converts PyTorch checkpoints from (convert_weights).
   converters: tuple = ()
   # (model_config, side, num_classes, clip_style, rngs) -> the one-frame image model that
-  # init_from inflates into this family's (convert_weights writes an HF image ViT or CLIP tower
-  # as one; see vidtx.weights.image and vidtx.weights.inflate); None: no image starts.
+  # init_from inflates into this family's (convert_weights writes an HF image ViT or CLIP tower,
+  # or a 2-D ResNet, as one; see vidtx.weights.image and vidtx.weights.inflate); None: no image
+  # starts. A ViT's takes side x side patches; a CNN's ignores side and clip_style.
   image_model: Callable | None = None
   # init_from's name rules: (parameter name) -> the checkpoint names that may initialise it, in
   # order of preference; and (parameter name, checkpoint names) -> whether it starts at zero

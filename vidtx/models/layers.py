@@ -589,13 +589,36 @@ class Conv3d(nnx.Module):
     return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
+def max_pool3d(x, window, stride, padding):
+  """PyTorch's MaxPool3d of x [B, T, H, W, C]: `padding` (t, h, w) on both sides counts as
+  -inf, so a padded window takes the maximum of its real values."""
+  pads = ((0, 0), *((p, p) for p in padding), (0, 0))
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1), pads)
+
+
+_force_depthwise_conv = False  # set by depthwise_convolutions()
+
+
+@contextlib.contextmanager
+def depthwise_convolutions():
+  """`depthwise_conv3d`s traced inside are convolutions on every machine. For MAC counts that
+  find the convolutions in the traced program (vidtx.tools.flops.count). A function
+  jit traced before keeps its cached trace: trace a new one inside."""
+  global _force_depthwise_conv
+  _force_depthwise_conv = True
+  try:
+    yield
+  finally:
+    _force_depthwise_conv = False
+
+
 def depthwise_conv3d(x, kernel, stride, padding):
   """PyTorch's Conv3d with groups = channels on x [B, T, H, W, C], kernel [kT, kH, kW, 1, C],
   zero `padding` on both sides of T, H and W. On XLA:CPU, whose grouped convolutions run ~10x
   slower than a plain sum, it is the sum over the kernel's taps of shifted, strided slices
-  times per-channel weights (one fusion; measured in conv_and_mvit.md); elsewhere the
-  convolution."""
-  if jax.default_backend() != "cpu":
+  times per-channel weights (one fusion; measured in conv_and_mvit.md); elsewhere (and inside
+  `depthwise_convolutions()`) the convolution."""
+  if jax.default_backend() != "cpu" or _force_depthwise_conv:
     return jax.lax.conv_general_dilated(
         x, kernel, tuple(stride), tuple((p, p) for p in padding),
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=x.shape[-1])

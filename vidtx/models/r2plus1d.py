@@ -213,6 +213,7 @@ FAMILY = Family(
     build=build,
     sizes=SIZES,
     reads=("size", "head_dropout", "dtype"),
+    any_crop=True,
     section=section,
     check=_check,
     converters=(torchvision_video.RESNET,),

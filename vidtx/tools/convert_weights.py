@@ -8,7 +8,8 @@ then train or evaluate with --config.init_from=<directory>.
 The config's model family (`vidtx.models.family`) lists the checkpoint layouts it converts
 from (`Family.converters`, `vidtx.weights`: VideoMAE and MAR for vit and mae, TimeSformer,
 ViViT, VTN, CLIP for ILA's tower, Swin for TPS, torchvision's video models for r2plus1d and
-s3d, torchvision and PySlowFast MViT for mvit); the layout is detected from the keys. The
+s3d, torchvision and PySlowFast MViT for mvit, pytorchvideo's Slow and I3D for resnet3d); the
+layout is detected from the keys. The
 checkpoint is converted into the config's model (built abstractly: ViT-H costs no memory here)
 and must fit it exactly: every key used, every parameter and BatchNorm statistic filled. To
 fine-tune from a pre-training checkpoint, convert it with the pre-training config (the same
@@ -26,6 +27,10 @@ becomes a one-frame ViT of the config's width, depth, heads and patch size; a vi
 init_from then inflates it (vidtx.weights.inflate: kernels over the tubelet's frames, position
 embeddings resized and tiled over time, a temporal attention from the spatial one; for VTN the
 ViT is the per-frame backbone).
+A torchvision or timm ResNet-50 state dict becomes resnet3d's one-frame 2-D ResNet (the config's
+widths and blocks, every temporal kernel 1), whose kernels init_from inflates over each conv's
+frames ("central": every frame passes the 2-D network alone, so a still clip gives the image's
+logits).
 
 An HF directory's config.json is read too (`vidtx.weights.settings`): a setting the model
 computes differently (an activation, a norm's epsilon, the pooling) is refused by name, or

@@ -4,7 +4,7 @@
       [--config=configs/x.py ...]   # default: the config.json the run wrote
 
 The exported function takes uint8 RGB clips [batch, T, S, S, 3], sampled and cropped as the
-evaluation does (config.data: num_frames frames, crop_size pixels), for any batch size, and
+evaluation does (config.data: num_frames frames, the eval crop's pixels), for any batch size, and
 returns float32 logits [batch, classes]; the normalisation happens inside. DIR gets:
 - `model.stablehlo`: `jax.export` serialization with the weights inside. Load it with
   `jax.export.deserialize(open(path, "rb").read()).call(frames)`; no vidtx needed.
@@ -25,7 +25,7 @@ from absl import flags, logging
 from flax import nnx
 
 from vidtx import builder, cli, configuration, errors, models, predict
-from vidtx.data import on_device, records
+from vidtx.data import clips, on_device, records
 from vidtx.models import masking
 
 FORMATS = ("stablehlo", "saved_model")
@@ -55,8 +55,8 @@ def check_classifies(config: ml_collections.ConfigDict) -> None:
 
 
 def input_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
-  d = config.data
-  return (d.num_frames, d.crop_size, d.crop_size, 3)
+  size = clips.eval_crop_size(config.data)
+  return (config.data.num_frames, size, size, 3)
 
 
 def export_stablehlo(model, config) -> jax.export.Exported:
@@ -116,7 +116,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, output: str,
   d = config.data
   info = {"step": step, "model": config.model.name, "input": {
       "frames_uint8_rgb": [None, *input_shape(config)], "num_frames": d.num_frames,
-      "frame_stride": d.frame_stride, "short_side": d.min_resize, "crop_size": d.crop_size,
+      "frame_stride": d.frame_stride, "short_side": d.eval_resize or d.min_resize,
+      "crop_size": clips.eval_crop_size(d),
       "mean": list(d.mean), "std": list(d.std)},
       "num_classes": d.num_classes, "labels": labels_of(config, workdir)}
   with open(os.path.join(output, "export.json"), "w") as f:

@@ -9,11 +9,16 @@ is read, `vidtx.weights.settings`):
 - `vtn`: the PySlowFast VTN checkpoint, and an HF LongformerModel into VTN's temporal encoder;
 - `clip`: an HF CLIP vision tower (into ILA's `clip/`); `swin`: an HF image Swin into TPS,
   inflated;
-- `image`: an HF image ViT or CLIP tower into a one-frame ViT, which init_from inflates;
+- `image`: an HF image ViT or CLIP tower into a one-frame ViT, and a torchvision / timm
+  ResNet-50 into resnet3d's one-frame ResNet, which init_from inflates;
 - `torchvision_video`: torchvision's VideoResNet (R(2+1)D, R3D, MC3) and S3D, BatchNorm
   statistics included (the r2plus1d and s3d families);
 - `mvit`: torchvision's MViT (mvit_v1_b, mvit_v2_s) and PySlowFast's MViT / MViTv2 `.pyth`
-  files (the mvit family).
+  files (the mvit family);
+- `pytorchvideo`: pytorchvideo's ResNets (Slow, I3D; their model-zoo `.pyth` files too),
+  BatchNorm statistics included (the resnet3d family).
+- `x3d`: pytorchvideo's X3D (its hub's `.pyth` files) and PySlowFast's X3D `.pyth` files,
+  BatchNorm statistics included (the x3d family).
 Each model family lists the sources it converts from in its record (`Family.converters`);
 `vidtx.tools.convert_weights` picks among them. `files` reads checkpoint files and an HF
 directory's config.json; `inflate` holds the image -> video rules, which init_from uses too.
