@@ -25,3 +25,18 @@ def randomise(model, seed: int = 0):
         else:
           p.copy_(0.2 * noise)
   return model.eval()
+
+
+def randomise_batchnorm(model, seed: int = 0):
+  """`model` with random BatchNorm scales (around 1), running means and positive running
+  variances (their biases are `randomise`'s), so that a statistic read into the wrong place, or
+  not read, shows."""
+  generator = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        c = m.num_features
+        m.weight.copy_(1 + 0.2 * torch.randn(c, generator=generator))
+        m.running_mean.copy_(0.2 * torch.randn(c, generator=generator))
+        m.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+  return model

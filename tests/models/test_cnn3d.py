@@ -149,7 +149,7 @@ def test_masks_are_refused():
     ({"model.patch_size": (2, 8, 8)}, "model.patch_size", "does not read it"),
     ({"model.masking": "tube", "model.mask_ratio": 0.5}, "model.masking", "sees every token"),
     ({"model.cnn3d.stage_widths": (16, 0, 64)}, "model.cnn3d.stage_widths",
-     "positive ints per stage"),
+     "positive ints, one per stage"),
     ({"model.cnn3d.stage_blocks": (1, 1)}, "model.cnn3d.stage_blocks",
      r"one entry per stage: the widths are \(16, 32, 64\) and the blocks per stage \(1, 1\)"),
     ({"model.cnn3d.stem_kernel": (7, 7)}, "model.cnn3d.stem_kernel", r"give \(t, h, w\)"),

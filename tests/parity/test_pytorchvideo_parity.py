@@ -25,30 +25,16 @@ nn = torch.nn
 
 from vidtx import checkpoint, configuration, models, weights  # noqa: E402
 from vidtx.tools import convert_weights  # noqa: E402
-from torch_params import randomise  # noqa: E402
+from torch_params import randomise, randomise_batchnorm  # noqa: E402
 
 BATCH, CLASSES = 2, 5
 
 
 # --- Shared helpers -----------------------------------------------------------------------------
 
-def perturb(model, seed):
-  """Random BatchNorm scales (around 1), running means and positive running variances (the
-  biases are randomise's), so that a statistic read into the wrong place, or not read, shows."""
-  g = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        c = m.num_features
-        m.weight.copy_(1 + 0.2 * torch.randn(c, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-  return model
-
-
 def reference(model, seed=0):
   """`model` (a torch module) with random weights and BatchNorm statistics, in eval mode."""
-  return perturb(randomise(model, seed), seed)
+  return randomise_batchnorm(randomise(model, seed), seed)
 
 
 def config(family, size, frames, crop, num_classes=CLASSES, **fields):

@@ -32,23 +32,10 @@ nn = torch.nn
 
 from vidtx import configuration, models, weights  # noqa: E402
 from vidtx.tools import convert_weights  # noqa: E402
-from torch_params import randomise  # noqa: E402
+from torch_params import randomise, randomise_batchnorm  # noqa: E402
 
 BATCH, CLASSES = 2, 5
 
-
-def perturb(model, seed):
-  """Random BatchNorm scales (around 1), biases, running means and positive running variances,
-  so that a statistic read into the wrong place, or not read, shows."""
-  g = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, nn.BatchNorm3d):
-        c = m.num_features
-        m.weight.copy_(1 + 0.2 * torch.randn(c, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-  return model
 
 
 class SelfGating(nn.Module):
@@ -110,7 +97,7 @@ def reference(name, seed=0):
   model = make(num_classes=CLASSES, **({"dropout": 0.0} if family == "s3d" else {}))
   if family == "s3d":  # its 2x7x7 pool, shrunk to the 2x2x2 map of these clips (as ours does)
     model.avgpool = nn.AvgPool3d((2, 2, 2), stride=1)
-  return perturb(randomise(model, seed), seed)
+  return randomise_batchnorm(randomise(model, seed), seed)
 
 
 def our_config(name):

@@ -34,7 +34,7 @@ nn = torch.nn
 
 from vidtx import configuration, models, weights  # noqa: E402
 from vidtx.tools import convert_weights  # noqa: E402
-from torch_params import randomise  # noqa: E402
+from torch_params import randomise, randomise_batchnorm  # noqa: E402
 
 BATCH, CLASSES, FRAMES, CROP = 2, 5, 4, 64
 
@@ -45,16 +45,7 @@ def reference(seed=0):
   model = pv_x3d.create_x3d(input_clip_length=FRAMES, input_crop_size=CROP,
                             model_num_class=CLASSES, dropout_rate=0.0,
                             head_activation=None)
-  randomise(model, seed)
-  g = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, nn.BatchNorm3d):
-        c = m.num_features
-        m.weight.copy_(1 + 0.2 * torch.randn(c, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-  return model.eval()
+  return randomise_batchnorm(randomise(model, seed), seed).eval()
 
 
 def our_config(**fields):

@@ -23,7 +23,7 @@ from flax import nnx
 
 from vidtx import errors
 from vidtx.models import layers
-from vidtx.models.family import Family
+from vidtx.models.family import Family, check_stages
 
 # config.model.size -> (stage widths, blocks per stage).
 SIZES = {
@@ -118,19 +118,10 @@ def _positive_ints(value) -> bool:
 
 def _check(config: ml_collections.ConfigDict) -> None:
   s = config.model.cnn3d
-  for field, example in (("stage_widths", "(16, 32, 64)"), ("stage_blocks", "(1, 1, 1)")):
-    if s[field] != () and not _positive_ints(s[field]):
-      errors.fail(f"model.cnn3d.{field}", s[field], f"give positive ints per stage, e.g. "
-                  f"{example}, or () for the size's")
+  check_stages(config, "cnn3d", None, lambda: size(config.model))
   for field in ("stem_kernel", "stem_stride"):
     if not _positive_ints(s[field]) or len(s[field]) != 3:
       errors.fail(f"model.cnn3d.{field}", s[field], "give (t, h, w) positive ints, e.g. (3, 7, 7)")
-  widths, blocks = size(config.model)
-  if len(widths) != len(blocks):
-    field = "stage_blocks" if s.stage_blocks else "stage_widths"
-    errors.fail(f"model.cnn3d.{field}", s[field], f"needs one entry per stage: the widths are "
-                f"{widths} and the blocks per stage {blocks}; set both model.cnn3d.stage_widths "
-                "and model.cnn3d.stage_blocks")
 
 
 FAMILY = Family(

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 
 import ml_collections
 
+from vidtx import errors
+
 # The fields of config.model that the shared machinery reads (sizes, attention, masking,
 # precision, ...), each documented in `vidtx.configuration.base`. A family lists those it reads
 # in `Family.reads`; the others must keep their defaults, so a field that would be silently
@@ -48,6 +50,28 @@ def encoder_block_layer(names: tuple[str, ...], depth: int) -> int:
     if len(names) > 1 and names[1] != "blocks":
       return 0
   return depth + 1
+
+
+def check_stages(config: ml_collections.ConfigDict, name: str, max_stages: int | None,
+                 stages: Callable[[], tuple]) -> None:
+  """The checks of a convolutional family's stage overrides, config.model.<name>.stage_widths and
+  stage_blocks: () or positive ints, one per stage (at most `max_stages`; None: any number);
+  then `stages()`, the (widths, blocks per stage) they give, must have as many widths as
+  blocks. Raises errors.ConfigError naming the field."""
+  s = config.model[name]
+  at_most = f" (at most {max_stages})" if max_stages else ""
+  for field, example in (("stage_widths", (16, 32, 64, 128)), ("stage_blocks", (1, 1, 1, 1))):
+    value = s[field]
+    if value != () and not (isinstance(value, (tuple, list)) and 0 < len(value) <= (
+        max_stages or len(value)) and all(isinstance(v, int) and v >= 1 for v in value)):
+      errors.fail(f"model.{name}.{field}", value, f"give positive ints, one per stage{at_most}, "
+                  f"e.g. {example[:max_stages]}, or () for the size's")
+  widths, blocks = stages()
+  if len(widths) != len(blocks):
+    field = "stage_blocks" if s.stage_blocks else "stage_widths"
+    errors.fail(f"model.{name}.{field}", s[field], f"needs one entry per stage: the widths are "
+                f"{widths} and the blocks per stage {blocks}; set both model.{name}.stage_widths "
+                f"and model.{name}.stage_blocks")
 
 
 def _logits(model, video):

@@ -32,9 +32,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from vidtx import errors
 from vidtx.models import layers
-from vidtx.models.family import Family
+from vidtx.models.family import Family, check_stages
 from vidtx.weights import torchvision_video
 
 KINDS = ("3d", "2d", "2plus1d")
@@ -192,20 +191,7 @@ def section() -> ml_collections.ConfigDict:
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
-  s = config.model.r2plus1d
-  kinds = SIZES[config.model.size][0]
-  for field, example in (("stage_widths", "(16, 32, 64, 128)"), ("stage_blocks", "(1, 1, 1, 1)")):
-    value = s[field]
-    if value != () and not (isinstance(value, (tuple, list)) and 0 < len(value) <= len(kinds)
-                            and all(isinstance(v, int) and v >= 1 for v in value)):
-      errors.fail(f"model.r2plus1d.{field}", value, f"give positive ints, one per stage (at "
-                  f"most {len(kinds)}), e.g. {example}, or () for the size's")
-  _, widths, blocks, _ = size(config.model)
-  if len(widths) != len(blocks):
-    field = "stage_blocks" if s.stage_blocks else "stage_widths"
-    errors.fail(f"model.r2plus1d.{field}", s[field], f"needs one entry per stage: the widths are "
-                f"{widths} and the blocks per stage {blocks}; set both model.r2plus1d.stage_widths "
-                "and model.r2plus1d.stage_blocks")
+  check_stages(config, "r2plus1d", len(WIDTHS), lambda: size(config.model)[1:3])
 
 
 FAMILY = Family(

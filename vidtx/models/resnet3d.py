@@ -42,7 +42,7 @@ from flax import nnx
 
 from vidtx import errors
 from vidtx.models import layers
-from vidtx.models.family import Family
+from vidtx.models.family import Family, check_stages
 from vidtx.weights import pytorchvideo
 
 # Inner (bottleneck) channels of res2-res5; a block's output has EXPANSION times as many.
@@ -219,20 +219,9 @@ def section() -> ml_collections.ConfigDict:
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
-  s = config.model.resnet3d
-  stages = len(SIZES[config.model.size].blocks)
-  for field, example in (("stage_widths", "(16, 32, 64, 128)"), ("stage_blocks", "(1, 1, 1, 1)")):
-    value = s[field]
-    if value != () and not (isinstance(value, (tuple, list)) and 0 < len(value) <= stages
-                            and all(isinstance(v, int) and v >= 1 for v in value)):
-      errors.fail(f"model.resnet3d.{field}", value, f"give positive ints, one per stage (at "
-                  f"most {stages}), e.g. {example}, or () for the size's")
-  sized, widths = size(config.model)
-  if len(widths) != len(sized.blocks):
-    field = "stage_blocks" if s.stage_blocks else "stage_widths"
-    errors.fail(f"model.resnet3d.{field}", s[field], f"needs one entry per stage: the widths "
-                f"are {widths} and the blocks per stage {sized.blocks}; set both "
-                "model.resnet3d.stage_widths and model.resnet3d.stage_blocks")
+  check_stages(config, "resnet3d", len(WIDTHS),
+               lambda: (size(config.model)[1], size(config.model)[0].blocks))
+  sized, _ = size(config.model)
   if sized.time_pool and config.data.num_frames < 2:
     errors.fail("data.num_frames", config.data.num_frames, f"model.size={config.model.size!r} "
                 "halves the frames after its first stage: give 2 or more")

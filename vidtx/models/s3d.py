@@ -72,13 +72,6 @@ POOL = (2, 7, 7)
 EPS, NORM_MOMENTUM = 1e-3, 0.001
 
 
-def max_pool(x, window, stride, padding):
-  """PyTorch's MaxPool3d (padding with -inf) of x [B, T, H, W, C]."""
-  pads = ((0, 0), *((p, p) for p in padding), (0, 0))
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1),
-                               (1, *stride, 1), pads)
-
-
 def feature_grid(frames: int, side: int) -> tuple[int, int, int]:
   """(T, H, W) of the map the mixed 5 blocks see, for clips of `frames` x `side` x `side`."""
   def out(n, k, s, p):
@@ -140,7 +133,7 @@ class Mixed(nnx.Module):
         self.branch0(x, train),
         self.branch1[1](self.branch1[0](x, train), train),
         self.branch2[1](self.branch2[0](x, train), train),
-        self.branch3(max_pool(x, (3, 3, 3), (1, 1, 1), (1, 1, 1)), train),
+        self.branch3(layers.max_pool3d(x, (3, 3, 3), (1, 1, 1), (1, 1, 1)), train),
     ]
     if self.gates is not None:
       branches = [gate(y) for gate, y in zip(self.gates, branches)]
@@ -189,17 +182,17 @@ class S3D(nnx.Module):
     if keep is not None:
       raise ValueError("s3d sees every pixel: set config.model.masking='none'")
     x = self.conv1(video, train)
-    x = max_pool(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+    x = layers.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
     x = self.conv2c(self.conv2b(x, train), train)
     if self.gate2c is not None:
       x = self.gate2c(x)
-    x = max_pool(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+    x = layers.max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
     for i, block in enumerate(self.blocks):
       x = block(x, train)
       if i == self.pool_after[0]:
-        x = max_pool(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
+        x = layers.max_pool3d(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
       elif i == self.pool_after[1]:
-        x = max_pool(x, (2, 2, 2), (2, 2, 2), (0, 0, 0))
+        x = layers.max_pool3d(x, (2, 2, 2), (2, 2, 2), (0, 0, 0))
     return self.head(x, train, key), {}
 
   def head(self, x, train: bool = False, key=None):

@@ -53,7 +53,7 @@ from flax import nnx
 
 from vidtx import errors
 from vidtx.models import layers, resnet3d
-from vidtx.models.family import Family
+from vidtx.models.family import Family, check_stages
 from vidtx.weights import pytorchvideo
 
 BETA_INV = 8  # the Fast pathway's widths are the Slow pathway's / 8
@@ -226,22 +226,12 @@ def section() -> ml_collections.ConfigDict:
 
 def _check(config: ml_collections.ConfigDict) -> None:
   s = config.model.slowfast
-  stages = len(SIZES[config.model.size].blocks)
-  for field, example in (("stage_widths", "(16, 32, 64, 128)"), ("stage_blocks", "(1, 1, 1, 1)")):
-    value = s[field]
-    if value != () and not (isinstance(value, (tuple, list)) and 0 < len(value) <= stages
-                            and all(isinstance(v, int) and v >= 1 for v in value)):
-      errors.fail(f"model.slowfast.{field}", value, f"give positive ints, one per stage (at "
-                  f"most {stages}), e.g. {example}, or () for the size's")
+  check_stages(config, "slowfast", len(resnet3d.WIDTHS),
+               lambda: (size(config.model)[1], size(config.model)[0].blocks))
   sized, widths = size(config.model)
   if any(w % BETA_INV for w in widths):
     errors.fail("model.slowfast.stage_widths", s.stage_widths, f"give multiples of {BETA_INV}: "
                 f"the Fast pathway's widths are an eighth of them")
-  if len(widths) != len(sized.blocks):
-    field = "stage_blocks" if s.stage_blocks else "stage_widths"
-    errors.fail(f"model.slowfast.{field}", s[field], f"needs one entry per stage: the widths "
-                f"are {widths} and the blocks per stage {sized.blocks}; set both "
-                "model.slowfast.stage_widths and model.slowfast.stage_blocks")
   frames = config.data.num_frames
   if frames % sized.alpha or frames < sized.alpha:
     errors.fail("data.num_frames", frames, f"model.size={config.model.size!r} gives the Slow "

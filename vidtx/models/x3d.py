@@ -51,7 +51,7 @@ from flax import nnx
 
 from vidtx import errors
 from vidtx.models import layers
-from vidtx.models.family import Family
+from vidtx.models.family import Family, check_stages
 from vidtx.weights import x3d as x3d_weights
 
 WIDTHS = (24, 48, 96, 192)
@@ -260,18 +260,7 @@ def section() -> ml_collections.ConfigDict:
 
 def _check(config: ml_collections.ConfigDict) -> None:
   s = config.model.x3d
-  for field, example in (("stage_widths", "(8, 16, 32, 64)"), ("stage_blocks", "(1, 1, 1, 1)")):
-    value = s[field]
-    if value != () and not (isinstance(value, (tuple, list)) and 0 < len(value) <= 4
-                            and all(isinstance(v, int) and v >= 1 for v in value)):
-      errors.fail(f"model.x3d.{field}", value, f"give positive ints, one per stage (at most 4), "
-                  f"e.g. {example}, or () for the size's")
-  widths, blocks, _ = size(config.model)
-  if len(widths) != len(blocks):
-    field = "stage_blocks" if s.stage_blocks else "stage_widths"
-    errors.fail(f"model.x3d.{field}", s[field], f"needs one entry per stage: the widths are "
-                f"{widths} and the blocks per stage {blocks}; set both model.x3d.stage_widths "
-                "and model.x3d.stage_blocks")
+  check_stages(config, "x3d", len(WIDTHS), lambda: size(config.model)[:2])
   if not (isinstance(s.head_width, int) and s.head_width >= 1):
     errors.fail("model.x3d.head_width", s.head_width, "give a positive int (X3D: 2048)")
   if not isinstance(s.zero_init_residual, bool):
