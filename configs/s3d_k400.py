@@ -14,7 +14,7 @@ Clips (Xie et al., 2018): 64 frames 2 apart (15 fps from 30, as torchvision's re
 crops after PySlowFast's short-side jitter 256-320, flips. Test: 3 clips x 1 centre crop at
 short side 256, averaged: together they span the 10-second video, which the paper tests whole
 (fully convolutional over 250 frames).
-Recipe (PySlowFast configs/Kinetics/SLOW_8x8_R50.yaml and its kin): SGD momentum 0.9
+Recipe (configs/slow_k400.py's kinetics_recipe, PySlowFast's SLOW_8x8_R50.yaml): SGD momentum 0.9
 (Nesterov, PySlowFast's default), lr 0.1 per 64 clips, cosine over 196 epochs after 34 linear
 warm-up epochs from 0.01, weight decay 1e-4 (none on BatchNorm's scales and biases: vidtx.optim
 decays matrices and kernels only; the gates' Linears decay), dropout 0.5 before the classifier.
@@ -23,7 +23,11 @@ BatchNorm as PySlowFast's: statistics over groups of 8 clips (one GPU's, BN.NUM_
 and precise BN over 200 training batches before each evaluation.
 """
 
+import os
+
 from vidtx import configuration
+
+SLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_k400.py")
 
 VARIANTS = ("s3d", "s3d_g", "cpu")
 
@@ -34,30 +38,14 @@ def get_config(arg=None):
     raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
   c = configuration.base()
   c.model.name = "s3d"
-  c.model.head_dropout = 0.5
-  c.optim.name, c.optim.momentum, c.optim.nesterov = "sgd", 0.9, True
-  c.optim.weight_decay = 1e-4
+  configuration.load_module(SLOW).kinetics_recipe(c, arg == "cpu", frames=64, stride=2)
   if arg == "cpu":
-    configuration.cpu_scale(c)
     c.model.size = "small"
     c.model.bn.momentum = 0.01  # running averages over ~100 of the 1000 steps
-    c.total_steps = 1000
-    c.optim.lr, c.optim.warmup_steps, c.optim.warmup_init_lr = 0.05, 50, 0.005
     return c
   c.model.size = "s3d"
   c.model.s3d.gating = arg == "s3d_g"
-  configuration.use_dataset(c, "kinetics400")
-  c.data.num_frames, c.data.frame_stride = 64, 2
-  c.data.min_resize, c.data.max_resize, c.data.crop_size = 256, 320, 224
-  c.data.eval_clips, c.data.eval_crops, c.data.eval_resize = 3, 1, 256
-  c.batch_size = 64
-  c.model.bn.group_size, c.model.bn.precise_batches = 8, 200
+  # 3 clips x 1 centre crop of 224 span the 10-second video (the paper tests it whole).
+  c.data.eval_clips, c.data.eval_crops, c.data.eval_crop_size = 3, 1, 0
   c.eval_batch_size = 32  # videos, each with 3 views
-  steps_per_epoch = configuration.EPOCH_SIZES["kinetics400"] // c.batch_size
-  c.total_steps = 196 * steps_per_epoch
-  c.optim.lr, c.optim.warmup_init_lr = 0.1, 0.01
-  c.optim.warmup_steps = 34 * steps_per_epoch
-  c.log_every_steps = 100
-  c.eval_every_steps = 10 * steps_per_epoch
-  c.checkpoint_every_steps = steps_per_epoch
   return c
