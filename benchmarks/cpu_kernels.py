@@ -31,19 +31,18 @@ from ml_collections import config_flags
 from vidtx.models import layers, masking, vit
 
 
-def median_ms(first, second, rounds: int, calls: int = 5) -> tuple[float, float]:
-  """Median ms of a call of `first` and of `second`, timed in alternating rounds of `calls`
-  calls each."""
-  times = ([], [])
-  for fn in (first, second):
+def median_ms(*fns, rounds: int, calls: int = 5) -> tuple[float, ...]:
+  """Median ms of a call of each of `fns`, timed in alternating rounds of `calls` calls each."""
+  times = [[] for _ in fns]
+  for fn in fns:
     fn()
   for _ in range(rounds):
-    for fn, out in ((first, times[0]), (second, times[1])):
+    for fn, out in zip(fns, times):
       for _ in range(calls):
         start = time.perf_counter()
         fn()
         out.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times[0])), 1000 * float(np.median(times[1]))
+  return tuple(1000 * float(np.median(t)) for t in times)
 
 
 def cases(config):
@@ -102,7 +101,7 @@ def main(argv):
     jax_args = [jnp.asarray(a) for a in arrays]
     torch_args = [torch.from_numpy(a) for a in arrays]
     ms = median_ms(lambda: jax.block_until_ready(jitted(*jax_args)),
-                   lambda: torch_fn(*torch_args), flags.FLAGS.rounds)
+                   lambda: torch_fn(*torch_args), rounds=flags.FLAGS.rounds)
     if counted:
       totals += ms
     print(f"| {name} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[0] / ms[1]:.2f} |")

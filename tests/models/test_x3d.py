@@ -110,7 +110,7 @@ def test_depthwise_convolutions_give_the_shifted_sums_logits():
     return np.asarray(x)
 
   shifted = features()
-  with layers.depthwise_convolutions():
+  with layers.convolutions():
     convolved = features()
   scale = np.abs(shifted).max()
   assert shifted.shape == (2, 4, 4, 4, 16) and scale > 0.1

@@ -16,6 +16,7 @@ before or after the block's attention. A new factorisation is a new rule and one
 
 import contextlib
 import dataclasses
+import functools
 import math
 import re
 from typing import Callable
@@ -583,10 +584,38 @@ class Conv3d(nnx.Module):
     self.bias = param(rngs, zeros, (c_out,), axes[1:]) if use_bias else None
 
   def __call__(self, x):
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.padding,
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=self.groups)
+    x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+    if self.groups == 1 and jax.default_backend() == "cpu" and not _force_conv:
+      y = conv3d_as_matmul(x, kernel, self.stride, self.padding)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, self.stride, self.padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+          feature_group_count=self.groups)
     return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+def _shifted_slices(x, kernel_size, stride, padding):
+  """For each tap of a kernel of `kernel_size` (t, h, w), the input [B, T, H, W, C] it meets at
+  every output position: a strided slice of x padded by `padding` ((lo, hi) per axis)."""
+  b, *size, c = x.shape
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out = [(n + lo + hi - k) // s + 1 for n, k, (lo, hi), s in zip(size, kernel_size, padding, stride)]
+  for tap in np.ndindex(*kernel_size):
+    end = [t + (o - 1) * s + 1 for t, o, s in zip(tap, out, stride)]
+    yield jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1))
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def conv3d_as_matmul(x, kernel, stride, padding):
+  """conv_general_dilated(x, kernel) of Conv3d as one matrix product: the kernel's taps of x
+  (shifted, strided slices) side by side on the channels, times the kernel as a [taps x C_in,
+  C_out] matrix. XLA:CPU computes a strided convolution's input gradient 10-100x slower than
+  this (a dilated convolution) and a dense one's 1.3-1.4x (BENCHMARKS.md, "Video CNN training
+  steps"); here the backward pass is two matrix products and slices' transposes. Checkpointed:
+  the backward pass rebuilds the taps instead of keeping a copy of x per tap."""
+  taps = list(_shifted_slices(x, kernel.shape[:3], stride, padding))
+  columns = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return columns @ kernel.reshape(-1, kernel.shape[-1])
 
 
 def max_pool3d(x, window, stride, padding):
@@ -596,20 +625,21 @@ def max_pool3d(x, window, stride, padding):
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1), pads)
 
 
-_force_depthwise_conv = False  # set by depthwise_convolutions()
+_force_conv = False  # set by convolutions()
 
 
 @contextlib.contextmanager
-def depthwise_convolutions():
-  """`depthwise_conv3d`s traced inside are convolutions on every machine. For MAC counts that
-  find the convolutions in the traced program (vidtx.tools.flops.count). A function
-  jit traced before keeps its cached trace: trace a new one inside."""
-  global _force_depthwise_conv
-  _force_depthwise_conv = True
+def convolutions():
+  """Conv3d's and `depthwise_conv3d`'s traced inside are convolutions on every machine, not
+  their XLA:CPU formulations. For MAC counts that find the convolutions in the traced program
+  (vidtx.tools.flops.count). A function jit traced before keeps its cached trace: trace a new
+  one inside."""
+  global _force_conv
+  _force_conv = True
   try:
     yield
   finally:
-    _force_depthwise_conv = False
+    _force_conv = False
 
 
 def depthwise_conv3d(x, kernel, stride, padding):
@@ -617,8 +647,8 @@ def depthwise_conv3d(x, kernel, stride, padding):
   zero `padding` on both sides of T, H and W. On XLA:CPU, whose grouped convolutions run ~10x
   slower than a plain sum, it is the sum over the kernel's taps of shifted, strided slices
   times per-channel weights (one fusion; measured in conv_and_mvit.md); elsewhere (and inside
-  `depthwise_convolutions()`) the convolution."""
-  if jax.default_backend() != "cpu" or _force_depthwise_conv:
+  `convolutions()`) the convolution."""
+  if jax.default_backend() != "cpu" or _force_conv:
     return jax.lax.conv_general_dilated(
         x, kernel, tuple(stride), tuple((p, p) for p in padding),
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=x.shape[-1])

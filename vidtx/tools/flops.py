@@ -39,8 +39,8 @@ def count(config: ml_collections.ConfigDict) -> dict[str, float]:
     keep = masking.for_config(config.model, config.data, key, 1)
     return nnx.merge(graphdef, state)(video, keep=keep)
 
-  # Depth-wise convolutions traced as convolutions (on CPUs they run as shifted sums).
-  with layers.xla_attention(), layers.depthwise_convolutions():
+  # Convolutions traced as convolutions (on CPUs they run as matrix products and shifted sums).
+  with layers.xla_attention(), layers.convolutions():
     jaxpr = jax.make_jaxpr(forward)(state, video).jaxpr
   return {"params": layers.count_params(nnx.state(abstract, nnx.Param)),
           "gmacs": matmul_macs(jaxpr) / 1e9}
