@@ -13,7 +13,8 @@ I3D_8x8_R50_IN1K.yaml; --config.init_from_inflation: "average", the paper's, or 
 
 Variants: r50 (default; 28.0M parameters, 28.4 GMACs per 8x224 view), r101 (ResNet-101 depths,
 PySlowFast's I3D_8x8_R101.yaml); cpu: I3D's 5x7x7 stem, temporal kernels and time pool with one
-block per stage at a quarter of the widths, trained from scratch on the built-in data.
+block per stage at a quarter of the widths, trained from scratch on the built-in data as Slow's
+cpu variant (slow_k400.py's cpu_recipe: AdamW at 2e-3; final BatchNorm scales starting at 1).
 Clips, test views and recipe: configs/slow_k400.py's (8 frames 8 apart, 224^2 crops after
 short-side jitter 256-320; 10 clips x 3 crops at short side 256; SGD, lr 0.1 per 64 clips,
 cosine over 196 epochs after 34 warm-up epochs, dropout 0.5, zero-initialised final BatchNorms,

@@ -9,7 +9,9 @@ torchvision's Kinetics weights start a run too:
   then --config.init_from=<dir>.
 
 Variants: r2plus1d_18 (default), r2plus1d_34 (ResNet-34 depths), r3d_18, mc3_18; cpu: R(2+1)D-18's
-layers at a quarter of the widths (16-128 channels), trained from scratch on the built-in data.
+layers at a quarter of the widths (16-128 channels) with the stem striding 4 in space
+(model.r2plus1d.stem_stride; 8x8 maps in the first stage, as cnn3d's), trained from scratch on
+the built-in data with slow_k400.py's cpu_recipe (AdamW; BENCHMARKS.md: 1000 steps on one core).
 Clips (Tran et al., 2018; torchvision's recipe): 16 frames 2 apart (15 fps from 30), 112^2
 crops after short-side jitter 128-160 (PySlowFast's 256-320 before 224 crops, halved), flips.
 Test: 5 clips x 1 centre crop at short side 128, averaged (torchvision's video-level accuracy).
@@ -40,6 +42,7 @@ def get_config(arg=None):
   if arg == "cpu":
     c.model.size = "r2plus1d_18"
     c.model.r2plus1d.stage_widths = (16, 32, 64, 128)
+    c.model.r2plus1d.stem_stride = 4  # 8x8 maps in the first stage, as cnn3d's stem
     return c
   c.model.size = arg
   # Clips of 112^2 (torchvision's), not PySlowFast's 224^2.

@@ -17,7 +17,8 @@ Variants: r50_8x8 (default; alpha 4: 8 Slow frames; 34.6M parameters, 50.3 GMACs
 view, 65.7 at 256), r50_4x16 (alpha 8: 4 Slow frames; 34.5M, 27.6 / 36.1), r101_8x8
 (PySlowFast's R101_50_50; 53.8M, 81.5 / 106.5); cpu: SlowFast 8x8 with one block per stage at
 a quarter of the widths (Slow 16-128 inner channels, Fast 2-16), trained from scratch on the
-built-in data (8 frames: 2 Slow ones).
+built-in data (8 frames: 2 Slow ones) with slow_k400.py's cpu_recipe (AdamW at 2e-3) for 600
+steps, each block's last BatchNorm scale starting at 1 (as Slow's cpu variant).
 Clips: 32 frames 2 apart (the Fast pathway; Slow takes 32 / alpha of them), 224^2 crops after
 short-side jitter 256-320, flips. Test: 10 clips x 3 crops of 256 (PySlowFast's TEST_CROP_SIZE)
 from the short side 256.
@@ -50,6 +51,8 @@ def get_config(arg=None):
     c.model.size = "r50_8x8"
     c.model.slowfast.stage_widths = (16, 32, 64, 128)
     c.model.slowfast.stage_blocks = (1, 1, 1, 1)
+    c.model.slowfast.zero_init_final_norm = False  # see slow_k400.py's cpu variant
+    c.total_steps = 600
     return c
   c.model.size = arg
   # 30 views of 32 frames per video; a view costs up to twice a Slow 8x8 one (R101: 106

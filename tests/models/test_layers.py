@@ -145,3 +145,29 @@ def test_batch_norm_normalises_with_the_batch_in_training_and_moves_the_running_
   assert low.dtype == jnp.bfloat16 and norm.mean[...].dtype == jnp.float32
   with pytest.raises(ValueError, match="more than one value per channel"):
     norm(jnp.ones((1, 3)), train=True)
+
+
+def test_window_average_pools_every_window_at_stride_1_and_clips_the_window_to_the_map():
+  x = np.random.default_rng(0).standard_normal((2, 3, 5, 4, 6)).astype(np.float32)
+  got = np.asarray(layers.window_average(jnp.asarray(x), (2, 3, 3)))
+  assert got.shape == (2, 2, 3, 2, 6)
+  for t, h, w in np.ndindex(2, 3, 2):
+    np.testing.assert_allclose(got[:, t, h, w], x[:, t:t + 2, h:h + 3, w:w + 3].mean((1, 2, 3)),
+                               rtol=1e-6, atol=1e-6)
+  # A window larger than the map on an axis covers that axis whole.
+  got = np.asarray(layers.window_average(jnp.asarray(x), (8, 5, 3)))
+  assert got.shape == (2, 1, 1, 2, 6)
+  np.testing.assert_allclose(got[:, 0, 0, 1], x[:, :, :, 1:4].mean((1, 2, 3)), rtol=1e-6,
+                             atol=1e-6)
+  # At (or beyond) the map's size, and with no window, it is exactly the global average.
+  expected = np.asarray(jnp.asarray(x).mean(axis=(1, 2, 3), keepdims=True))
+  for window in ((3, 5, 4), (4, 7, 7), None):
+    np.testing.assert_array_equal(np.asarray(layers.window_average(jnp.asarray(x), window)),
+                                  expected)
+
+
+def test_head_window_is_the_final_map_of_the_training_clip():
+  # Each stride-2 step rounds up: 160 -> 5, 182 -> 6, 224 -> 7, 312 -> 10 at stride 32.
+  assert [layers.head_window(4, c, 32) for c in (160, 182, 224, 312)] == [
+      (4, 5, 5), (4, 6, 6), (4, 7, 7), (4, 10, 10)]
+  assert layers.head_window(8, 64, 16) == (8, 4, 4)

@@ -1,8 +1,10 @@
 """The video ResNets (vidtx.models.r2plus1d): torchvision's parameter and multiply-add counts
-at full size, the (2+1)D factorisation's parameter budget, and config errors. Logits against
-torchvision are in tests/parity/test_torchvision_video_parity.py; training in the family
+at full size, the (2+1)D factorisation's parameter budget, the stem's stride, and config
+errors. Logits against torchvision are in tests/parity/test_torchvision_video_parity.py; training in the family
 contract (tests/models/test_families.py)."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -52,6 +54,24 @@ def test_r2plus1d_34_adds_resnet_34s_blocks():
   assert count("r2plus1d_34") == count("r2plus1d_18") + extra
 
 
+@pytest.mark.parametrize("size", ["r2plus1d_18", "r3d_18"])
+def test_stem_stride_shrinks_the_first_stages_map_and_keeps_the_parameters(size):
+  """model.r2plus1d.stem_stride=4 (the :cpu variant's): a 32^2 clip reaches the first stage as
+  8x8 maps, every frame kept; the weights are the stride-2 model's."""
+  def build(stride):
+    c = config(size, **{"model.r2plus1d.stage_widths": (8, 16),
+                        "model.r2plus1d.stage_blocks": (1, 1),
+                        "model.r2plus1d.stem_stride": stride})
+    return models.build(c.model, c.data, nnx.Rngs(0))
+
+  coarse, fine = build(4), build(2)
+  video = jnp.ones((1, 4, 32, 32, 3))
+  assert coarse.stem(video, False).shape == (1, 4, 8, 8, 8)
+  assert fine.stem(video, False).shape == (1, 4, 16, 16, 8)
+  shapes = lambda m: jax.tree.map(jnp.shape, nnx.state(m, nnx.Param))
+  assert shapes(coarse) == shapes(fine)
+
+
 @pytest.mark.parametrize("c_in, c_out, mid", [(64, 64, 144), (64, 128, 230), (128, 128, 288),
                                               (256, 512, 921), (512, 512, 1152)])
 def test_mid_channels_keep_the_3d_convs_parameters(c_in, c_out, mid):
@@ -68,6 +88,7 @@ def test_mid_channels_keep_the_3d_convs_parameters(c_in, c_out, mid):
      r"model.r2plus1d.stage_widths=\(16, 32\): needs one entry per stage: the widths are "
      r"\(16, 32\) and the blocks per stage \(2, 2, 2, 2\)"),
     ({"model.size": "r2plus1d_50"}, r"model.size='r2plus1d_50': choose one of \['r2plus1d_18'"),
+    ({"model.r2plus1d.stem_stride": 0}, r"model.r2plus1d.stem_stride=0: give a positive int"),
 ])
 def test_config_errors_name_the_field(fields, message):
   with pytest.raises(errors.ConfigError, match=message):

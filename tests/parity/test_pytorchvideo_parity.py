@@ -114,7 +114,7 @@ def check_eval_and_train(c, torch_model, model, torch_video, video, name):
 
 # Our size -> the hub builder and its head's (T, H, W) pool at 8 frames of 64x64 (a final map of
 # 8x2x2, I3D's 4x2x2 after its time pool): the hub's (8, 7, 7) / (4, 7, 7) need 224^2, where
-# they cover the whole map as our global average does.
+# they cover the whole map, as our head's window (config.data's final map) does.
 RESNETS = {"slow_r50": (hub.slow_r50, (8, 2, 2)), "i3d_r50": (hub.i3d_r50, (4, 2, 2))}
 FRAMES, CROP = 8, 64
 
@@ -128,6 +128,46 @@ def test_resnet_logits_and_running_statistics_match_pytorchvideo(size, tmp_path)
   c = config("resnet3d", size, FRAMES, CROP)
   model = ours(c, torch_model, tmp_path)
   check_eval_and_train(c, torch_model, model, *clips(FRAMES, CROP), size)
+
+
+def eval_logits(model, video):
+  return np.asarray(nnx.jit(lambda m, v: m(v, train=False)[0])(model, video))
+
+
+def check_larger_crop(torch_model, model, frames, crop, name, make_global):
+  """Eval logits on clips of `crop`^2, larger than the training crop whose final map is the
+  references' head pool window: both average the window's positions (pytorchvideo: pool at
+  stride 1, project each position, average the logits). The reference after `make_global()`
+  (which sets its head to pool the whole map) gives other logits (a corner window's pixels
+  weigh less), which ours must not match."""
+  torch_video, video = clips(frames, crop, seed=3)
+  with torch.no_grad():
+    expected = torch_model(torch_video).numpy()
+  logits = eval_logits(model, video)
+  assert_close(f"{name} eval at {crop}^2", logits, expected)
+  make_global()
+  with torch.no_grad():
+    global_average = torch_model(torch_video).numpy()
+  print(f"{name} against a global average at {crop}^2: max |diff| = "
+        f"{np.abs(logits - global_average).max():.1e}")
+  assert np.abs(logits - global_average).max() > 10 * 1e-4 * max(np.abs(expected).max(), 1)
+
+
+def test_i3d_at_a_test_crop_larger_than_training_averages_windows_as_pytorchvideo(tmp_path):
+  """Trained at 8 frames of 64^2 (the head's window: the 4x2x2 map after I3D's time pool),
+  evaluated on 96^2 (a 4x3x3 map, 2x2 window positions). A narrow I3D (stem width 8): the head
+  is what differs from the test above."""
+  make, pool = RESNETS["i3d_r50"]
+  torch_model = make(pretrained=False, model_num_class=CLASSES, dropout_rate=0.0,
+                     stem_dim_out=8)
+  torch_model.blocks[-1].pool = nn.AvgPool3d(pool, stride=1)
+  torch_model = reference(torch_model, seed=3)
+  c = config("resnet3d", "i3d_r50", FRAMES, CROP, **{
+      "model.resnet3d.stage_widths": (8, 16, 32, 64)})
+  model = ours(c, torch_model, tmp_path)
+  assert model.head_window == pool
+  check_larger_crop(torch_model, model, FRAMES, 96, "i3d_r50", lambda: setattr(
+      torch_model.blocks[-1], "pool", nn.AdaptiveAvgPool3d(1)))
 
 
 # A residual block's modules, pytorchvideo's name -> PySlowFast's.
@@ -299,6 +339,21 @@ def test_slowfast_logits_and_running_statistics_match_pytorchvideo(size, tmp_pat
   c = config("slowfast", size, SF_FRAMES, SF_CROP)
   model = ours(c, torch_model, tmp_path)
   check_eval_and_train(c, torch_model, model, *clips(SF_FRAMES, SF_CROP), size)
+
+
+def test_slowfast_at_a_test_crop_larger_than_training_averages_windows_as_pytorchvideo(
+    tmp_path):
+  """Trained at 16 frames of 64^2 (the head's windows: Slow 4x2x2, Fast 16x2x2), evaluated on
+  96^2 (maps of 3x3: 2x2 window positions in each pathway). A narrow SlowFast (Slow widths
+  16-128, Fast 2-16): the head is what differs from the tests above."""
+  torch_model = slowfast_reference("r50_8x8", stem_dim_outs=(16, 2))
+  c = config("slowfast", "r50_8x8", SF_FRAMES, SF_CROP,
+             **{"model.slowfast.stage_widths": (16, 32, 64, 128)})
+  model = ours(c, torch_model, tmp_path)
+  assert model.head_windows == ((SF_FRAMES // 4, 2, 2), (SF_FRAMES, 2, 2))
+  pools = torch_model.net.blocks[5].pool  # one per pathway
+  check_larger_crop(torch_model, model, SF_FRAMES, 96, "slowfast r50_8x8", lambda: setattr(
+      torch_model.net.blocks[5], "pool", nn.ModuleList([nn.AdaptiveAvgPool3d(1)] * len(pools))))
 
 
 def test_slowfast_r101_checkpoints_fill_their_size_exactly():

@@ -4,11 +4,12 @@ The reference is `pytorchvideo.models.x3d.create_x3d` as its hub's x3d_xs calls 
 S and M are one network; X3D-L differs in depth alone, which tests/models/test_x3d.py checks
 by its parameter count), built for the test clips (4 frames of 64x64), so that its head's
 fixed pooling window covers the whole 4x2x2 map as ours does, and with `head_activation=None`:
-pytorchvideo's head ends in a softmax at evaluation, our model returns the logits before it. Each reference gets random weights and random BatchNorm statistics, is
-saved as a .pth and converted by vidtx.tools.convert_weights (every key used, every parameter
-and statistic filled); then on the same clips our model gives its logits in evaluation, and in
-training mode its logits (batch statistics) and the running averages PyTorch's train mode
-leaves. Dropout is off in both (the reference's dropout_rate=0).
+pytorchvideo's head ends in a softmax at evaluation, our model returns the logits before it.
+Each reference gets random weights and random BatchNorm statistics, is saved as a .pth and
+converted by vidtx.tools.convert_weights (every key used, every parameter and statistic
+filled); then on the same clips our model gives its logits in evaluation, and in training mode
+its logits (batch statistics) and the running averages PyTorch's train mode leaves. Dropout is
+off in both (the reference's dropout_rate=0).
 
 PySlowFast's .pyth layout (vidtx.weights.x3d.PYSLOWFAST) is checked on the same reference,
 its state dict renamed key by key to PySlowFast's names (`PYSLOWFAST_NAMES`, read off
@@ -185,3 +186,30 @@ def test_pyslowfast_layout_converts_into_the_model_with_every_shortcut_normalise
   with pytest.raises(ValueError, match=r"(?s)s2\.pathway0_res0\.branch1_bn.*"
                      r"model\.x3d\.shortcut_norm='always'"):
     weights.convert(state_dict, abstract_model(), converters)
+
+
+def test_x3d_at_a_test_crop_larger_than_training_pools_windows_as_pytorchvideo(tmp_path):
+  """Trained at 64^2 (the head's window: the 4x2x2 final map), evaluated on 96^2 (a 4x3x3 map,
+  2x2 window positions): the reference's head pools its training window at stride 1, runs its
+  1x1x1 conv and ReLU (lin_5) and the Linear at each position and averages the logits; so does
+  ours. The reference with a global average there instead gives logits far from these: the
+  ReLU after the pool does not commute with the average."""
+  torch_model = reference(seed=2)
+  projected_pool = torch_model.blocks[-1].pool
+  assert tuple(projected_pool.pool.kernel_size) == (FRAMES, 2, 2)
+  model = ours(torch_model, abstract_model(), tmp_path)
+  assert model.head.window == (FRAMES, 2, 2)
+  crop = 96
+  video = np.random.default_rng(2).standard_normal((BATCH, 3, FRAMES, crop, crop))
+  video = video.astype(np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(video)).numpy()
+  logits = np.asarray(nnx.jit(lambda m, v: m(v, train=False)[0])(
+      model, jnp.asarray(video.transpose(0, 2, 3, 4, 1))))
+  assert_close("eval at 96^2", logits, expected)
+  projected_pool.pool = nn.AdaptiveAvgPool3d(1)
+  with torch.no_grad():
+    global_average = torch_model(torch.from_numpy(video)).numpy()
+  print(f"against a global average at 96^2: max |diff| = "
+        f"{np.abs(logits - global_average).max():.1e}")
+  assert np.abs(logits - global_average).max() > 100 * 1e-4 * max(np.abs(expected).max(), 1)

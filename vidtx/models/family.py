@@ -105,8 +105,9 @@ class Family:
   attentions: tuple[str, ...] = ()
   # Whether it cuts clips into model.patch_size tubelets, which must then tile the clip.
   tubelets: bool = False
-  # Whether it takes clips of any size (convolutions and a global pool, no position tables), so
-  # that evaluation may crop larger than training does (config.data.eval_crop_size).
+  # Whether it takes clips of any size (convolutions and an average pool, no position tables), so
+  # that evaluation may crop larger than training does (config.data.eval_crop_size); its head
+  # may pool windows of the training clip's final map there (layers.window_average).
   any_crop: bool = False
   # (model_config) -> whether the model outputs logits (False: pre-training only); and, for the
   # messages of the tools that need logits, how a config of the family gets them.

@@ -599,7 +599,8 @@ def _shifted_slices(x, kernel_size, stride, padding):
   every output position: a strided slice of x padded by `padding` ((lo, hi) per axis)."""
   b, *size, c = x.shape
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  out = [(n + lo + hi - k) // s + 1 for n, k, (lo, hi), s in zip(size, kernel_size, padding, stride)]
+  out = [(n + lo + hi - k) // s + 1
+         for n, k, (lo, hi), s in zip(size, kernel_size, padding, stride)]
   for tap in np.ndindex(*kernel_size):
     end = [t + (o - 1) * s + 1 for t, o, s in zip(tap, out, stride)]
     yield jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1))
@@ -623,6 +624,30 @@ def max_pool3d(x, window, stride, padding):
   -inf, so a padded window takes the maximum of its real values."""
   pads = ((0, 0), *((p, p) for p in padding), (0, 0))
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1), pads)
+
+
+def head_window(frames: int, crop: int, stride: int) -> tuple[int, int, int]:
+  """(T, H, W) of a network's final map at its training clip (`frames` after any temporal
+  pooling; a `crop`^2 crop), its spatial `stride` made of stride-2 steps that each round up:
+  the window a head pools at larger eval crops (`window_average`)."""
+  side = -(-crop // stride)
+  return frames, side, side
+
+
+def window_average(x, window):
+  """The averages of x [B, T, H, W, C] over every (t, h, w) `window` at stride 1, no padding:
+  [B, T - t + 1, H - h + 1, W - w + 1, C], pytorchvideo's AvgPool3d(window, stride=1) head pool.
+  A convolutional head trained at one clip size pools the final map of that clip (one window)
+  and, on a larger crop, averages its outputs over the window positions, as pytorchvideo's
+  and PySlowFast's test-time heads do. The window is clipped to the map: a map no larger than it
+  (the training clip, or smaller; window None: always) gives one position, its plain mean."""
+  size = x.shape[1:4]
+  window = size if window is None else tuple(min(w, n) for w, n in zip(window, size))
+  if window == size:
+    return x.mean(axis=(1, 2, 3), keepdims=True)
+  total = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, *window, 1),
+                                (1,) * 5, "VALID")
+  return total / math.prod(window)
 
 
 _force_conv = False  # set by convolutions()

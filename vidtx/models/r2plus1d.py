@@ -14,7 +14,8 @@ Each stage's 3x3x3 convolutions are one kind (`KINDS`), the size's choice per st
   M = floor(27 N_in N_out / (9 N_in + 3 N_out)) keeps the parameters of the 3x3x3 conv; as in
   torchvision, both convs of a block use the M of the block's (N_in, N_out).
 The stem is a 3x7x7 conv to 64 channels (stride 1, 2, 2), or for R(2+1)D a 1x7x7 conv to 45
-channels, BatchNorm, ReLU, and a 3x1x1 conv to 64. A block's shortcut is a strided 1x1x1 conv
+channels, BatchNorm, ReLU, and a 3x1x1 conv to 64 (`model.r2plus1d.stem_stride` sets the
+spatial stride: 4 for the :cpu variant's small clips). A block's shortcut is a strided 1x1x1 conv
 and BatchNorm where the shape changes (its temporal stride is the block kind's). BatchNorm is
 PyTorch's (momentum 0.1, eps 1e-5), its running averages `nnx.BatchStat`s.
 
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from vidtx import errors
 from vidtx.models import layers
 from vidtx.models.family import Family, check_stages
 from vidtx.weights import torchvision_video
@@ -119,11 +121,12 @@ class BasicBlock(nnx.Module):
 
 
 class SplitStem(nnx.Module):
-  """R(2+1)D's stem: 1x7x7 conv (stride 1, 2, 2) to `mid`, BatchNorm, ReLU; 3x1x1 conv,
-  BatchNorm, ReLU."""
+  """R(2+1)D's stem: 1x7x7 conv (stride 1, s, s; torchvision's s = 2) to `mid`, BatchNorm,
+  ReLU; 3x1x1 conv, BatchNorm, ReLU."""
 
-  def __init__(self, width: int, mid: int, *, dtype, rngs):
-    self.spatial = layers.ConvBatchNorm(3, mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3),
+  def __init__(self, width: int, mid: int, *, stride: int = 2, dtype, rngs):
+    self.spatial = layers.ConvBatchNorm(3, mid, (1, 7, 7), stride=(1, stride, stride),
+                                        padding=(0, 3, 3),
                                         axes=(None, None), dtype=dtype, rngs=rngs)
     self.temporal = layers.ConvBatchNorm(mid, width, (3, 1, 1), padding=(1, 0, 0),
                                          axes=_FROM_MID, dtype=dtype, rngs=rngs)
@@ -136,17 +139,20 @@ class VideoResNet(nnx.Module):
   """Stem, stages of basic blocks, average pool, dropout, Linear (see the module docstring)."""
 
   def __init__(self, *, num_classes: int, kinds, widths, blocks, stem: str,
-               head_dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               stem_stride: int = 2, head_dropout: float = 0.0, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if not len(kinds) == len(widths) == len(blocks):
       raise ValueError(f"conv kinds {kinds}, widths {widths} and blocks per stage {blocks} must "
                        "have one entry per stage")
     self.head_dropout = head_dropout
     if stem == "2plus1d":
       # torchvision's 45 mid channels at width 64 (the original R(2+1)D's), scaled with it.
-      self.stem = SplitStem(widths[0], widths[0] * 45 // 64, dtype=dtype, rngs=rngs)
+      self.stem = SplitStem(widths[0], widths[0] * 45 // 64, stride=stem_stride, dtype=dtype,
+                            rngs=rngs)
     else:
       # The stem reads 3 RGB channels, which split over no mesh axis.
-      self.stem = layers.ConvBatchNorm(3, widths[0], (3, 7, 7), stride=(1, 2, 2),
+      self.stem = layers.ConvBatchNorm(3, widths[0], (3, 7, 7),
+                                       stride=(1, stem_stride, stem_stride),
                                        padding=(1, 3, 3), axes=(None, "conv_out"), dtype=dtype,
                                        rngs=rngs)
     stages, c_in = [], widths[0]
@@ -177,7 +183,8 @@ def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.C
           rngs: nnx.Rngs) -> VideoResNet:
   kinds, widths, blocks, stem = size(model_config)
   return VideoResNet(num_classes=data_config.num_classes, kinds=kinds, widths=widths,
-                     blocks=blocks, stem=stem, head_dropout=model_config.head_dropout,
+                     blocks=blocks, stem=stem, stem_stride=model_config.r2plus1d.stem_stride,
+                     head_dropout=model_config.head_dropout,
                      dtype=jnp.dtype(model_config.dtype), rngs=rngs)
 
 
@@ -187,11 +194,17 @@ def section() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.stage_widths = ()  # channels of each stage, e.g. (16, 32, 64, 128); (): 64, 128, 256, 512
   s.stage_blocks = ()  # basic blocks per stage, e.g. (1, 1, 1, 1); (): the size's
+  # The stem's spatial stride (torchvision's 2). 4 for small clips on a CPU (the :cpu variant's
+  # 32^2): the first stage, most of the model's work, then runs on 8x8 maps, as cnn3d's does.
+  s.stem_stride = 2
   return s
 
 
 def _check(config: ml_collections.ConfigDict) -> None:
   check_stages(config, "r2plus1d", len(WIDTHS), lambda: size(config.model)[1:3])
+  stride = config.model.r2plus1d.stem_stride
+  if not (isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1):
+    errors.fail("model.r2plus1d.stem_stride", stride, "give a positive int (torchvision: 2)")
 
 
 FAMILY = Family(

@@ -7,8 +7,8 @@ depths (`slow_r101`, `i3d_r101`: create_resnet(model_depth=101) with the R50's k
 video [B, T, H, W, 3] -> stem: a kt x 7 x 7 conv to 64 channels (stride 1, 2, 2; padding
 kt // 2, 3, 3), BatchNorm, ReLU, max pool 1x3x3 (stride 1, 2, 2; padding 0, 1, 1) -> four
 stages (res2-res5) of bottleneck blocks (`Bottleneck`) of inner widths 64, 128, 256, 512 and
-4x as many output channels; the first block of res3-res5 strides 2 in space -> global average
-pool over (T, H, W) -> dropout (model.head_dropout) -> Linear.
+4x as many output channels; the first block of res3-res5 strides 2 in space -> average pool
+over (T, H, W) (the head's window, below) -> dropout (model.head_dropout) -> Linear.
 
 The sizes differ in their temporal kernels (nothing strides in time):
 - Slow: stem 1x7x7; the bottlenecks' first 1x1x1 conv (conv_a) is 1x1x1 in res2 and res3 and
@@ -16,10 +16,12 @@ The sizes differ in their temporal kernels (nothing strides in time):
 - I3D: stem 5x7x7; conv_a 3x1x1 in every block of res2, in blocks 0, 2, 4 of res3 and res4, and
   in block 1 of res5 (the kernel patterns (3,), (3, 1), (3, 1), (1, 3), cycled over the
   blocks); a 2x1x1 max pool (stride 2) after res2 halves the frames.
-pytorchvideo's head average-pools windows of (8, 7, 7) (Slow) or (4, 7, 7) (I3D) with stride 1,
-projects them and averages the projections: at the 8-frame 224^2 clips both are made for
-(a final map of 8 x 7 x 7 or 4 x 7 x 7) that is the global average used here, which also fits
-other clip sizes.
+The head, as pytorchvideo's: it average-pools windows of the final map's size at the training
+clip (config.data: num_frames, or half with I3D's time pool, by crop_size / 32 squared: the
+hub's (8, 7, 7) and (4, 7, 7) at 8 frames of 224^2) with stride 1, projects each and averages
+the projections. At the training clip (or a smaller one) that is the global average; at a
+larger eval crop (data.eval_crop_size, e.g. PySlowFast's 256) it averages the windows. The
+projection being linear, this model averages the windows' features before it: the same logits.
 
 BatchNorm is PyTorch's (momentum 0.1, eps 1e-5), its running averages `nnx.BatchStat`s.
 `Stem`, `Bottleneck` and `stage` are the pieces a two-pathway network (SlowFast) builds from.
@@ -141,16 +143,18 @@ def stage(c_in: int, inner: int, c_out: int, depth: int, time_kernels, *, stride
 
 
 class ResNet3D(nnx.Module):
-  """Stem, stages of bottlenecks (I3D: a temporal max pool after the first), global average
-  pool, dropout, Linear (see the module docstring)."""
+  """Stem, stages of bottlenecks (I3D: a temporal max pool after the first), average pool,
+  dropout, Linear (see the module docstring). `head_window`: the (T, H, W) window the head
+  pools (the final map at the training clip); None: the whole map at any clip size."""
 
   def __init__(self, *, num_classes: int, widths, blocks, time_kernels, stem_time_kernel: int,
                time_pool: bool, zero_init: bool = False, head_dropout: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               head_window=None, dtype=jnp.float32, rngs: nnx.Rngs):
     if not len(widths) == len(blocks) == len(time_kernels):
       raise ValueError(f"widths {widths}, blocks per stage {blocks} and temporal kernels "
                        f"{time_kernels} must have one entry per stage")
     self.time_pool, self.head_dropout = time_pool, head_dropout
+    self.head_window = None if head_window is None else tuple(head_window)
     self.stem = Stem(widths[0], time_kernel=stem_time_kernel, dtype=dtype, rngs=rngs)
     stages, c_in = [], widths[0]
     for i, (inner, depth, kernels) in enumerate(zip(widths, blocks, time_kernels)):
@@ -175,7 +179,10 @@ class ResNet3D(nnx.Module):
     batch's statistics (updating its running averages) and dropout driven by `key`."""
     if keep is not None:
       raise ValueError("resnet3d sees every pixel: set config.model.masking='none'")
-    x = self.features(video, train).astype(jnp.float32).mean(axis=(1, 2, 3))
+    x = layers.window_average(self.features(video, train).astype(jnp.float32),
+                              self.head_window)
+    # The mean of the windows' logits: Linear is linear, so project the windows' mean.
+    x = x.mean(axis=(1, 2, 3))
     x = layers.dropout(x, self.head_dropout, key if train else None)
     return self.head(x).astype(jnp.float32), {}
 
@@ -183,11 +190,15 @@ class ResNet3D(nnx.Module):
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> ResNet3D:
   s, widths = size(model_config)
+  # The head's window: the final map of the training clip (stem and pool stride 4, each later
+  # stage 2; I3D's time pool halves the frames).
+  frames = data_config.num_frames // 2 if s.time_pool else data_config.num_frames
+  window = layers.head_window(frames, data_config.crop_size, 2 ** (len(widths) + 1))
   return ResNet3D(num_classes=data_config.num_classes, widths=widths, blocks=s.blocks,
                   time_kernels=s.time_kernels, stem_time_kernel=s.stem_time_kernel,
                   time_pool=s.time_pool, zero_init=model_config.resnet3d.zero_init_final_norm,
-                  head_dropout=model_config.head_dropout, dtype=jnp.dtype(model_config.dtype),
-                  rngs=rngs)
+                  head_dropout=model_config.head_dropout, head_window=window,
+                  dtype=jnp.dtype(model_config.dtype), rngs=rngs)
 
 
 def image_model(model_config: ml_collections.ConfigDict, side: int, num_classes: int,

@@ -15,10 +15,13 @@ fusion_kernel x 1 x 1 conv of the Fast features (stride alpha in time, so its fr
 Slow pathway's; padding fusion_kernel // 2; twice the Fast channels), BatchNorm, ReLU, its
 output concatenated behind the Slow channels, which the next stage then reads (res2 takes
 64 + 16 channels). Nothing strides in time; res3-res5 stride 2 in space in their first block.
-Head: each pathway's last map averaged over (T, H, W), the two concatenated (2048 + 256), dropout
-(model.head_dropout), Linear. pytorchvideo's head average-pools fixed windows ((8, 7, 7) and
-(32, 7, 7) for slowfast_r50) that cover the whole map at 32 frames of 224^2: the global average
-here is that, and fits other clip sizes.
+Head, as pytorchvideo's: each pathway's last map average-pooled with stride 1 over windows of
+its size at the training clip (config.data: T / alpha and T frames by crop_size / 32 squared;
+slowfast_r50's (8, 7, 7) and (32, 7, 7) at 32 frames of 224^2), the two concatenated (2048 +
+256), dropout (model.head_dropout), Linear at each window position, the positions' logits
+averaged. At the training clip (or a smaller one) that is one global average per pathway; at a
+larger eval crop (data.eval_crop_size, e.g. PySlowFast's 256) it averages the windows. The
+projection being linear, this model averages each pathway's windows before it: the same logits.
 
 The stems and bottlenecks are vidtx.models.resnet3d's (`Stem`, `stage`). BatchNorm is
 PyTorch's (momentum 0.1, eps 1e-5), its running averages `nnx.BatchStat`s.
@@ -143,11 +146,14 @@ class Pathway(nnx.Module):
 
 class SlowFast(nnx.Module):
   """Slow and Fast pathways with Fast->Slow lateral fusions, pooled and concatenated, dropout,
-  Linear (see the module docstring)."""
+  Linear (see the module docstring). `head_windows`: the (T, H, W) windows the head pools in
+  the Slow and the Fast pathway (their final maps at the training clip); None: the whole maps
+  at any clip size."""
 
   def __init__(self, *, num_classes: int, widths, blocks, slow_time_kernels, fast_time_kernels,
                alpha: int, fusion_kernel: int, zero_init: bool = False,
-               head_dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               head_dropout: float = 0.0, head_windows=None, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if not (len(widths) == len(blocks) == len(slow_time_kernels) == len(fast_time_kernels)):
       raise ValueError(f"widths {widths}, blocks per stage {blocks} and temporal kernels "
                        f"{slow_time_kernels}, {fast_time_kernels} need one entry per stage")
@@ -155,6 +161,8 @@ class SlowFast(nnx.Module):
       raise ValueError(f"widths {widths} must be multiples of {BETA_INV} (the Fast pathway's "
                        "are an eighth of them)")
     self.alpha, self.head_dropout = alpha, head_dropout
+    self.head_windows = (None, None) if head_windows is None else tuple(
+        tuple(w) for w in head_windows)
     fast_widths = tuple(w // BETA_INV for w in widths)
     # The Fast channels each lateral conv reads: the stem's, then each stage's but the last.
     fast_in = (fast_widths[0], *(w * resnet3d.EXPANSION for w in fast_widths[:-1]))
@@ -190,8 +198,11 @@ class SlowFast(nnx.Module):
     batch's statistics (updating its running averages) and dropout driven by `key`."""
     if keep is not None:
       raise ValueError("slowfast sees every pixel: set config.model.masking='none'")
-    x = jnp.concatenate([m.astype(jnp.float32).mean(axis=(1, 2, 3))
-                         for m in self.features(video, train)], axis=-1)
+    # The mean of the window positions' logits: Linear is linear, so it projects the mean of
+    # each pathway's windows (which also holds where their positions do not pair up).
+    x = jnp.concatenate([layers.window_average(m.astype(jnp.float32), w).mean(axis=(1, 2, 3))
+                         for m, w in zip(self.features(video, train), self.head_windows)],
+                        axis=-1)
     x = layers.dropout(x, self.head_dropout, key if train else None)
     return self.head(x).astype(jnp.float32), {}
 
@@ -199,12 +210,17 @@ class SlowFast(nnx.Module):
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> SlowFast:
   s, widths = size(model_config)
+  # The head's windows: the final maps of the training clip (stem and pool stride 4, each later
+  # stage 2).
+  frames, stride = data_config.num_frames, 2 ** (len(widths) + 1)
+  windows = (layers.head_window(frames // s.alpha, data_config.crop_size, stride),
+             layers.head_window(frames, data_config.crop_size, stride))
   return SlowFast(num_classes=data_config.num_classes, widths=widths, blocks=s.blocks,
                   slow_time_kernels=s.slow_time_kernels, fast_time_kernels=s.fast_time_kernels,
                   alpha=s.alpha, fusion_kernel=s.fusion_kernel,
                   zero_init=model_config.slowfast.zero_init_final_norm,
-                  head_dropout=model_config.head_dropout, dtype=jnp.dtype(model_config.dtype),
-                  rngs=rngs)
+                  head_dropout=model_config.head_dropout, head_windows=windows,
+                  dtype=jnp.dtype(model_config.dtype), rngs=rngs)
 
 
 def section() -> ml_collections.ConfigDict:

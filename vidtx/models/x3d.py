@@ -7,9 +7,9 @@ video [B, T, H, W, 3] ->
   stem: 1x3x3 conv to 24 channels (stride 1, 2, 2), depth-wise 5x1x1 conv, BatchNorm, ReLU
   -> four stages of bottleneck blocks at 24, 48, 96, 192 channels (inner width int(2.25 C): 54,
   108, 216, 432), the first block of each striding 2 in space (never in time)
-  -> head: 1x1x1 conv to the last inner width (432), BatchNorm, ReLU, average over (T, H, W),
-  1x1x1 conv to 2048 (model.x3d.head_width; no bias), ReLU, dropout (model.head_dropout),
-  Linear -> logits.
+  -> head: 1x1x1 conv to the last inner width (432), BatchNorm, ReLU, average pool over (T, H, W)
+  windows (below), 1x1x1 conv to 2048 (model.x3d.head_width; no bias), ReLU, dropout
+  (model.head_dropout), Linear -> logits, averaged over the window positions.
 A bottleneck block: 1x1x1 conv to the inner width, BatchNorm, ReLU; depth-wise 3x3x3 conv
 (padding 1; stride 1, 2, 2 in a stage's first block), BatchNorm; squeeze-excitation on blocks
 0, 2, 4, ... of a stage (SE: the channels' average over T, H, W -> 1x1x1 conv with bias to a
@@ -25,11 +25,14 @@ M (3, 5, 11, 7), 5.0 for L (5, 10, 25, 15); XS, S and M are one network that the
 (configs/x3d_k400.py) feed clips of 4x160, 13x160 and 16x224, L clips of 16x312.
 `model.x3d` overrides the widths and blocks for smaller models.
 
-The head averages the whole feature map, at any clip size. pytorchvideo pools with a fixed
-window computed for its input_clip_length and input_crop_size (the whole map at the training
-clip) and PySlowFast tests larger crops with the training window at stride 1, averaging the
-windows' softmax; at the training clip they are all one global average. pytorchvideo's head
-ends in a softmax at evaluation: this model returns the logits before it.
+The head pools as pytorchvideo's does: windows of the final map's size at the training clip
+(config.data: num_frames by ceil(crop_size / 32) squared, pytorchvideo's head_pool_kernel_size
+for input_clip_length and input_crop_size) at stride 1; the 1x1x1 conv, ReLU, dropout and Linear
+then run at each window position and the positions' logits are averaged. At the training clip
+(or a smaller one) that is one global average; at a larger test crop (data.eval_crop_size:
+X3D's 182, 256, 356) the ReLU after the pool makes it differ from a global average.
+(PySlowFast averages the windows' softmax instead.) pytorchvideo's head ends in a softmax at
+evaluation: this model returns the logits before it.
 
 BatchNorm is PyTorch's (momentum 0.1, eps 1e-5). Initialisation is PySlowFast's: convolutions
 He-normal over fan-out (depth-wise ones too, fan-out 27 per channel), the classifier normal with
@@ -175,12 +178,14 @@ class Stem(nnx.Module):
 
 
 class Head(nnx.Module):
-  """1x1x1 conv to `inner`, BatchNorm, ReLU, average over (T, H, W), 1x1x1 conv to `width` (no
-  bias), ReLU, dropout, Linear to the classes."""
+  """1x1x1 conv to `inner`, BatchNorm, ReLU, average over (T, H, W) `window`s at stride 1
+  (None: the whole map; see `layers.window_average`), 1x1x1 conv to `width` (no bias), ReLU,
+  dropout, Linear to the classes, the window positions' logits averaged."""
 
   def __init__(self, c_in: int, inner: int, width: int, num_classes: int, *, dropout: float,
-               dtype, rngs):
+               window=None, dtype, rngs):
     self.dropout = dropout
+    self.window = None if window is None else tuple(window)
     self.pre_conv = layers.Conv3d(c_in, inner, 1, axes=_INTO_INNER, dtype=dtype, rngs=rngs)
     self.pre_norm = layers.BatchNorm(inner, rngs=rngs)
     self.post_conv = layers.Conv3d(inner, width, 1, axes=_FROM_INNER, dtype=dtype, rngs=rngs)
@@ -189,20 +194,24 @@ class Head(nnx.Module):
 
   def __call__(self, x, train: bool, key=None):
     x = jax.nn.relu(self.pre_norm(self.pre_conv(x), train))
-    x = x.astype(jnp.float32).mean(axis=(1, 2, 3), keepdims=True)
-    x = jax.nn.relu(self.post_conv(x))[:, 0, 0, 0]
+    x = layers.window_average(x.astype(jnp.float32), self.window)
+    # Each window position through the conv and ReLU; then, dropout and Linear being linear
+    # (dropout is the identity at evaluation), projecting the positions' mean gives the mean
+    # of their logits.
+    x = jax.nn.relu(self.post_conv(x)).mean(axis=(1, 2, 3))
     x = layers.dropout(x, self.dropout, key if train else None)
     return self.proj(x).astype(jnp.float32)
 
 
 class X3D(nnx.Module):
   """Stem, stages of bottleneck blocks, head (see the module docstring). `widths` and `blocks`:
-  each stage's; the stem has the first stage's width."""
+  each stage's; the stem has the first stage's width. `head_window`: the (T, H, W) window the
+  head pools (the final map at the training clip); None: the whole map at any clip size."""
 
   def __init__(self, *, num_classes: int, widths=WIDTHS, blocks=SIZES["s"],
                head_width: int = HEAD_WIDTH, head_dropout: float = 0.0,
                zero_init_residual: bool = True, shortcut_norm: str = "width",
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               head_window=None, dtype=jnp.float32, rngs: nnx.Rngs):
     if len(widths) != len(blocks):
       raise ValueError(f"widths {widths} and blocks per stage {blocks} must have one entry per "
                        "stage")
@@ -217,7 +226,7 @@ class X3D(nnx.Module):
       c_in = width
     self.stages = nnx.List(stages)
     self.head = Head(c_in, inner_width(c_in), head_width, num_classes, dropout=head_dropout,
-                     dtype=dtype, rngs=rngs)
+                     window=head_window, dtype=dtype, rngs=rngs)
 
   def __call__(self, video, *, train: bool = False, key=None, keep=None):
     """(logits [B, classes] float32, {}) for video [B, T, H, W, 3]. `train`: BatchNorm on the
@@ -234,8 +243,13 @@ class X3D(nnx.Module):
 def build(model_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
           rngs: nnx.Rngs) -> X3D:
   widths, blocks, head_width = size(model_config)
+  # The head's window: the final map of the training clip (the stem and each stage stride 2 in
+  # space, nothing in time).
+  window = layers.head_window(data_config.num_frames, data_config.crop_size,
+                              2 ** (len(widths) + 1))
   return X3D(num_classes=data_config.num_classes, widths=widths, blocks=blocks,
              head_width=head_width, head_dropout=model_config.head_dropout,
+             head_window=window,
              zero_init_residual=model_config.x3d.zero_init_residual,
              shortcut_norm=model_config.x3d.shortcut_norm,
              dtype=jnp.dtype(model_config.dtype), rngs=rngs)
