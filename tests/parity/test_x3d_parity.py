@@ -94,6 +94,17 @@ def assert_close(what, got, expected, tol=1e-4):
   np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * max(scale, 1.0))
 
 
+def eval_logits(torch_model, model, crop=CROP, seed=1):
+  """(ours, the reference's) evaluation logits on random clips of `crop`^2."""
+  video = np.random.default_rng(seed).standard_normal((BATCH, 3, FRAMES, crop, crop))
+  video = video.astype(np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(video)).numpy()
+  logits = np.asarray(nnx.jit(lambda m, v: m(v, train=False)[0])(
+      model, jnp.asarray(video.transpose(0, 2, 3, 4, 1))))
+  return logits, expected
+
+
 def test_x3d_xs_logits_and_running_statistics_match_pytorchvideo(tmp_path):
   torch_model = reference()
   abstract = abstract_model()
@@ -174,13 +185,7 @@ def test_pyslowfast_layout_converts_into_the_model_with_every_shortcut_normalise
   graphdef, state = nnx.split(abstract)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   model = nnx.merge(graphdef, state)
-  video = np.random.default_rng(1).standard_normal((BATCH, 3, FRAMES, CROP, CROP))
-  video = video.astype(np.float32)
-  with torch.no_grad():
-    expected = torch_model(torch.from_numpy(video)).numpy()
-  logits = np.asarray(nnx.jit(lambda m, v: m(v, train=False)[0])(
-      model, jnp.asarray(video.transpose(0, 2, 3, 4, 1))))
-  assert_close("PySlowFast layout eval", logits, expected)
+  assert_close("PySlowFast layout eval", *eval_logits(torch_model, model))
   # The model pytorchvideo's layout fits has no BatchNorm there: the conversion says which
   # setting does.
   with pytest.raises(ValueError, match=r"(?s)s2\.pathway0_res0\.branch1_bn.*"
@@ -199,17 +204,10 @@ def test_x3d_at_a_test_crop_larger_than_training_pools_windows_as_pytorchvideo(t
   assert tuple(projected_pool.pool.kernel_size) == (FRAMES, 2, 2)
   model = ours(torch_model, abstract_model(), tmp_path)
   assert model.head.window == (FRAMES, 2, 2)
-  crop = 96
-  video = np.random.default_rng(2).standard_normal((BATCH, 3, FRAMES, crop, crop))
-  video = video.astype(np.float32)
-  with torch.no_grad():
-    expected = torch_model(torch.from_numpy(video)).numpy()
-  logits = np.asarray(nnx.jit(lambda m, v: m(v, train=False)[0])(
-      model, jnp.asarray(video.transpose(0, 2, 3, 4, 1))))
+  logits, expected = eval_logits(torch_model, model, crop=96, seed=2)
   assert_close("eval at 96^2", logits, expected)
   projected_pool.pool = nn.AdaptiveAvgPool3d(1)
-  with torch.no_grad():
-    global_average = torch_model(torch.from_numpy(video)).numpy()
+  _, global_average = eval_logits(torch_model, model, crop=96, seed=2)
   print(f"against a global average at 96^2: max |diff| = "
         f"{np.abs(logits - global_average).max():.1e}")
   assert np.abs(logits - global_average).max() > 100 * 1e-4 * max(np.abs(expected).max(), 1)
