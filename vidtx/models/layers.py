@@ -595,26 +595,28 @@ class Conv3d(nnx.Module):
 
 
 def _shifted_slices(x, kernel_size, stride, padding):
-  """For each tap of a kernel of `kernel_size` (t, h, w), the input [B, T, H, W, C] it meets at
-  every output position: a strided slice of x padded by `padding` ((lo, hi) per axis)."""
+  """(tap, the input [B, T', H', W', C] that tap meets at every output position) for each tap of
+  a kernel of `kernel_size` (t, h, w): strided slices of x padded by `padding` ((lo, hi) per
+  axis)."""
   b, *size, c = x.shape
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   out = [(n + lo + hi - k) // s + 1
          for n, k, (lo, hi), s in zip(size, kernel_size, padding, stride)]
   for tap in np.ndindex(*kernel_size):
     end = [t + (o - 1) * s + 1 for t, o, s in zip(tap, out, stride)]
-    yield jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1))
+    yield tap, jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1))
 
 
 @functools.partial(jax.checkpoint, static_argnums=(2, 3))
 def conv3d_as_matmul(x, kernel, stride, padding):
   """conv_general_dilated(x, kernel) of Conv3d as one matrix product: the kernel's taps of x
   (shifted, strided slices) side by side on the channels, times the kernel as a [taps x C_in,
-  C_out] matrix. XLA:CPU computes a strided convolution's input gradient 10-100x slower than
-  this (a dilated convolution) and a dense one's 1.3-1.4x (BENCHMARKS.md, "Video CNN training
-  steps"); here the backward pass is two matrix products and slices' transposes. Checkpointed:
-  the backward pass rebuilds the taps instead of keeping a copy of x per tap."""
-  taps = list(_shifted_slices(x, kernel.shape[:3], stride, padding))
+  C_out] matrix. Forward and backward, XLA:CPU's convolution takes 14-77x as long where it
+  strides (its input gradient is a dilated convolution) and 1.6-2x where it does not
+  (BENCHMARKS.md, "Video CNN training steps"); here the backward pass is two matrix products
+  and the slices' transposes. Checkpointed: the backward pass rebuilds the taps instead of
+  keeping a copy of x per tap."""
+  taps = [piece for _, piece in _shifted_slices(x, kernel.shape[:3], stride, padding)]
   columns = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   return columns @ kernel.reshape(-1, kernel.shape[-1])
 
@@ -677,14 +679,10 @@ def depthwise_conv3d(x, kernel, stride, padding):
     return jax.lax.conv_general_dilated(
         x, kernel, tuple(stride), tuple((p, p) for p in padding),
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=x.shape[-1])
-  b, *size, c = x.shape
-  x = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)))
-  kernel_size = kernel.shape[:3]
-  out = [(n + 2 * p - k) // s + 1 for n, k, p, s in zip(size, kernel_size, padding, stride)]
   y = 0
-  for tap in np.ndindex(*kernel_size):
-    end = [t + (o - 1) * s + 1 for t, o, s in zip(tap, out, stride)]
-    y = y + jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1)) * kernel[(*tap, 0)]
+  for tap, piece in _shifted_slices(x, kernel.shape[:3], tuple(stride),
+                                    tuple((p, p) for p in padding)):
+    y = y + piece * kernel[(*tap, 0)]
   return y
 
 
