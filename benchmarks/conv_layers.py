@@ -1,6 +1,7 @@
 """Video CNN convolutions alone on this CPU, forward + backward: vidtx's Conv3d as XLA:CPU runs
-it (one matrix product over the kernel's taps, `layers.conv3d_as_matmul`), the same layer as
-XLA's convolution (`layers.convolutions()`), and PyTorch's Conv3d.
+it (2-D convolutions of the frames, `layers.conv3d_by_frames`, or one matrix product over the
+kernel's taps, `layers.conv3d_as_matmul`), the same layer as XLA's 3-D convolution
+(`layers.convolutions()`), and PyTorch's Conv3d.
 
   taskset -c 0 python benchmarks/conv_layers.py [--batch=1] [--rounds=3]
 
@@ -48,7 +49,7 @@ def main(argv):
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads; batch {batch}, float32, forward + backward, "
         f"medians of {5 * rounds} calls")
-  print("| layer | vidtx Conv3d ms | XLA convolution ms | PyTorch ms | vidtx / PyTorch |")
+  print("| layer | vidtx Conv3d ms | XLA 3-D convolution ms | PyTorch ms | vidtx / PyTorch |")
   print("|---|---|---|---|---|")
   for name, (t, h, w, c_in), c_out, kernel, stride, padding in LAYERS:
     conv = layers.Conv3d(c_in, c_out, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))

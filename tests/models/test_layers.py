@@ -75,18 +75,23 @@ def test_conv3d_pads_strides_and_groups_as_pytorch():
   assert low.bias is None
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [
-    ((1, 7, 7), (1, 2, 2), (0, 3, 3)),  # a ResNet stem
-    ((3, 1, 1), (2, 1, 1), (1, 0, 0)),  # a (2+1)D temporal conv that strides
-    ((1, 1, 1), (2, 2, 2), (0, 0, 0)),  # a strided shortcut
-    ((3, 3, 3), (1, 1, 1), (1, 1, 1)),
-    ((2, 3, 2), (2, 3, 1), (0, 1, 1)),  # strides that leave inputs unread at the end
+@pytest.mark.parametrize("kernel, stride, padding, c_in, formulation", [
+    ((1, 7, 7), (1, 2, 2), (0, 3, 3), 3, "matmul"),  # a ResNet stem
+    ((3, 1, 1), (2, 1, 1), (1, 0, 0), 16, "matmul"),  # a (2+1)D temporal conv that strides
+    ((1, 1, 1), (2, 2, 2), (0, 0, 0), 16, "matmul"),  # a strided shortcut
+    ((2, 3, 2), (2, 3, 1), (0, 1, 1), 5, "matmul"),  # strides that leave inputs unread at the end
+    ((3, 3, 3), (1, 1, 1), (1, 1, 1), 16, "frames"),
+    ((1, 3, 3), (1, 2, 2), (0, 1, 1), 16, "frames"),  # a (2+1)D spatial conv that strides
+    ((2, 3, 2), (1, 3, 1), (1, 0, 1), 16, "frames"),  # unread inputs, uneven temporal taps
 ])
-def test_conv3d_on_cpu_is_the_convolution_forward_and_backward(kernel, stride, padding):
-  """XLA:CPU runs Conv3d as one matrix product over the kernel's taps (conv3d_as_matmul):
-  the same outputs, and the same gradients of the input and the kernel, as the convolution."""
-  conv = layers.Conv3d(5, 7, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(1), (2, 5, 9, 8, 5))
+def test_conv3d_on_cpu_is_the_convolution_forward_and_backward(kernel, stride, padding, c_in,
+                                                                 formulation):
+  """XLA:CPU runs Conv3d as one matrix product over the kernel's taps (conv3d_as_matmul) or, at
+  temporal stride 1 with a spatial kernel and 16 or more input channels, as 2-D convolutions of
+  the frames (conv3d_by_frames): the same outputs, and the same gradients of the input and the
+  kernel, as the 3-D convolution."""
+  conv = layers.Conv3d(c_in, 7, kernel, stride=stride, padding=padding, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 5, 9, 8, c_in))
   loss = lambda conv, x: jnp.sum(jnp.sin(conv(x)))
   y, grads = conv(x), jax.grad(loss, argnums=(0, 1))(conv, x)
   with layers.convolutions():
@@ -94,9 +99,11 @@ def test_conv3d_on_cpu_is_the_convolution_forward_and_backward(kernel, stride, p
   expected = conv3d_by_hand(np.asarray(x), np.asarray(conv.kernel[...]), stride, padding, 1)
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(y, conv_y, rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(conv_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda x: conv(x))(x))
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(conv_grads)):  # float32 sums' rounding
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6 * np.abs(b).max())
+  program = str(jax.make_jaxpr(lambda x: conv(x))(x))
+  assert ("name=conv3d_by_frames" in program) == (formulation == "frames")
+  assert "lhs_spec=(0, 4, 1, 2, 3)" not in program  # no 3-D convolution
 
 
 def test_conv3d_init_is_he_normal_over_the_fan_out():

@@ -586,7 +586,13 @@ class Conv3d(nnx.Module):
   def __call__(self, x):
     x, kernel = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
     if self.groups == 1 and jax.default_backend() == "cpu" and not _force_conv:
-      y = conv3d_as_matmul(x, kernel, self.stride, self.padding)
+      kh, kw, c_in = kernel.shape[1:4]
+      # XLA:CPU's 2-D convolution is its fastest where a kernel is spatial, at temporal stride 1,
+      # except on few input channels: some RGB stems' widths run at 6-20 GFLOP/s.
+      if kh * kw > 1 and self.stride[0] == 1 and c_in >= 16:
+        y = conv3d_by_frames(x, kernel, self.stride, self.padding)
+      else:
+        y = conv3d_as_matmul(x, kernel, self.stride, self.padding)
     else:
       y = jax.lax.conv_general_dilated(
           x, kernel, self.stride, self.padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
@@ -607,6 +613,15 @@ def _shifted_slices(x, kernel_size, stride, padding):
     yield tap, jax.lax.slice(x, (0, *tap, 0), (b, *end, c), (1, *stride, 1))
 
 
+def _tap_columns(x, kernel_size, stride, padding):
+  """The kernel's taps of x side by side on the channels as a [positions, taps x C_in] matrix
+  (2-D: XLA:CPU multiplies it 1.1-2x as fast as the same product over 5-D arrays), and the
+  output's [B, T', H', W']."""
+  taps = [piece for _, piece in _shifted_slices(x, kernel_size, stride, padding)]
+  columns = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return columns.reshape(-1, columns.shape[-1]), columns.shape[:-1]
+
+
 @functools.partial(jax.checkpoint, static_argnums=(2, 3))
 def conv3d_as_matmul(x, kernel, stride, padding):
   """conv_general_dilated(x, kernel) of Conv3d as one matrix product: the kernel's taps of x
@@ -616,9 +631,48 @@ def conv3d_as_matmul(x, kernel, stride, padding):
   (BENCHMARKS.md, "Video CNN training steps"); here the backward pass is two matrix products
   and the slices' transposes. Checkpointed: the backward pass rebuilds the taps instead of
   keeping a copy of x per tap."""
-  taps = [piece for _, piece in _shifted_slices(x, kernel.shape[:3], stride, padding)]
-  columns = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  return columns @ kernel.reshape(-1, kernel.shape[-1])
+  columns, positions = _tap_columns(x, kernel.shape[:3], stride, padding)
+  return (columns @ kernel.reshape(-1, kernel.shape[-1])).reshape(*positions, kernel.shape[-1])
+
+
+def _frame_convolutions(x, kernel, stride, padding):
+  """Conv3d of temporal stride 1 as a sum over the kernel's temporal taps of 2-D convolutions of
+  the frames [B x T', H, W, C]."""
+  (t_lo, t_hi), *spatial = padding
+  x = jnp.pad(x, ((0, 0), (t_lo, t_hi), (0, 0), (0, 0), (0, 0)))
+  b, t, h, w, c = x.shape
+  frames = t - kernel.shape[0] + 1
+  first, *rest = (
+      jax.lax.conv_general_dilated(x[:, dt:dt + frames].reshape(b * frames, h, w, c), kernel[dt],
+                                   stride[1:], spatial, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      for dt in range(kernel.shape[0]))
+  y = sum(rest, first)
+  return y.reshape(b, frames, *y.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv3d_by_frames(x, kernel, stride, padding):
+  """conv_general_dilated(x, kernel) of Conv3d (temporal stride 1) for XLA:CPU: forward and input
+  gradient as 2-D convolutions of the frames, which XLA:CPU runs at 80-100 GFLOP/s on one core
+  where its 3-D convolution takes about twice as long; the kernel gradient as
+  `conv3d_as_matmul`'s, one matrix product, where the 2-D convolution's is slower still
+  (BENCHMARKS.md, "Video CNN training steps")."""
+  return _frame_convolutions(x, kernel, stride, padding)
+
+
+def _by_frames_forward(x, kernel, stride, padding):
+  return _frame_convolutions(x, kernel, stride, padding), (x, kernel)
+
+
+def _by_frames_backward(stride, padding, residuals, grad):
+  x, kernel = residuals
+  x_grad, = jax.linear_transpose(lambda x: _frame_convolutions(x, kernel, stride, padding), x)(grad)
+  columns, _ = _tap_columns(x, kernel.shape[:3], stride, padding)
+  kernel_grad = columns.T @ grad.reshape(-1, kernel.shape[-1])
+  return x_grad, kernel_grad.reshape(kernel.shape)
+
+
+conv3d_by_frames.defvjp(_by_frames_forward, _by_frames_backward)
 
 
 def max_pool3d(x, window, stride, padding):
