@@ -21,12 +21,10 @@ cosine over 196 epochs after 34 warm-up epochs, dropout 0.5, zero-initialised fi
 BatchNorm over groups of 8 clips, precise BN).
 """
 
-import os
-
 from vidtx import configuration
 
 # configs/slow_k400.py, whose recipe this config shares.
-SLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_k400.py")
+SLOW = configuration.sibling(__file__, "slow_k400.py")
 
 VARIANTS = ("r50", "r101", "cpu")
 

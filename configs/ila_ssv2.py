@@ -11,8 +11,6 @@ Variant `cpu`: configs/ila_k400.py:cpu with the dense interaction, segment sampl
 that swap the left/right classes, on the built-in data.
 """
 
-import os
-
 from vidtx import configuration
 
 
@@ -20,7 +18,7 @@ def get_config(arg=None):
   arg = arg or "b16"
   if arg not in ("b16", "cpu"):
     raise ValueError(f"unknown variant {arg!r}: use b16 (the default) or cpu")
-  c = configuration.load(os.path.join(os.path.dirname(__file__), f"ila_k400.py:{arg}"))
+  c = configuration.load(configuration.sibling(__file__, f"ila_k400.py:{arg}"))
   c.unlock()
   c.model.ila.interaction = "dense"
   if arg == "cpu":  # the built-in data's 8 classes, 8 frames and eval views

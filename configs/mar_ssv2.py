@@ -11,8 +11,6 @@ Variant `cpu`: configs/mar_k400.py:cpu with SSv2's lambda, classifier dropout, s
 and label-swapping flips, on the built-in data (whose move_left/move_right pair the flips swap).
 """
 
-import os
-
 from vidtx import configuration
 
 
@@ -31,7 +29,7 @@ def get_config(arg=None):
   c.optim.b1, c.optim.b2, c.optim.weight_decay = 0.9, 0.999, 0.05
   c.optim.warmup_init_lr, c.optim.min_lr = 1e-6, 1e-6
   if arg == "cpu":
-    c = configuration.load(os.path.join(os.path.dirname(__file__), "mar_k400.py:cpu"))
+    c = configuration.load(configuration.sibling(__file__, "mar_k400.py:cpu"))
     c.model.mae.recon_weight, c.model.head_dropout = 0.1, 0.1
     c.data.sampler, c.data.frame_stride, c.data.flip = "segment", 1, "swap_labels"
     return c

@@ -14,12 +14,10 @@ path, mixup / cutmix, RandAugment, erasing, label smoothing). Test: 5 clips x 1 
 224.
 """
 
-import os
-
 from vidtx import configuration
 
 # configs/mvit_k400.py, whose recipe this config shares.
-MVIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvit_k400.py")
+MVIT = configuration.sibling(__file__, "mvit_k400.py")
 
 VARIANTS = ("s", "b", "cpu")
 

@@ -12,12 +12,10 @@ Test: 1 clip x 3 crops at 224.
 Variants: none (default), cpu: MViTv2-S's blocks at CPU scale on the built-in data.
 """
 
-import os
-
 from vidtx import configuration
 
 # configs/mvit_k400.py, whose recipe this config shares.
-MVIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvit_k400.py")
+MVIT = configuration.sibling(__file__, "mvit_k400.py")
 
 
 def get_config(arg=None):

@@ -25,11 +25,9 @@ BatchNorm as PySlowFast's: statistics over groups of 8 clips (one GPU's, BN.NUM_
 and precise BN over 200 training batches before each evaluation.
 """
 
-import os
-
 from vidtx import configuration
 
-SLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_k400.py")
+SLOW = configuration.sibling(__file__, "slow_k400.py")
 
 VARIANTS = ("s3d", "s3d_g", "cpu")
 

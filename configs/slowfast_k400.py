@@ -29,12 +29,10 @@ starting at zero (RESNET.ZERO_INIT_FINAL_BN: model.slowfast.zero_init_final_norm
 statistics over each GPU's 8 clips and precise BN over 200 batches before each evaluation.
 """
 
-import os
-
 from vidtx import configuration
 
 # configs/slow_k400.py, whose Kinetics recipe this config shares.
-SLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_k400.py")
+SLOW = configuration.sibling(__file__, "slow_k400.py")
 
 VARIANTS = ("r50_8x8", "r50_4x16", "r101_8x8", "cpu")
 

@@ -19,12 +19,10 @@ Variants: none (default), cpu: configs/slowfast_k400.py's cpu variant (model and
 on the built-in data with SSv2's sampling and flips, from scratch.
 """
 
-import os
-
 from vidtx import configuration
 
 # configs/slowfast_k400.py, whose cpu variant the cpu variant here trains on SSv2's sampling.
-K400 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slowfast_k400.py")
+K400 = configuration.sibling(__file__, "slowfast_k400.py")
 
 
 def get_config(arg=None):

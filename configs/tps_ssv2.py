@@ -14,8 +14,6 @@ Variant `cpu`: configs/tps_k400.py:cpu with SSv2's sampling, flips, augmentation
 smoothing, on the built-in data (init_from: a tps_k400.py:cpu run, or nothing).
 """
 
-import os
-
 from vidtx import configuration
 
 VARIANTS = ("swin_t", "swin_b", "cpu")
@@ -25,7 +23,7 @@ def get_config(arg=None):
   arg = arg or "swin_t"
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r}: use one of {VARIANTS}")
-  c = configuration.load(os.path.join(os.path.dirname(__file__), f"tps_k400.py:{arg}"))
+  c = configuration.load(configuration.sibling(__file__, f"tps_k400.py:{arg}"))
   c.unlock()
   c.data.randaugment_layers, c.data.randaugment_magnitude = 4, 7.0
   c.data.random_erasing = 0.25

@@ -27,12 +27,10 @@ last BatchNorm scale starting at zero (model.x3d.zero_init_residual), BatchNorm 
 each GPU's clips (16; L: 8) and precise BN over 200 batches before each evaluation.
 """
 
-import os
-
 from vidtx import configuration
 
 # configs/slow_k400.py, whose cpu recipe (cpu_recipe) the cpu variant shares.
-SLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_k400.py")
+SLOW = configuration.sibling(__file__, "slow_k400.py")
 
 VARIANTS = ("xs", "s", "m", "l", "cpu")
 # variant -> (frames, stride, train short side min and max, train crop, test short side)

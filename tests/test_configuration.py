@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from vidtx import configuration, errors, sharding
@@ -112,6 +114,15 @@ def test_configs_are_locked_against_unknown_fields():
   c.lock()
   with pytest.raises(AttributeError, match="learning_rate"):
     c.optim.learning_rate = 0.1
+
+
+def test_a_config_loads_the_sibling_it_shares_a_recipe_with_from_any_directory(monkeypatch):
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  monkeypatch.chdir(os.path.dirname(configs))
+  assert configuration.sibling("configs/x3d_k400.py", "slow_k400.py:cpu") == os.path.join(
+      configs, "slow_k400.py:cpu")
+  monkeypatch.chdir("/")  # ila_ssv2 loads ila_k400.py beside it
+  assert configuration.load(os.path.join(configs, "ila_ssv2.py:cpu")).model.name == "ila"
 
 
 def test_dataset_names_are_checked_and_kinetics600_has_600_classes():

@@ -301,6 +301,13 @@ def load_module(path: str):
   return module
 
 
+def sibling(config_file: str, name: str) -> str:
+  """The path of config `name` (a file, maybe with its `:variant`) in the folder of
+  `config_file`: a config passes its own __file__ to share another's recipe, wherever it is
+  run from."""
+  return os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """The config of `path/to/file.py[:variant]`, as --config=<spec> would give it (for code and
   notebooks; the command line uses ml_collections' config flags)."""
