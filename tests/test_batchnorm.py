@@ -159,3 +159,38 @@ def test_momentum_and_eps_replace_the_familys_own():
   default = cnn3d_config()
   model = models.build(default.model, default.data, nnx.Rngs(0))
   assert {(bn.momentum, bn.eps) for bn in layers.batchnorms(model)} == {(0.1, 1e-5)}
+
+
+@pytest.mark.parametrize("groups, shape", [(1, (4, 3, 5, 5, 8)), (2, (4, 3, 5, 5, 8)),
+                                           (3, (3, 2, 4, 6))])
+def test_batchnorms_written_out_gradient_is_autodiffs(groups, shape):
+  """layers.batch_norm_train against autodiff of the textbook formula: outputs, statistics and
+  the gradients of x, scale and bias through a ReLU and a random readout."""
+  rng = np.random.default_rng(groups)
+  x = jnp.asarray(rng.normal(1.0, 2.0, shape), jnp.float32)
+  scale = jnp.asarray(rng.normal(1.0, 0.5, shape[-1]), jnp.float32)
+  bias = jnp.asarray(rng.normal(0.0, 0.5, shape[-1]), jnp.float32)
+  readout = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  g_shape = (groups, shape[0] // groups, *shape[1:])
+
+  def textbook(x, scale, bias):
+    g = x.reshape(g_shape)
+    axes = tuple(range(1, g.ndim - 1))
+    mean = g.mean(axes, keepdims=True)
+    var = g.var(axes, keepdims=True)
+    return ((g - mean) / jnp.sqrt(var + 1e-5) * scale + bias).reshape(shape), mean, var
+
+  def written_out(x, scale, bias):
+    y, mean, var = layers.batch_norm_train(x.reshape(g_shape), scale, bias, 1e-5)
+    return y.reshape(shape), mean, var
+
+  def loss(norm):
+    return lambda x, scale, bias: jnp.sum(jax.nn.relu(norm(x, scale, bias)[0]) * readout)
+
+  for ours, reference in zip(written_out(x, scale, bias), textbook(x, scale, bias)):
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+  grads = jax.grad(loss(written_out), argnums=(0, 1, 2))(x, scale, bias)
+  expected = jax.grad(loss(textbook), argnums=(0, 1, 2))(x, scale, bias)
+  for name, ours, reference in zip(("x", "scale", "bias"), grads, expected):
+    assert np.abs(reference).max() > 0.1, name  # the check compares something
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4, err_msg=name)

@@ -80,18 +80,38 @@ def test_max_and_avg_pooling_are_pytorchs(mode):
   np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_depthwise_convolution_on_cpu_is_the_grouped_convolution():
-  """layers.depthwise_conv3d's CPU form (a sum of strided, shifted slices) against XLA's
-  grouped convolution, which other backends run."""
+# (kernel, stride, padding, input [T, H, W]): strided, uneven, padded beyond what any output
+# reads (its last positions get no gradient) and unpadded.
+DEPTHWISE_CASES = [((3, 3, 3), (1, 2, 2), (1, 1, 1), (5, 9, 9)),
+                   ((3, 3, 3), (2, 2, 2), (1, 1, 1), (6, 8, 7)),
+                   ((1, 3, 3), (1, 2, 2), (0, 1, 1), (4, 10, 10)),
+                   ((3, 1, 1), (1, 1, 1), (2, 0, 0), (4, 5, 5)),
+                   ((2, 3, 3), (2, 3, 3), (0, 0, 0), (5, 8, 8))]
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding, size", DEPTHWISE_CASES)
+def test_depthwise_convolution_on_cpu_is_the_grouped_convolution(kernel_size, stride, padding,
+                                                                 size):
+  """layers.depthwise_conv3d's CPU form (a sum of strided, shifted slices, its gradients
+  written out) against XLA's grouped convolution, which other backends run: outputs and both
+  gradients."""
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 5, 9, 9, 6)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((3, 3, 3, 1, 6)), jnp.float32)
-  expected = jax.lax.conv_general_dilated(x, kernel, (1, 2, 2), ((1, 1),) * 3,
-                                          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-                                          feature_group_count=6)
-  got = layers.depthwise_conv3d(x, kernel, (1, 2, 2), (1, 1, 1))
-  assert got.shape == expected.shape == (2, 5, 5, 5, 6)
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  x = jnp.asarray(rng.standard_normal((2, *size, 6)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((*kernel_size, 1, 6)), jnp.float32)
+
+  def grouped(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, stride, [(p, p) for p in padding],
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                        feature_group_count=6)
+
+  ours = lambda x, kernel: layers.depthwise_conv3d(x, kernel, stride, padding)
+  expected = grouped(x, kernel)
+  np.testing.assert_allclose(ours(x, kernel), expected, rtol=1e-5, atol=1e-5)
+  readout = jnp.asarray(rng.standard_normal(expected.shape), jnp.float32)
+  loss = lambda conv: lambda x, kernel: jnp.sum(conv(x, kernel) * readout)
+  for name, got, want in zip(("input", "kernel"), jax.grad(loss(ours), (0, 1))(x, kernel),
+                             jax.grad(loss(grouped), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])

@@ -727,17 +727,55 @@ def depthwise_conv3d(x, kernel, stride, padding):
   """PyTorch's Conv3d with groups = channels on x [B, T, H, W, C], kernel [kT, kH, kW, 1, C],
   zero `padding` on both sides of T, H and W. On XLA:CPU, whose grouped convolutions run ~10x
   slower than a plain sum, it is the sum over the kernel's taps of shifted, strided slices
-  times per-channel weights (one fusion; measured in conv_and_mvit.md); elsewhere (and inside
-  `convolutions()`) the convolution."""
+  times per-channel weights (one fusion; measured in conv_and_mvit.md), with its gradients
+  written out (`_depthwise_taps`); elsewhere (and inside `convolutions()`) the convolution."""
+  stride, padding = tuple(stride), tuple((p, p) for p in padding)
   if jax.default_backend() != "cpu" or _force_conv:
     return jax.lax.conv_general_dilated(
-        x, kernel, tuple(stride), tuple((p, p) for p in padding),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=x.shape[-1])
+        x, kernel, stride, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        feature_group_count=x.shape[-1])
+  return _depthwise_taps(x, kernel, stride, padding)
+
+
+def _tap_sum(x, kernel, stride, padding):
+  """The sum over the kernel's [kT, kH, kW, 1, C] taps of x's shifted, strided slices times the
+  tap's per-channel weights."""
   y = 0
-  for tap, piece in _shifted_slices(x, kernel.shape[:3], tuple(stride),
-                                    tuple((p, p) for p in padding)):
+  for tap, piece in _shifted_slices(x, kernel.shape[:3], stride, padding):
     y = y + piece * kernel[(*tap, 0)]
   return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_taps(x, kernel, stride, padding):
+  """`_tap_sum` with its gradients written out: autodiff of the sum pads a full-size array per
+  tap (27 per 3x3x3 layer) and keeps every tap's slice: X3D-S's step took 1.7x the FLOPs
+  (BENCHMARKS.md, "Video CNN training steps")."""
+  return _tap_sum(x, kernel, stride, padding)
+
+
+def _depthwise_taps_forward(x, kernel, stride, padding):
+  return _tap_sum(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_taps_backward(stride, padding, residuals, grad):
+  x, kernel = residuals
+  # The input's gradient is the same sum over the output's gradient spread out by the stride
+  # and padded by k - 1 - lo before (n + lo - 1 - (o - 1) s after; negative pads cut), with the
+  # kernel flipped.
+  pads = [(0, 0, 0)]
+  for n, o, k, s, (lo, _) in zip(x.shape[1:4], grad.shape[1:4], kernel.shape[:3], stride,
+                                 padding):
+    pads.append((k - 1 - lo, n + lo - 1 - (o - 1) * s, s - 1))
+  spread = jax.lax.pad(grad, jnp.zeros((), grad.dtype), (*pads, (0, 0, 0)))
+  x_grad = _tap_sum(spread, kernel[::-1, ::-1, ::-1], (1, 1, 1), ((0, 0),) * 3)
+  # The kernel's gradient: each tap's slices rebuilt from x (not kept) times the gradient.
+  kernel_grad = jnp.stack([jnp.sum(piece * grad, axis=(0, 1, 2, 3))
+                           for _, piece in _shifted_slices(x, kernel.shape[:3], stride, padding)])
+  return x_grad.astype(x.dtype), kernel_grad.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_taps.defvjp(_depthwise_taps_forward, _depthwise_taps_backward)
 
 
 class BatchNorm(nnx.Module):
@@ -772,31 +810,69 @@ class BatchNorm(nnx.Module):
     self.mean, self.var = stat(0.0), stat(1.0)
 
   def __call__(self, x, train: bool):
-    y = x.astype(jnp.float32)
     if train and not self.frozen:
-      clips = y.shape[0]
+      clips = x.shape[0]
       group = self.group_size or clips
-      count = group * (y.size // clips // y.shape[-1])  # values per channel in a group
+      count = group * (x.size // clips // x.shape[-1])  # values per channel in a group
       if clips % group or count < 2:
         raise ValueError(f"BatchNorm in training needs groups of group_size={self.group_size} "
                          f"clips (0: all) that divide the batch and hold more than one value "
                          f"per channel, got an input of shape {x.shape}")
       groups = clips // group
       # [groups, clips per group, ..., C]: statistics over all but the first and last axes.
-      g = y.reshape(groups, group, *y.shape[1:])
-      axes = tuple(range(1, g.ndim - 1))
-      mean = g.mean(axes, keepdims=True)
-      var = jnp.square(g - mean).mean(axes, keepdims=True)
-      y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(y.shape)
+      y, mean, var = batch_norm_train(x.reshape(groups, group, *x.shape[1:]), self.scale[...],
+                                      self.bias[...], self.eps)
       m = self.momentum
       correction = count / (count - 1) if self.unbiased_var else 1.0
       self.mean[...] = (1 - m) * self.mean[...] + m * mean.reshape(groups, -1).mean(0)
       self.var[...] = ((1 - m) * self.var[...]
                        + m * var.reshape(groups, -1).mean(0) * correction)
-    else:
-      y = (y - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.eps)
-    y = y * self.scale[...] + self.bias[...]
+      return y.reshape(x.shape)
+    rstd = jax.lax.rsqrt(self.var[...] + self.eps)
+    y = (x.astype(jnp.float32) - self.mean[...]) * rstd * self.scale[...] + self.bias[...]
     return y.astype(x.dtype)
+
+
+def _group_moments(g, eps):
+  """The mean and biased variance of g [groups, ..., C] over all but its first and last axes
+  (kept as 1s), in float32, two-pass; and 1 / sqrt(variance + eps)."""
+  g = g.astype(jnp.float32)
+  axes = tuple(range(1, g.ndim - 1))
+  mean = g.mean(axes, keepdims=True)
+  var = jnp.square(g - mean).mean(axes, keepdims=True)
+  return mean, var, jax.lax.rsqrt(var + eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(g, scale, bias, eps):
+  """BatchNorm in training of g [groups, ..., C], each group normalised with its own statistics
+  then scaled and shifted per channel: (y in g's dtype, mean, biased variance), the statistics
+  [groups, 1, ..., 1, C] in float32. The gradient is written out (two means per channel, then one
+  elementwise pass) where autodiff of the formula makes five to seven passes over the
+  activation; the statistics get none, since they only move the running averages."""
+  return _batch_norm_train_forward(g, scale, bias, eps)[0]
+
+
+def _batch_norm_train_forward(g, scale, bias, eps):
+  mean, var, rstd = _group_moments(g, eps)
+  y = (g.astype(jnp.float32) - mean) * rstd * scale + bias
+  return (y.astype(g.dtype), mean, var), (g, mean, rstd, scale)
+
+
+def _batch_norm_train_backward(eps, residuals, cotangents):
+  g, mean, rstd, scale = residuals
+  dy = cotangents[0].astype(jnp.float32)
+  normalised = (g.astype(jnp.float32) - mean) * rstd
+  axes = tuple(range(1, g.ndim - 1))
+  count = math.prod(g.shape[1:-1])
+  mean_dy = dy.mean(axes, keepdims=True)
+  mean_dy_normalised = (dy * normalised).mean(axes, keepdims=True)
+  dg = (dy - mean_dy - normalised * mean_dy_normalised) * (rstd * scale)
+  per_channel = lambda m: count * m.reshape(-1, m.shape[-1]).sum(0)
+  return dg.astype(g.dtype), per_channel(mean_dy_normalised), per_channel(mean_dy)
+
+
+batch_norm_train.defvjp(_batch_norm_train_forward, _batch_norm_train_backward)
 
 
 def batchnorms(model: nnx.Module) -> list[BatchNorm]:
